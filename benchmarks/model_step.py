@@ -85,7 +85,7 @@ def main(argv):
   def time_theirs():
     t = time.perf_counter()
     loss = theirs_step()
-    return time.perf_counter() - t, float(loss)
+    return time.perf_counter() - t, loss.item()
 
   for _ in range(2):  # compile / warm up
     time_ours()
