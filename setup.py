@@ -20,6 +20,8 @@ setuptools.setup(
         "transformers>=4.50",
         "tensorflow-datasets>=4.9.9",
         "array-record>=0.8",
+        # tensorflow-datasets uses it on every Python but declares it only for < 3.9.
+        "importlib_resources>=5",
         "absl-py>=2.1",
         "ml_collections>=1.0",
         "safetensors>=0.4.3",

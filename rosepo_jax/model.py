@@ -167,6 +167,16 @@ def segment_mask(segment_ids_BxT: jax.Array) -> jax.Array:
   return same_BxTxT & jnp.tril(jnp.ones((t, t), dtype=bool))[None]
 
 
+def prefix_shared_mask(segments_BxT: jax.Array) -> jax.Array:
+  """Mask for rows ``[prompt, response_0, ..., response_k]`` (segment ids: 0 padding, 1 prompt,
+  j + 2 response j): causal, and every response sees the prompt and itself only."""
+  seg = segments_BxT
+  key_ok = (seg[:, None, :] == 1) | (seg[:, None, :] == seg[:, :, None])
+  t = seg.shape[1]
+  causal = jnp.tril(jnp.ones((t, t), dtype=bool))[None]
+  return causal & key_ok & (seg[:, None, :] > 0)
+
+
 def positions_from_mask(valid_BxT: jax.Array) -> jax.Array:
   """Positions 0,1,2,... over valid tokens (left padding gets position 0), int32 [B, T]."""
   valid = valid_BxT.astype(jnp.int32)

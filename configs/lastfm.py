@@ -1,0 +1,14 @@
+"""LastFM (LLaRA processing), val/test with S-DPO's frozen candidates; BPE tokenizer trained here."""
+
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.data = ml_collections.ConfigDict(dict(
+      name="lastfm", manual_dir="../shared/data/llara_lastfm", seed=0, num_candidates=20,
+      max_history=10, min_history=3, max_seq_len=1024,
+      candidates_dir="../shared/data/sdpo_lastfm"))
+  c.prompt = ml_collections.ConfigDict(dict(domain="music", templates=[]))
+  c.tokenizer = ml_collections.ConfigDict(dict(kind="bpe", vocab_size=8192, path=""))
+  return c

@@ -1,0 +1,15 @@
+"""MovieLens-100K from raw ratings; LLaRA's user split and val/test rows."""
+
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.data = ml_collections.ConfigDict(dict(
+      name="movielens100k", manual_dir="../shared/data/movielens_100k", seed=0, num_candidates=20,
+      max_history=10, min_history=3, max_seq_len=1024,
+      split_file="../shared/data/llara_movielens/split_users.json",
+      eval_rows_dir="../shared/data/llara_movielens/jsonl"))
+  c.prompt = ml_collections.ConfigDict(dict(domain="movies", templates=[]))
+  c.tokenizer = ml_collections.ConfigDict(dict(kind="bpe", vocab_size=8192, path=""))
+  return c

@@ -1,0 +1,24 @@
+r"""The one launcher: runs pipeline stages for a config.
+
+  python -m launch.main --config=configs/demo.py --workdir=/tmp/demo --stages=data
+  python -m launch.main --config=configs/lastfm.py --config.data.seed=1 --workdir=DIR --stages=data
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Run directory: every stage writes under it.")
+flags.DEFINE_list("stages", ["all"], "Stages to run, in pipeline order (or: all).")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  from rosepo_jax import pipeline  # pylint: disable=g-import-not-at-top
+  pipeline.run(FLAGS.config, FLAGS.workdir, FLAGS.stages)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)

@@ -1,0 +1,41 @@
+"""Deterministic candidate sets: the target plus uniformly drawn negatives, shuffled.
+
+The draw for an example depends only on (dataset seed, split, example index), so every run,
+stage and process sees the same candidates (METHOD.md section 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+
+
+def example_rng(seed: int, split: str, index: int, purpose: int = 0) -> np.random.Generator:
+  """An RNG keyed by (seed, split, index, purpose): independent of order and process."""
+  return np.random.default_rng([seed, SPLIT_CODES[split], index, purpose])
+
+
+def sample_candidates(num_items: int, history: Sequence[int], target: int, num_candidates: int,
+                      seed: int, split: str, index: int) -> list[int]:
+  """`num_candidates` distinct ids: the target once and negatives drawn uniformly from the
+  catalogue minus the shown history and the target, in a seeded random order."""
+  excluded = set(history) | {target}
+  need = num_candidates - 1
+  if num_items - len(excluded) < need:
+    raise ValueError(f"cannot draw {need} negatives for {split} example {index}: catalogue of "
+                     f"{num_items} items minus {len(excluded)} excluded is too small")
+  rng = example_rng(seed, split, index)
+  negatives: list[int] = []
+  seen = set(excluded)
+  while len(negatives) < need:  # rejection sampling: uniform over the allowed ids
+    for item in rng.integers(0, num_items, size=2 * num_candidates).tolist():
+      if item not in seen:
+        seen.add(item)
+        negatives.append(item)
+        if len(negatives) == need:
+          break
+  items = negatives + [target]
+  return [items[i] for i in rng.permutation(num_candidates)]

@@ -1,0 +1,119 @@
+"""The dataset as the rest of the system sees it: decoded examples per split plus the catalogue.
+
+  ds = load_dataset(config.data, data_dir)      # builds the TFDS dataset once, then reads it
+  ds.examples("train")[0].candidate_titles
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from rosepo_jax.data import records, tfds_builders
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_MANUAL_DIRS = {"lastfm": "../shared/data/llara_lastfm",
+                       "movielens100k": "../shared/data/movielens_100k"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+  index: int
+  user: int
+  history: tuple[int, ...]  # oldest first
+  target: int
+  candidates: tuple[int, ...]  # target exactly once
+  history_titles: tuple[str, ...]
+  target_title: str
+  candidate_titles: tuple[str, ...]
+
+
+@dataclasses.dataclass
+class RecDataset:
+  name: str
+  titles: list[str]
+  train_popularity: np.ndarray
+  duplicate_titles: int
+  info: dict
+  sources: dict  # split -> TFDS ArrayRecordDataSource
+  _cache: dict = dataclasses.field(default_factory=dict)
+
+  @property
+  def num_items(self) -> int:
+    return len(self.titles)
+
+  def examples(self, split: str) -> list[Example]:
+    if split not in self._cache:
+      if split not in self.sources:
+        raise KeyError(f"{self.name}: no split {split!r}; splits are {sorted(self.sources)}")
+      self._cache[split] = [_decode(r) for r in self.sources[split]]
+    return self._cache[split]
+
+
+def _text(x) -> str:
+  return x.decode("utf-8") if isinstance(x, bytes) else str(x)
+
+
+def _decode(r: dict) -> Example:
+  return Example(
+      index=int(r["index"]), user=int(r["user"]),
+      history=tuple(int(i) for i in r["history"]), target=int(r["target"]),
+      candidates=tuple(int(i) for i in r["candidates"]),
+      history_titles=tuple(_text(t) for t in r["history_titles"]),
+      target_title=_text(r["target_title"]),
+      candidate_titles=tuple(_text(t) for t in r["candidate_titles"]))
+
+
+def resolve_path(path: str | None) -> str | None:
+  """Relative paths in configs are relative to the repository root."""
+  if not path:
+    return None
+  return path if os.path.isabs(path) else os.path.normpath(os.path.join(REPO_ROOT, path))
+
+
+def builder_params(data_cfg) -> dict:
+  """The parameters that determine the data (hashed into the TFDS config name)."""
+  name = data_cfg.name
+  p = {"seed": int(data_cfg.seed), "num_candidates": int(data_cfg.num_candidates),
+       "max_history": int(data_cfg.max_history), "min_history": int(data_cfg.min_history)}
+  if p["min_history"] < 1 or p["max_history"] < p["min_history"]:
+    raise ValueError(f"config.data: need 1 <= min_history <= max_history, got "
+                     f"{p['min_history']}, {p['max_history']}")
+  if p["num_candidates"] < 2:
+    raise ValueError(f"config.data.num_candidates={p['num_candidates']} must be >= 2")
+  get = lambda k: data_cfg.get(k) or None  # pylint: disable=unnecessary-lambda-assignment
+  if name == "lastfm" and get("candidates_dir"):
+    p["candidates_dir"] = resolve_path(get("candidates_dir"))
+  if name == "movielens100k":
+    for key in ("split_file", "eval_rows_dir"):
+      if get(key):
+        p[key] = resolve_path(get(key))
+  if name == "synthetic":
+    world = data_cfg.get("world")
+    p["world"] = dict(world.to_dict() if hasattr(world, "to_dict") else world or {})
+  return p
+
+
+def manual_dir_of(data_cfg) -> str | None:
+  return resolve_path(data_cfg.get("manual_dir") or DEFAULT_MANUAL_DIRS.get(data_cfg.name))
+
+
+def load_dataset(data_cfg, data_dir: str) -> RecDataset:
+  """Prepares (first call) and opens the dataset described by `config.data` under `data_dir`."""
+  builder = tfds_builders.prepare(data_cfg.name, builder_params(data_cfg), data_dir,
+                                  manual_dir_of(data_cfg))
+  meta = builder.info.metadata
+  return RecDataset(name=data_cfg.name, titles=list(meta["titles"]),
+                    train_popularity=np.asarray(meta["train_popularity"], np.int64),
+                    duplicate_titles=int(meta["duplicate_titles"]), info=dict(meta["info"]),
+                    sources={s: builder.as_data_source(split=s) for s in records.SPLITS})
+
+
+def split_stats(examples: list[Example]) -> dict:
+  items = {i for e in examples for i in e.history} | {e.target for e in examples}
+  return {"examples": len(examples), "users": len({e.user for e in examples}),
+          "items": len(items),
+          "mean_history_len": float(np.mean([len(e.history) for e in examples])) if examples
+          else 0.0}

@@ -1,0 +1,399 @@
+"""Raw readers: files on disk -> a catalogue of unique titles and per-split interaction windows.
+
+Every reader returns a `RawDataset`. Errors name the file, the line (1-based) and the field, and
+say what was expected. Nothing is ever unpickled. Titles are made unique deterministically
+(`unique_titles`); how many were changed is recorded.
+
+Readers:
+  read_lastfm      LLaRA LastFM (train_data/Val_data/Test_data.jsonl + id2name.txt), optionally with
+                   S-DPO's frozen "cans20" candidates for val/test.
+  read_movielens   raw MovieLens-100K (u.data + u.item, ISO-8859-1), user-level split from LLaRA's
+                   split_users.json (val/test rows from LLaRA's jsonl) or a seeded 80/10/10 split.
+  read_generic     train/val/test.jsonl ({"seq": [...], "next": id}) + id2name.txt (+ meta.json).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+import dataclasses
+import json
+import os
+import re
+
+import numpy as np
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+  """One example before candidates: a user's recent history (oldest first) and the next item."""
+  user: int
+  history: tuple[int, ...]
+  target: int
+
+
+@dataclasses.dataclass
+class RawDataset:
+  titles: list[str]  # item id -> unique title
+  splits: dict[str, list[Window]]
+  train_popularity: np.ndarray  # [num_items] training-split interaction counts
+  duplicate_titles: int = 0  # titles changed to make them unique
+  frozen_candidates: dict[str, list[list[int]]] = dataclasses.field(default_factory=dict)
+  info: dict = dataclasses.field(default_factory=dict)  # reader-specific counts for stats
+
+  @property
+  def num_items(self) -> int:
+    return len(self.titles)
+
+
+class DataError(ValueError):
+  """Malformed input; the message names file, line and field."""
+
+
+def require_files(folder: str, names: list[str], what: str) -> None:
+  missing = [n for n in names if not os.path.isfile(os.path.join(folder, n))]
+  if missing:
+    raise FileNotFoundError(f"{what}: missing file(s) {missing} in {os.path.abspath(folder)}; "
+                            f"expected {names} there")
+
+
+def _jsonl(path: str) -> Iterator[tuple[int, dict]]:
+  with open(path, encoding="utf-8") as f:
+    for lineno, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+      if not isinstance(row, dict):
+        raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+      yield lineno, row
+
+
+def _field(row: dict, name: str, path: str, lineno: int, kind):
+  if name not in row:
+    raise DataError(f"{path}:{lineno}: field {name!r} is missing")
+  value = row[name]
+  ok = (isinstance(value, int) and not isinstance(value, bool)) if kind is int else \
+      isinstance(value, kind)
+  if not ok:
+    raise DataError(f"{path}:{lineno}: field {name!r} must be {kind.__name__}, got {value!r}")
+  return value
+
+
+def _check_ids(ids, num_items: int, path: str, lineno: int, name: str, allowed=()) -> None:
+  bad = [i for i in ids if not (isinstance(i, int) and (0 <= i < num_items or i in allowed))]
+  if bad:
+    extra = f" or padding {sorted(allowed)}" if allowed else ""
+    raise DataError(f"{path}:{lineno}: field {name!r} has item ids {bad[:5]} outside the "
+                    f"catalogue [0, {num_items}){extra}")
+
+
+def read_id2name(path: str) -> list[str]:
+  """``id::title`` lines -> titles indexed by id (ids must be exactly 0..n-1)."""
+  titles: dict[int, str] = {}
+  with open(path, encoding="utf-8") as f:
+    for lineno, line in enumerate(f, 1):
+      line = line.rstrip("\r\n")
+      if not line.strip():
+        continue
+      key, sep, title = line.partition("::")
+      if not sep or not key.strip().lstrip("-").isdigit():
+        raise DataError(f"{path}:{lineno}: expected 'id::title', got {line[:80]!r}")
+      item = int(key)
+      if item in titles:
+        raise DataError(f"{path}:{lineno}: item id {item} appears twice")
+      if not title.strip():
+        raise DataError(f"{path}:{lineno}: item {item} has an empty title")
+      titles[item] = title.strip()
+  if not titles:
+    raise DataError(f"{path}: no 'id::title' lines")
+  if sorted(titles) != list(range(len(titles))):
+    gaps = sorted(set(range(max(titles) + 1)) - set(titles))[:5]
+    raise DataError(f"{path}: item ids must be 0..{len(titles) - 1} without gaps; missing "
+                    f"{gaps}, max id {max(titles)}")
+  return [titles[i] for i in range(len(titles))]
+
+
+def unique_titles(titles: list[str], years: list[str | None] | None = None) -> tuple[list[str], int]:
+  """Makes titles unique: duplicates get " (YEAR)" when that separates them, else " [#id]".
+
+  Deterministic (by id). Returns (titles, number of titles changed). Never merges items.
+  """
+  def dupes(ts):
+    seen: dict[str, list[int]] = {}
+    for i, t in enumerate(ts):
+      seen.setdefault(t.casefold(), []).append(i)
+    return {i for ids in seen.values() if len(ids) > 1 for i in ids}
+
+  out = list(titles)
+  if years is not None:
+    for i in dupes(out):
+      if years[i]:
+        out[i] = f"{titles[i]} ({years[i]})"
+  for i in dupes(out):
+    out[i] = f"{out[i]} [#{i}]"
+  changed = sum(a != b for a, b in zip(out, titles))
+  assert not dupes(out)
+  return out, changed
+
+
+def _windows_of(items: list[int], user: int, min_history: int, max_history: int) -> list[Window]:
+  """Sliding windows over one user's time-ordered items: each item is a target once."""
+  return [Window(user, tuple(items[max(0, i - max_history):i]), items[i])
+          for i in range(min_history, len(items))]
+
+
+# ------------------------------------------------------------------------------------------------
+# LastFM (LLaRA form)
+
+
+def _read_llara_rows(path: str, num_items: int, pad: int, pair: bool = False
+                     ) -> list[tuple[int, list[int], int]]:
+  """(line, history ids oldest first, target) for each row of a LLaRA jsonl file.
+
+  `pair` rows (MovieLens) hold [item, rating] pairs instead of ids.
+  """
+  rows = []
+  for lineno, row in _jsonl(path):
+    seq = _field(row, "seq", path, lineno, list)
+    n = _field(row, "len_seq", path, lineno, int)
+    nxt = row.get("next")
+    if pair:
+      if not (all(isinstance(p, list) and len(p) == 2 for p in seq) and isinstance(nxt, list)
+              and len(nxt) == 2):
+        raise DataError(f"{path}:{lineno}: fields 'seq'/'next' must hold [item, rating] pairs")
+      seq, nxt = [p[0] for p in seq], nxt[0]
+    if not isinstance(nxt, int) or isinstance(nxt, bool):
+      raise DataError(f"{path}:{lineno}: field 'next' must be an item id, got {nxt!r}")
+    if not 0 <= n <= len(seq):
+      raise DataError(f"{path}:{lineno}: field 'len_seq'={n} is outside [0, {len(seq)}]")
+    _check_ids(seq, num_items, path, lineno, "seq", allowed=(pad,))
+    _check_ids([nxt], num_items, path, lineno, "next")
+    history = [i for i in seq[:n] if i != pad]
+    if any(i != pad for i in seq[n:]):
+      raise DataError(f"{path}:{lineno}: field 'seq' has item ids after position len_seq={n}; "
+                      f"expected right padding with {pad}")
+    rows.append((lineno, history, nxt))
+  return rows
+
+
+def read_lastfm(manual_dir: str, min_history: int = 3, max_history: int = 10,
+                candidates_dir: str | None = None, num_candidates: int = 20) -> RawDataset:
+  """LLaRA LastFM. Users are delimited by their first row (empty history), as LLaRA writes them.
+
+  With `candidates_dir` (S-DPO's lastfm-{val,test}.json), val/test take those frozen candidates;
+  each record must match our example (history titles, target) in order.
+  """
+  jsonl = os.path.join(manual_dir, "jsonl")
+  files = {"train": "train_data.jsonl", "val": "Val_data.jsonl", "test": "Test_data.jsonl"}
+  require_files(manual_dir, ["id2name.txt"], "lastfm")
+  require_files(jsonl, list(files.values()), "lastfm")
+  titles = read_id2name(os.path.join(manual_dir, "id2name.txt"))
+  titles, changed = unique_titles(titles)
+  num_items, pad = len(titles), len(titles)
+  splits, popularity, info = {}, np.zeros(num_items, np.int64), {}
+  user = -1
+  for split, name in files.items():
+    windows = []
+    rows = _read_llara_rows(os.path.join(jsonl, name), num_items, pad)
+    for _, history, target in rows:
+      if not history:  # a user's first row: all padding
+        user += 1
+      if split == "train":
+        popularity[target] += 1  # every interaction is some row's target
+      if len(history) >= min_history:
+        windows.append(Window(user, tuple(history[-max_history:]), target))
+    splits[split] = windows
+    info[f"{split}_rows"] = len(rows)
+  raw = RawDataset(titles, splits, popularity, changed, info=info)
+  if candidates_dir:
+    for split in ("val", "test"):
+      path = os.path.join(candidates_dir, f"lastfm-{split}.json")
+      raw.frozen_candidates[split] = read_sdpo_candidates(path, raw, split, num_candidates)
+  return raw
+
+
+def read_sdpo_candidates(path: str, raw: RawDataset, split: str, num_candidates: int
+                         ) -> list[list[int]]:
+  """S-DPO cans20 JSON -> candidate ids per example, checked record by record against `raw`."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"S-DPO candidates: {path} not found (expected lastfm-val.json and "
+                            "lastfm-test.json in the candidates dir)")
+  try:
+    with open(path, encoding="utf-8") as f:
+      records = json.load(f)
+  except json.JSONDecodeError as e:
+    raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+  windows = raw.splits[split]
+  if not isinstance(records, list) or len(records) != len(windows):
+    n = len(records) if isinstance(records, list) else type(records).__name__
+    raise DataError(f"{path}: expected a JSON array of {len(windows)} records (one per {split} "
+                    f"example), got {n}")
+  by_title = {t: i for i, t in enumerate(raw.titles)}
+  out = []
+  for k, (rec, w) in enumerate(zip(records, windows)):
+    where = f"{path}: record {k}"
+    try:
+      history, items, target = rec["historyList"].split("::"), rec["itemList"], rec["trueSelection"]
+    except (KeyError, TypeError, AttributeError):
+      raise DataError(f"{where}: expected fields historyList (str), itemList (list), "
+                      "trueSelection (str)") from None
+    if history != [raw.titles[i] for i in w.history] or target != raw.titles[w.target]:
+      raise DataError(f"{where}: history/target do not match {split} example {k} "
+                      f"(history {[raw.titles[i] for i in w.history]}, target "
+                      f"{raw.titles[w.target]!r})")
+    unknown = [t for t in items if t not in by_title]
+    if unknown:
+      raise DataError(f"{where}: field itemList has titles not in the catalogue: {unknown[:3]}")
+    ids = [by_title[t] for t in items]
+    if len(ids) != num_candidates or len(set(ids)) != len(ids) or ids.count(w.target) != 1:
+      raise DataError(f"{where}: field itemList must hold {num_candidates} distinct titles "
+                      "including the target once")
+    out.append(ids)
+  return out
+
+
+# ------------------------------------------------------------------------------------------------
+# MovieLens-100K (raw)
+
+_YEAR = re.compile(r"^(.*?)\s*\((\d{4})\)\s*$")
+_ARTICLE = re.compile(r"^(.*), (The|A|An)$")
+
+
+def movielens_title(raw_title: str) -> tuple[str, str | None]:
+  """LLaRA's title form: drop a trailing " (YYYY)", move a trailing ", The/A/An" to the front."""
+  m = _YEAR.match(raw_title)
+  title, year = (m.group(1), m.group(2)) if m else (raw_title.strip(), None)
+  a = _ARTICLE.match(title)
+  if a:
+    title = f"{a.group(2)} {a.group(1)}"
+  return title, year
+
+
+def read_movielens(manual_dir: str, min_history: int = 3, max_history: int = 10,
+                   split_file: str | None = None, eval_rows_dir: str | None = None,
+                   seed: int = 0) -> RawDataset:
+  """MovieLens-100K from u.data/u.item, split by user.
+
+  With `split_file` (LLaRA's split_users.json: val_users, test_users as u.data user ids) and
+  `eval_rows_dir` (LLaRA's jsonl/{Val,Test}_data.jsonl), val/test are LLaRA's rows, each checked
+  to be ratings of its listed user. Without them, a seeded 80/10/10 user split and each held-out
+  user's last window. Train: every sliding window of every training user, in time order (ties by
+  file order).
+  """
+  require_files(manual_dir, ["u.data", "u.item"], "movielens100k")
+  item_path, data_path = os.path.join(manual_dir, "u.item"), os.path.join(manual_dir, "u.data")
+  raw_titles, years = {}, {}
+  with open(item_path, encoding="iso-8859-1") as f:
+    for lineno, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      fields = line.rstrip("\r\n").split("|")
+      if len(fields) < 2 or not fields[0].isdigit():
+        raise DataError(f"{item_path}:{lineno}: expected 'movie id|title|...', got {line[:60]!r}")
+      raw_titles[int(fields[0]) - 1], years[int(fields[0]) - 1] = movielens_title(fields[1])
+  num_items = len(raw_titles)
+  if sorted(raw_titles) != list(range(num_items)):
+    raise DataError(f"{item_path}: movie ids must be 1..{num_items} without gaps")
+  titles, changed = unique_titles([raw_titles[i] for i in range(num_items)],
+                                  [years[i] for i in range(num_items)])
+  per_user: dict[int, list[tuple[int, int, int]]] = {}
+  ratings = 0
+  with open(data_path, encoding="utf-8") as f:
+    for lineno, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      fields = line.split()
+      if len(fields) != 4 or not all(x.isdigit() for x in fields):
+        raise DataError(f"{data_path}:{lineno}: expected 'user<TAB>item<TAB>rating<TAB>time' "
+                        f"(4 integers), got {line.strip()[:60]!r}")
+      u, item, rating, ts = map(int, fields)
+      if not 1 <= item <= num_items:
+        raise DataError(f"{data_path}:{lineno}: field item={item} is not a movie id in u.item "
+                        f"(1..{num_items})")
+      if not 1 <= rating <= 5:
+        raise DataError(f"{data_path}:{lineno}: field rating={rating} is outside 1..5")
+      per_user.setdefault(u, []).append((ts, lineno, item - 1))
+      ratings += 1
+  sequences = {u: [item for _, _, item in sorted(v)] for u, v in per_user.items()}
+  users = sorted(sequences)
+  if split_file:
+    with open(split_file, encoding="utf-8") as f:
+      split = json.load(f)
+    for key in ("val_users", "test_users"):
+      if not isinstance(split.get(key), list):
+        raise DataError(f"{split_file}: field {key!r} must be a list of u.data user ids")
+    held = {"val": split["val_users"], "test": split["test_users"]}
+  else:
+    order = np.random.default_rng(seed).permutation(users).tolist()
+    n = len(users) // 10
+    held = {"val": sorted(order[:n]), "test": sorted(order[n:2 * n])}
+  unknown = [u for s in held.values() for u in s if u not in sequences]
+  if unknown:
+    raise DataError(f"{split_file}: user ids {unknown[:5]} do not occur in u.data")
+  held_out = set(held["val"]) | set(held["test"])
+  train = [w for u in users if u not in held_out
+           for w in _windows_of(sequences[u], u, min_history, max_history)]
+  popularity = np.bincount([i for u in users if u not in held_out for i in sequences[u]],
+                           minlength=num_items).astype(np.int64)
+  splits = {"train": train}
+  for name, held_users in held.items():
+    if eval_rows_dir:
+      path = os.path.join(eval_rows_dir, f"{name.capitalize()}_data.jsonl")
+      require_files(eval_rows_dir, [os.path.basename(path)], "movielens100k eval rows")
+      rows = _read_llara_rows(path, num_items, num_items, pair=True)
+      if len(rows) != len(held_users):
+        raise DataError(f"{path}: {len(rows)} rows but {split_file} lists {len(held_users)} "
+                        f"{name} users (one row each, in order)")
+      windows = []
+      for (lineno, history, target), u in zip(rows, held_users):
+        if not set(history) | {target} <= set(sequences[u]):
+          raise DataError(f"{path}:{lineno}: items are not all rated by user {u} in u.data")
+        if len(history) >= min_history:
+          windows.append(Window(u, tuple(history[-max_history:]), target))
+    else:
+      windows = [_windows_of(sequences[u], u, min_history, max_history)[-1] for u in held_users
+                 if len(sequences[u]) > min_history]
+    splits[name] = windows
+  return RawDataset(titles, splits, popularity, changed,
+                    info={"ratings": ratings, "users_total": len(users)})
+
+
+# ------------------------------------------------------------------------------------------------
+# Generic
+
+
+def read_generic(manual_dir: str, min_history: int = 3, max_history: int = 10) -> RawDataset:
+  """train/val/test.jsonl (one {"seq": [ids oldest first], "next": id[, "user": id]} a line) and
+  id2name.txt; meta.json may name a "padding_id" dropped from seq."""
+  names = [f"{s}.jsonl" for s in SPLITS] + ["id2name.txt"]
+  require_files(manual_dir, names, "generic dataset")
+  titles, changed = unique_titles(read_id2name(os.path.join(manual_dir, "id2name.txt")))
+  pad = None
+  meta_path = os.path.join(manual_dir, "meta.json")
+  if os.path.isfile(meta_path):
+    with open(meta_path, encoding="utf-8") as f:
+      meta = json.load(f)
+    pad = meta.get("padding_id")
+    if pad is not None and not isinstance(pad, int):
+      raise DataError(f"{meta_path}: field 'padding_id' must be an integer, got {pad!r}")
+  splits, popularity = {}, np.zeros(len(titles), np.int64)
+  for split in SPLITS:
+    path = os.path.join(manual_dir, f"{split}.jsonl")
+    windows = []
+    for lineno, row in _jsonl(path):
+      seq = _field(row, "seq", path, lineno, list)
+      target = _field(row, "next", path, lineno, int)
+      user = _field(row, "user", path, lineno, int) if "user" in row else lineno - 1
+      _check_ids(seq, len(titles), path, lineno, "seq", allowed=() if pad is None else (pad,))
+      _check_ids([target], len(titles), path, lineno, "next")
+      history = [i for i in seq if i != pad]
+      if split == "train":
+        popularity[target] += 1
+      if len(history) >= min_history:
+        windows.append(Window(user, tuple(history[-max_history:]), target))
+    splits[split] = windows
+  return RawDataset(titles, splits, popularity, changed)

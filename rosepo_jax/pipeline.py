@@ -1,0 +1,103 @@
+"""The stages of a run, usable from Python: data -> sft -> negatives -> oracle -> preference ->
+eval -> export (later issues add the stages after `data`).
+
+Each stage reads `config` and writes under `workdir`:
+  data: DIR/data/tfds (the TFDS dataset), DIR/data/tokenizer, DIR/data/stats.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from absl import logging
+import numpy as np
+
+from rosepo_jax.data import dataset as dataset_lib
+from rosepo_jax.data import prompts, tokenizer as tokenizer_lib
+from rosepo_jax.data.batching import encode_prompt
+
+STAGES = ("data",)
+
+
+def data_dir(workdir: str) -> str:
+  return os.path.join(workdir, "data")
+
+
+def open_dataset(config, workdir: str) -> dataset_lib.RecDataset:
+  return dataset_lib.load_dataset(config.data, os.path.join(data_dir(workdir), "tfds"))
+
+
+def example_prompt(config, ds: dataset_lib.RecDataset, split: str, ex) -> str:
+  """The exact prompt text of an example (template chosen per example when several)."""
+  templates = prompts.templates_for(config.prompt, ds.name)
+  template = prompts.choose_template(templates, config.data.seed, split, ex.index)
+  return prompts.render_prompt(template, ex.history_titles, ex.candidate_titles)
+
+
+def build_tokenizer(config, workdir: str, ds: dataset_lib.RecDataset):
+  """Trains the BPE on training prompts + titles (kind "bpe") or loads the backbone's."""
+  kind = config.tokenizer.kind
+  if kind == "pretrained":
+    return tokenizer_lib.load_pretrained_tokenizer(config.tokenizer.path)
+  if kind != "bpe":
+    raise ValueError(f"config.tokenizer.kind={kind!r}; expected bpe or pretrained")
+  texts = [example_prompt(config, ds, "train", ex) for ex in ds.examples("train")]
+  texts += [prompts.response_text(t) for t in ds.titles]
+  tok = tokenizer_lib.train_bpe(texts, config.tokenizer.vocab_size)
+  tokenizer_lib.save_tokenizer(tok, os.path.join(data_dir(workdir), "tokenizer"))
+  return tok
+
+
+def load_tokenizer(config, workdir: str):
+  if config.tokenizer.kind == "pretrained":
+    return tokenizer_lib.load_pretrained_tokenizer(config.tokenizer.path)
+  return tokenizer_lib.load_saved_tokenizer(os.path.join(data_dir(workdir), "tokenizer"))
+
+
+def _write_json(path: str, obj) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(obj, f, indent=2, ensure_ascii=False)
+  os.replace(tmp, path)
+
+
+def run_data(config, workdir: str) -> dict:
+  """Prepares the dataset and tokenizer; writes DIR/data/stats.json and returns the stats."""
+  t0 = time.time()
+  os.makedirs(data_dir(workdir), exist_ok=True)
+  ds = open_dataset(config, workdir)
+  tok = build_tokenizer(config, workdir, ds)
+  stats = {"dataset": ds.name, "catalogue_size": ds.num_items,
+           "duplicate_titles_resolved": ds.duplicate_titles,
+           "num_candidates": int(config.data.num_candidates), "splits": {},
+           "tokenizer": {"kind": config.tokenizer.kind, "vocab_size": len(tok)}}
+  templates = prompts.templates_for(config.prompt, ds.name)
+  for split in ("train", "val", "test"):
+    examples = ds.examples(split)
+    split_stats = dataset_lib.split_stats(examples)
+    lengths = np.array([len(encode_prompt(
+        tok, prompts.choose_template(templates, config.data.seed, split, ex.index),
+        ex.history_titles, ex.candidate_titles)) for ex in examples])
+    if len(lengths):
+      split_stats["prompt_tokens"] = {"p50": float(np.percentile(lengths, 50)),
+                                      "p95": float(np.percentile(lengths, 95)),
+                                      "max": int(lengths.max())}
+    stats["splits"][split] = split_stats
+  stats["reader"] = {k: v for k, v in ds.info.items() if k != "item_genre"}
+  stats["seconds"] = round(time.time() - t0, 1)
+  _write_json(os.path.join(data_dir(workdir), "stats.json"), stats)
+  logging.info("data stage: %s", json.dumps(stats["splits"]))
+  return stats
+
+
+def run(config, workdir: str, stages) -> None:
+  """Runs `stages` (names from STAGES, or "all") in pipeline order."""
+  stages = list(STAGES) if list(stages) == ["all"] else list(stages)
+  unknown = [s for s in stages if s not in STAGES]
+  if unknown:
+    raise ValueError(f"unknown stage(s) {unknown}; available: {list(STAGES)} or all")
+  for stage in STAGES:
+    if stage in stages:
+      {"data": run_data}[stage](config, workdir)
