@@ -27,6 +27,8 @@ setuptools.setup(
         "safetensors>=0.4.3",
         "tokenizers>=0.21",
         "numpy>=1.26",
+        "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
+        "tqdm>=4.66",
     ],
     extras_require={
         # torch is installed separately as exactly torch==2.13.0 (CPU build); see .ci/run.

@@ -398,12 +398,16 @@ class Decoder(nnx.Module):
                       index=cache.index + tokens_BxT.shape[1])
     return self.final_norm(x_BxTxD), cache
 
+  def head_weight(self) -> jax.Array:
+    """The LM head as a [D, V] matrix in the compute dtype (the embedding when tied)."""
+    dtype = jnp.dtype(self.cfg.dtype)
+    if self.lm_head is None:
+      return self.embed[...].astype(dtype).T
+    return self.lm_head.kernel[...].astype(dtype)
+
   def logits(self, h_BxTxD: jax.Array) -> jax.Array:
     """Vocabulary logits [B, T, V] in fp32 (matmul in the compute dtype, as transformers)."""
-    if self.lm_head is None:
-      logits = jnp.dot(h_BxTxD, self.embed[...].astype(h_BxTxD.dtype).T)
-    else:
-      logits = self.lm_head(h_BxTxD)
+    logits = jnp.dot(h_BxTxD, self.head_weight())
     return shard(logits.astype(jnp.float32), ("batch", "length", "act_vocab"))
 
   def __call__(self, tokens_BxT, positions_BxT, mask_BxTxS, cache=None):

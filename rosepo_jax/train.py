@@ -1,0 +1,323 @@
+"""Training: optimizer, jitted sharded train steps (SFT and preference), and the loop.
+
+A train step is ``jax.jit`` with explicit in/out shardings over the mesh (parameters by their
+logical axes, optimizer state alongside, the batch over data x fsdp) and donated state. Gradient
+accumulation scans over micro-batches and normalises by the whole batch's denominator, so it
+equals one big batch exactly (up to float summation order).
+
+The loop checkpoints with orbax (async, keep-N, best-by-metric), resumes exactly (the data order
+is a pure function of the step: `data.batching.StepSampler`), evaluates every N steps, writes
+TensorBoard events (tensorboardX, no TensorFlow), shows steps, tokens/s and ETA, and stops with a
+clear error on a non-finite loss, leaving the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any
+
+from absl import logging
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from rosepo_jax import losses, scoring, sharding
+from rosepo_jax.model import Decoder
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+  learning_rate: float = 1e-4
+  warmup_steps: int = 0
+  decay: str = "cosine"  # cosine | linear | constant
+  min_lr_ratio: float = 0.1
+  weight_decay: float = 0.0
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+  max_grad_norm: float = 1.0  # 0 disables clipping
+
+
+def learning_rate_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
+  warmup = max(cfg.warmup_steps, 0)
+  decay_steps = max(total_steps - warmup, 1)
+  end = cfg.learning_rate * cfg.min_lr_ratio
+  if cfg.decay == "cosine":
+    after = optax.cosine_decay_schedule(cfg.learning_rate, decay_steps, alpha=cfg.min_lr_ratio)
+  elif cfg.decay == "linear":
+    after = optax.linear_schedule(cfg.learning_rate, end, decay_steps)
+  elif cfg.decay == "constant":
+    after = optax.constant_schedule(cfg.learning_rate)
+  else:
+    raise ValueError(f"optim.decay={cfg.decay!r}; expected cosine, linear or constant")
+  if not warmup:
+    return after
+  return optax.join_schedules([optax.linear_schedule(0.0, cfg.learning_rate, warmup), after],
+                              [warmup])
+
+
+def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
+  """AdamW with warmup + decay and global-norm clipping; no decay on norms, biases, embeddings."""
+  def decay_mask(params):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: str(getattr(path[-1], "key", path[-1])) == "kernel", params)
+
+  parts = [optax.clip_by_global_norm(cfg.max_grad_norm)] if cfg.max_grad_norm > 0 else []
+  parts.append(optax.adamw(learning_rate_schedule(cfg, total_steps), b1=cfg.b1, b2=cfg.b2,
+                           eps=cfg.eps, weight_decay=cfg.weight_decay, mask=decay_mask))
+  return optax.chain(*parts)
+
+
+# ------------------------------------------------------------------------------------------------
+# Loss functions: (sum of per-example losses, denominator, metric sums) on one micro-batch, so
+# that accumulation can normalise by the whole batch.
+
+LossFn = Callable[[Decoder, dict], tuple[jax.Array, jax.Array, dict]]
+
+
+def sft_loss_fn(vocab_chunk: int) -> LossFn:
+  def fn(model, batch):
+    logps_BxR = scoring.token_logps(model, batch, vocab_chunk)
+    valid = (batch["score_seg"] >= 0).astype(jnp.float32)
+    nll = -(logps_BxR * valid).sum()
+    return nll, valid.sum(), {"loss": nll, "tokens": valid.sum()}
+  return fn
+
+
+def preference_loss_fn(method: str, num_rejected: int, beta: float, vocab_chunk: int,
+                       rosepo_form: str = "conservative", sft_weight: float = 0.0) -> LossFn:
+  """Preference loss; ``batch["ref_logps"]`` [B, K+1] holds the reference log-probs."""
+  def fn(model, batch):
+    policy, counts = scoring.response_logps(model, batch, num_rejected + 1, vocab_chunk)
+    ref = batch["ref_logps"]
+    rejected_valid = (counts[:, 1:] > 0) & batch["row_valid"][:, None]
+    loss_B, metrics = losses.preference_loss(
+        method, policy[:, 0], ref[:, 0], policy[:, 1:], ref[:, 1:], batch["eps"],
+        rejected_valid, beta=beta, rosepo_form=rosepo_form)
+    row = batch["row_valid"].astype(jnp.float32)
+    if sft_weight:
+      loss_B = loss_B + sft_weight * (-policy[:, 0] / jnp.maximum(counts[:, 0], 1.0))
+    total = (loss_B * row).sum()
+    sums = {k: (v * row).sum() for k, v in metrics.items()}
+    sums["loss"] = total
+    return total, row.sum(), sums
+  return fn
+
+
+# ------------------------------------------------------------------------------------------------
+# Train step.
+
+
+@dataclasses.dataclass
+class TrainState:
+  step: int
+  params: nnx.State
+  opt_state: Any
+
+
+def make_step_fn(graphdef, rest, loss_fn: LossFn, optimizer: optax.GradientTransformation,
+                 accum_steps: int = 1):
+  """The pure train step ``(params, opt_state, batch) -> (params, opt_state, metrics)``.
+
+  With ``accum_steps > 1`` the batch's leading dimension is split into that many micro-batches
+  whose gradients, denominators and metric sums are added up before normalising.
+  """
+  def micro(params, batch):
+    def f(p):
+      total, denom, sums = loss_fn(nnx.merge(graphdef, p, rest), batch)
+      return total, (denom, sums)
+    (_, (denom, sums)), grads = jax.value_and_grad(f, has_aux=True)(params)
+    return grads, denom, sums
+
+  def step(params, opt_state, batch):
+    if accum_steps == 1:
+      grads, denom, sums = micro(params, batch)
+    else:
+      split = jax.tree.map(
+          lambda x: x.reshape((accum_steps, x.shape[0] // accum_steps) + x.shape[1:]), batch)
+      shapes = jax.eval_shape(micro, params, jax.tree.map(lambda x: x[0], split))
+      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+      def body(carry, mb):
+        return jax.tree.map(jnp.add, carry, micro(params, mb)), None
+
+      (grads, denom, sums), _ = jax.lax.scan(body, zeros, split)
+    denom = jnp.maximum(denom, 1.0)
+    grads = jax.tree.map(lambda g: g / denom, grads)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    metrics = {k: v / denom for k, v in sums.items() if k != "tokens"}
+    metrics.update(grad_norm=optax.global_norm(grads), examples=denom)
+    if "tokens" in sums:
+      metrics["tokens"] = sums["tokens"]
+    return params, opt_state, metrics
+
+  return step
+
+
+class Trainer:
+  """One model + loss + optimizer on a mesh (or one device): state and the jitted step."""
+
+  def __init__(self, model: Decoder, loss_fn: LossFn, optimizer: optax.GradientTransformation,
+               mesh=None, accum_steps: int = 1, rules=sharding.RULES):
+    self.mesh, self.rules, self.accum_steps = mesh, rules, accum_steps
+    sharding.shard_module(model, mesh, rules)
+    self.graphdef, params, self.rest = nnx.split(model, nnx.Param, ...)
+    with sharding.use_mesh(mesh):
+      opt_state = jax.jit(optimizer.init)(params)
+    self.initial = TrainState(0, params, opt_state)
+    self._step_fn = make_step_fn(self.graphdef, self.rest, loss_fn, optimizer, accum_steps)
+    self._jitted: dict = {}
+
+  def model(self, params: nnx.State) -> Decoder:
+    return nnx.merge(self.graphdef, params, self.rest)
+
+  def state_shardings(self, state: TrainState):
+    return jax.tree.map(lambda x: x.sharding, (state.params, state.opt_state))
+
+  def _jit_for(self, state: TrainState, batch: dict):
+    key = tuple(sorted((k, np.ndim(v)) for k, v in batch.items()))
+    if key not in self._jitted:
+      if self.mesh is None:
+        self._jitted[key] = jax.jit(self._step_fn, donate_argnums=(0, 1))
+      else:
+        params_s, opt_s = self.state_shardings(state)
+        batch_s = {k: jax.sharding.NamedSharding(self.mesh, sharding.logical_to_spec(
+            ("batch",) + (None,) * (np.ndim(v) - 1), np.shape(v), self.mesh, self.rules))
+                   for k, v in batch.items()}
+        replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+        self._jitted[key] = jax.jit(self._step_fn, donate_argnums=(0, 1),
+                                    in_shardings=(params_s, opt_s, batch_s),
+                                    out_shardings=(params_s, opt_s, replicated))
+    return self._jitted[key]
+
+  def step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    """One optimizer step on a global batch (this process's rows in a multi-host job)."""
+    if self.accum_steps > 1 and len(next(iter(batch.values()))) % self.accum_steps:
+      raise ValueError(f"batch of {len(next(iter(batch.values())))} rows is not divisible by "
+                       f"accum_steps={self.accum_steps}")
+    fn = self._jit_for(state, batch)
+    batch = sharding.global_batch(batch, self.mesh, rules=self.rules)
+    with sharding.use_mesh(self.mesh):
+      params, opt_state, metrics = fn(state.params, state.opt_state, batch)
+    return TrainState(state.step + 1, params, opt_state), metrics
+
+
+# ------------------------------------------------------------------------------------------------
+# The loop.
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+  num_steps: int
+  log_every: int = 10
+  eval_every: int = 0  # 0: only at the end
+  checkpoint_every: int = 100
+  keep_checkpoints: int = 2
+  best_metric: str = ""  # an eval metric: keep the best checkpoint by it too
+  best_mode: str = "max"
+  progress: bool = True
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+def _checkpoint_manager(directory: str, cfg: LoopConfig) -> ocp.CheckpointManager:
+  best = cfg.best_metric
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=cfg.keep_checkpoints, create=True, enable_async_checkpointing=True,
+      best_fn=(lambda m: m[best]) if best else None, best_mode=cfg.best_mode,
+      keep_checkpoints_without_metrics=not best)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+def _save(manager, state: TrainState, metrics: dict | None = None) -> None:
+  manager.save(state.step, args=ocp.args.Composite(
+      params=ocp.args.StandardSave(state.params.to_pure_dict()),
+      opt_state=ocp.args.StandardSave(state.opt_state)), metrics=metrics)
+
+
+def restore_latest(directory: str, like: TrainState) -> TrainState | None:
+  """The latest checkpoint in `directory`, restored into `like`'s structure and shardings."""
+  if not os.path.isdir(directory):
+    return None
+  manager = ocp.CheckpointManager(os.path.abspath(directory))
+  step = manager.latest_step()
+  if step is None:
+    return None
+  abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)  # pylint: disable=unnecessary-lambda-assignment
+  restored = manager.restore(step, args=ocp.args.Composite(
+      params=ocp.args.StandardRestore(abstract(like.params.to_pure_dict())),
+      opt_state=ocp.args.StandardRestore(abstract(like.opt_state))))
+  params = jax.tree.map(lambda x: x, like.params)  # a structural copy to fill
+  nnx.replace_by_pure_dict(params, restored["params"])
+  manager.close()
+  return TrainState(int(step), params, restored["opt_state"])
+
+
+def train_loop(trainer: Trainer, batch_fn: Callable[[int], dict], cfg: LoopConfig,
+               workdir: str, eval_fn: Callable[[TrainState], dict] | None = None,
+               resume: bool = True) -> tuple[TrainState, dict]:
+  """Runs steps ``state.step .. cfg.num_steps - 1``; `batch_fn(step)` gives step's batch.
+
+  Writes ``workdir/checkpoints`` (orbax) and ``workdir/tb`` (TensorBoard). Returns the final
+  state and the last eval metrics.
+  """
+  from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  import tqdm  # pylint: disable=g-import-not-at-top
+
+  os.makedirs(workdir, exist_ok=True)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  state = (restore_latest(ckpt_dir, trainer.initial) if resume else None) or trainer.initial
+  if state.step:
+    logging.info("resumed %s at step %d", workdir, state.step)
+  manager = _checkpoint_manager(ckpt_dir, cfg)
+  writer = SummaryWriter(os.path.join(workdir, "tb")) if jax.process_index() == 0 else None
+  bar = tqdm.tqdm(total=cfg.num_steps, initial=state.step, disable=not cfg.progress,
+                  desc=os.path.basename(workdir.rstrip("/")), unit="step", dynamic_ncols=True)
+  eval_metrics: dict = {}
+  window_tokens, window_start = 0.0, time.time()
+  try:
+    while state.step < cfg.num_steps:
+      state, metrics = trainer.step(state, batch_fn(state.step))
+      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      if not math.isfinite(metrics["loss"]):
+        raise NonFiniteLossError(
+            f"{workdir}: non-finite loss {metrics['loss']} at step {state.step}; stopping. The "
+            f"last good checkpoint is in {ckpt_dir} (step {manager.latest_step()}). Lower the "
+            "learning rate or check the data of this step.")
+      window_tokens += metrics.get("tokens", 0.0)
+      bar.update(1)
+      done = state.step == cfg.num_steps
+      if state.step % cfg.log_every == 0 or done:
+        elapsed = max(time.time() - window_start, 1e-9)
+        metrics["tokens_per_s"] = window_tokens / elapsed
+        window_tokens, window_start = 0.0, time.time()
+        bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+        if writer:
+          for k, v in metrics.items():
+            writer.add_scalar(f"train/{k}", v, state.step)
+      if eval_fn and ((cfg.eval_every and state.step % cfg.eval_every == 0) or done):
+        eval_metrics = eval_fn(state)
+        if writer:
+          for k, v in eval_metrics.items():
+            writer.add_scalar(f"eval/{k}", v, state.step)
+        logging.info("step %d eval %s", state.step, json.dumps(eval_metrics))
+      if state.step % cfg.checkpoint_every == 0 or done:
+        _save(manager, state, eval_metrics if cfg.best_metric and eval_metrics else None)
+  finally:
+    manager.wait_until_finished()
+    manager.close()
+    bar.close()
+    if writer:
+      writer.close()
+  return state, eval_metrics

@@ -1,0 +1,129 @@
+"""Every loss vs a float64 numpy implementation of METHOD.md section 5, values and gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rosepo_jax import losses as L
+
+
+def _logsig(x):
+  return -np.logaddexp(0.0, -x)
+
+
+def reference_loss(method, pc, rc, pr, rr, eps, valid, beta, form="conservative"):
+  """float64, written from METHOD.md: per-prompt loss [B]."""
+  chosen = beta * (pc - rc)
+  h = chosen[:, None] - beta * (pr - rr)
+  if method == "sdpo":
+    out = []
+    for b in range(len(pc)):
+      hs = -h[b][valid[b]]
+      out.append(-_logsig(-np.log(np.sum(np.exp(hs)))))
+    return np.array(out)
+  if method == "rosepo":
+    method = "rdpo" if form == "robust" else "cdpo"
+  if method == "dpo":
+    pair = -_logsig(h)
+  elif method == "cdpo":
+    pair = -(1 - eps) * _logsig(h) - eps * _logsig(-h)
+  elif method == "rdpo":
+    pair = (-(1 - eps) * _logsig(h) + eps * _logsig(-h)) / (1 - 2 * eps)
+  elif method == "ipo":
+    pair = (h / beta - 1 / (2 * beta)) ** 2
+  return np.array([pair[b][valid[b]].mean() for b in range(len(pc))])
+
+
+def _inputs(seed, b=16, k=3):
+  rs = np.random.RandomState(seed)
+  valid = rs.rand(b, k) < 0.7
+  valid[:, 0] = True
+  return dict(pc=rs.normal(-20, 5, b), rc=rs.normal(-20, 5, b), pr=rs.normal(-22, 5, (b, k)),
+              rr=rs.normal(-22, 5, (b, k)), eps=rs.uniform(0, 0.45, (b, k)), valid=valid)
+
+
+def _ours(method, x, beta, form="conservative"):
+  f32 = lambda a: jnp.asarray(a, jnp.float32)  # pylint: disable=unnecessary-lambda-assignment
+  loss, metrics = L.preference_loss(method, f32(x["pc"]), f32(x["rc"]), f32(x["pr"]),
+                                    f32(x["rr"]), f32(x["eps"]), jnp.asarray(x["valid"]),
+                                    beta=beta, rosepo_form=form)
+  return np.asarray(loss, np.float64), metrics
+
+
+@pytest.mark.parametrize("method,form", [(m, "conservative") for m in L.METHODS] +
+                         [("rosepo", "robust")])
+@pytest.mark.parametrize("beta", [0.1, 1.0])
+def test_loss_values_match_float64(method, form, beta):
+  x = _inputs(0)
+  ours, _ = _ours(method, x, beta, form)
+  np.testing.assert_allclose(ours, reference_loss(method, **x, beta=beta, form=form),
+                             rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", L.METHODS)
+def test_gradients_wrt_policy_logps_match_float64(method):
+  x = _inputs(1, b=6, k=3)
+  beta = 0.5
+
+  def ours_total(pc, pr):
+    loss, _ = L.preference_loss(method, pc, jnp.asarray(x["rc"], jnp.float32), pr,
+                                jnp.asarray(x["rr"], jnp.float32),
+                                jnp.asarray(x["eps"], jnp.float32), jnp.asarray(x["valid"]),
+                                beta=beta)
+    return loss.sum()
+
+  g_pc, g_pr = jax.grad(ours_total, argnums=(0, 1))(jnp.asarray(x["pc"], jnp.float32),
+                                                    jnp.asarray(x["pr"], jnp.float32))
+
+  def ref_total(pc, pr):
+    return reference_loss(method, pc, x["rc"], pr, x["rr"], x["eps"], x["valid"], beta).sum()
+
+  d = 1e-6
+  num_pc = np.array([(ref_total(x["pc"] + d * e, x["pr"]) - ref_total(x["pc"] - d * e, x["pr"]))
+                     / (2 * d) for e in np.eye(6)])
+  num_pr = np.zeros_like(x["pr"])
+  for i in range(6):
+    for j in range(3):
+      e = np.zeros_like(x["pr"])
+      e[i, j] = d
+      num_pr[i, j] = (ref_total(x["pc"], x["pr"] + e) - ref_total(x["pc"], x["pr"] - e)) / (2 * d)
+  np.testing.assert_allclose(np.asarray(g_pc), num_pc, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(g_pr), num_pr, rtol=1e-5, atol=1e-6)
+  assert np.all(np.asarray(g_pr)[~x["valid"]] == 0)  # padding pairs get no gradient
+
+
+def test_special_cases():
+  x = _inputs(2)
+  x0 = dict(x, eps=np.zeros_like(x["eps"]))
+  np.testing.assert_allclose(_ours("rosepo", x0, 1.0)[0], _ours("dpo", x0, 1.0)[0], rtol=1e-6)
+  xc = dict(x, eps=np.full_like(x["eps"], 0.2))
+  np.testing.assert_allclose(_ours("rosepo", xc, 1.0)[0], _ours("cdpo", xc, 1.0)[0], rtol=1e-6)
+  x1 = {k: (v[:, :1] if np.ndim(v) == 2 else v) for k, v in x.items()}
+  np.testing.assert_allclose(_ours("sdpo", x1, 1.0)[0], _ours("dpo", x1, 1.0)[0], rtol=1e-6)
+
+
+def test_metrics():
+  x = _inputs(3)
+  _, m = _ours("rosepo", x, 1.0)
+  chosen = x["pc"] - x["rc"]
+  h = chosen[:, None] - (x["pr"] - x["rr"])
+  v = x["valid"]
+  acc = np.array([(h[b][v[b]] > 0).mean() for b in range(16)])
+  np.testing.assert_allclose(np.asarray(m["rewards/accuracy"]), acc, rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(m["rewards/chosen"]), chosen, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(m["eps"]),
+                             [x["eps"][b][v[b]].mean() for b in range(16)], rtol=1e-6)
+  assert set(m) == {"loss", "rewards/chosen", "rewards/rejected", "rewards/margin",
+                    "rewards/accuracy", "logps/chosen", "logps/rejected", "eps"}
+
+
+def test_sft_loss_averages_over_response_tokens():
+  logps = jnp.array([[-1.0, -2.0, 0.0], [-3.0, 0.0, 0.0]])
+  valid = jnp.array([[True, True, False], [True, False, False]])
+  assert float(L.sft_loss(logps, valid)) == pytest.approx(2.0)
+
+
+def test_unknown_method():
+  with pytest.raises(ValueError, match="unknown preference method"):
+    _ours("kto", _inputs(0), 1.0)

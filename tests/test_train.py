@@ -1,0 +1,154 @@
+"""Train steps and loop: learning, accumulation, sharding, resume, NaN guard."""
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import REPO, assert_close
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from rosepo_jax import model as M
+from rosepo_jax import scoring
+from rosepo_jax import sharding as S
+from rosepo_jax import train as T
+from rosepo_jax.data import batching as B
+import train_helper
+
+
+def _params(state):
+  return {k: np.asarray(v.get_value()) for k, v in state.params.flat_state()}
+
+
+def _sft_batch(n=8, seed=0):
+  return B.make_batch(train_helper.rows(n, seed), B.BatchShape(seq_multiple=32), 1)
+
+
+def test_one_sft_step_lowers_loss_on_fixed_batch():
+  batch = _sft_batch()
+  trainer = T.Trainer(M.init_model(M.get_config("tiny"), seed=0), T.sft_loss_fn(100),
+                      optax.adam(1e-2))
+  state, m0 = trainer.step(trainer.initial, batch)
+  _, m1 = trainer.step(state, batch)
+  assert float(m1["loss"]) < float(m0["loss"])
+  assert float(m0["tokens"]) == (batch["score_seg"] >= 0).sum()
+
+
+def _pref_batch(model, k=1, n=4):
+  data = train_helper.rows(n, seed=3, responses=k + 1)
+  batch = B.make_batch(data, B.BatchShape(seq_multiple=32), k + 1)
+  logps, _ = scoring.response_logps(model, {kk: jnp.asarray(v) for kk, v in batch.items()}, k + 1)
+  batch["ref_logps"] = np.asarray(logps)
+  batch["eps"] = np.zeros((n, k), np.float32)
+  return batch
+
+
+@pytest.mark.parametrize("method,k", [("dpo", 1), ("sdpo", 3), ("rosepo", 2)])
+def test_preference_steps_reach_full_reward_accuracy(method, k):
+  model = M.init_model(M.get_config("tiny"), seed=2)
+  batch = _pref_batch(model, k)
+  batch["eps"] = np.full(batch["eps"].shape, 0.1, np.float32)
+  trainer = T.Trainer(model, T.preference_loss_fn(method, k, beta=1.0, vocab_chunk=64),
+                      optax.adam(1e-3))
+  state = trainer.initial
+  for _ in range(50):
+    state, metrics = trainer.step(state, batch)
+  assert float(metrics["rewards/accuracy"]) == 1.0
+  assert float(metrics["rewards/margin"]) > 0
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+  batch = _sft_batch(n=8, seed=4)
+  results = []
+  for accum in (1, 4):
+    trainer = T.Trainer(M.init_model(M.get_config("tiny"), seed=3), T.sft_loss_fn(64),
+                        optax.sgd(0.1), accum_steps=accum)
+    state, metrics = trainer.step(trainer.initial, batch)
+    results.append((_params(state), float(metrics["loss"])))
+  assert results[0][1] == pytest.approx(results[1][1], rel=1e-5)
+  for key, value in results[0][0].items():
+    assert_close(results[1][0][key], value)
+
+
+def test_sharded_train_step_equals_single_device():
+  model = M.init_model(M.get_config("tiny"), seed=5)
+  batch = _pref_batch(model, k=2, n=8)
+  outs = []
+  for mesh in (None, S.make_mesh(fsdp=2, tensor=4)):
+    trainer = T.Trainer(M.init_model(M.get_config("tiny"), seed=5),
+                        T.preference_loss_fn("rosepo", 2, beta=0.5, vocab_chunk=64),
+                        # SGD: the update is linear in the gradient. (Adam's first step,
+                        # g / (|g| + 1e-8), turns float-order noise in near-zero gradients
+                        # into O(lr) differences, which would test Adam, not sharding.)
+                        optax.sgd(0.5), mesh=mesh)
+    state, metrics = trainer.step(trainer.initial, batch)
+    if mesh is not None:
+      q = state.params["layers"][0]["attn"]["q_proj"]["kernel"].get_value()
+      assert q.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+    outs.append((_params(state), float(metrics["loss"])))
+  assert outs[0][1] == pytest.approx(outs[1][1], rel=1e-5)
+  for key, value in outs[0][0].items():
+    assert_close(outs[1][0][key], value)
+
+
+def test_resume_after_process_exit_is_exact(tmp_path):
+  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  helper = os.path.join(REPO, "tests", "train_helper.py")
+
+  def run(workdir, steps, out):
+    proc = subprocess.run([sys.executable, helper, str(workdir), str(steps), str(out)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+  run(tmp_path / "straight", 6, tmp_path / "straight.npz")
+  run(tmp_path / "resumed", 3, tmp_path / "half.npz")
+  run(tmp_path / "resumed", 6, tmp_path / "resumed.npz")
+  a, b = np.load(tmp_path / "straight.npz"), np.load(tmp_path / "resumed.npz")
+  for key in a.files:
+    np.testing.assert_allclose(b[key], a[key], rtol=1e-6, atol=1e-7, err_msg=key)
+  order = lambda p: [json.loads(l) for l in open(p)]  # pylint: disable=unnecessary-lambda-assignment
+  straight = order(tmp_path / "straight.npz.order.jsonl")
+  resumed = order(tmp_path / "half.npz.order.jsonl") + order(tmp_path / "resumed.npz.order.jsonl")
+  assert [r["step"] for r in resumed] == list(range(6)) and resumed == straight
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+  data = train_helper.rows(8)
+  shape = B.BatchShape(seq_multiple=32)
+  sft = T.sft_loss_fn(64)
+
+  def poisoned_loss(model, batch):  # multiplies the loss by the batch's "scale" (NaN at step 2)
+    total, denom, sums = sft(model, batch)
+    total = total * batch["scale"][0]
+    return total, denom, dict(sums, loss=total)
+
+  trainer = T.Trainer(M.init_model(M.get_config("tiny"), seed=1), poisoned_loss, optax.sgd(1e-3))
+
+  def batch_fn(step):
+    batch = B.make_batch(data[:4], shape, 1)
+    batch["scale"] = np.full((4,), np.nan if step == 2 else 1.0, np.float32)
+    return batch
+
+  cfg = T.LoopConfig(num_steps=5, log_every=1, checkpoint_every=1, progress=False)
+  with pytest.raises(T.NonFiniteLossError, match=r"non-finite loss nan at step 3.*\(step 2\)"):
+    T.train_loop(trainer, batch_fn, cfg, str(tmp_path))
+  restored = T.restore_latest(str(tmp_path / "checkpoints"),
+                              T.Trainer(M.init_model(M.get_config("tiny")), sft,
+                                        optax.sgd(1e-3)).initial)
+  assert restored.step == 2
+  assert all(np.isfinite(v).all() for v in _params(restored).values())
+  assert any(f.startswith("events") for f in os.listdir(tmp_path / "tb"))
+
+
+def test_schedules():
+  cfg = T.OptimConfig(learning_rate=1.0, warmup_steps=10, decay="linear", min_lr_ratio=0.1)
+  lr = T.learning_rate_schedule(cfg, 110)
+  assert float(lr(0)) == 0.0 and float(lr(10)) == pytest.approx(1.0)
+  assert float(lr(110)) == pytest.approx(0.1)
+  cos = T.learning_rate_schedule(T.OptimConfig(learning_rate=1.0, decay="cosine",
+                                               min_lr_ratio=0.0), 100)
+  assert float(cos(50)) == pytest.approx(0.5, abs=1e-6)
