@@ -25,6 +25,11 @@ import jax.numpy as jnp
 from rosepo_jax.sharding import shard
 
 ARCHITECTURES = ("llama", "qwen2")
+LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class LoRAParam(nnx.Param):
+  """A LoRA adapter weight: the only trainable parameters when LoRA is on."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +65,10 @@ class ModelConfig:
   param_dtype: str = "float32"  # storage dtype of parameters
   dtype: str = "float32"  # compute dtype of activations and matmuls
   remat: bool = False  # rematerialise each block in the backward pass
+  lora_rank: int = 0  # > 0: LoRA adapters on `lora_targets` (base weights then stay frozen)
+  lora_alpha: float = 16.0
+  lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                   "up_proj", "down_proj")
 
   def __post_init__(self):
     if self.architecture not in ARCHITECTURES:
@@ -70,6 +79,10 @@ class ModelConfig:
                        f"num_kv_heads={self.num_kv_heads}")
     if self.head_dim % 2:
       raise ValueError(f"ModelConfig.head_dim={self.head_dim} must be even for RoPE")
+    unknown = set(self.lora_targets) - set(LINEAR_NAMES)
+    if unknown:
+      raise ValueError(f"ModelConfig.lora_targets has unknown projections {sorted(unknown)}; "
+                       f"expected some of {LINEAR_NAMES}")
     for name in ("param_dtype", "dtype"):
       if getattr(self, name) not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}; expected float32, "
@@ -142,6 +155,8 @@ def config_from_dict(d: dict, source: str = "model config") -> ModelConfig:
   if d.get("rope_scaling") is not None:
     d["rope_scaling"] = RopeScaling(**d["rope_scaling"])
   d["eos_token_ids"] = tuple(d.get("eos_token_ids") or ())
+  if "lora_targets" in d:
+    d["lora_targets"] = tuple(d["lora_targets"])
   return ModelConfig(**d)
 
 
@@ -257,17 +272,31 @@ def _normal(rngs: nnx.Rngs, shape, dtype, std=0.02):
 
 
 class Linear(nnx.Module):
-  """y = x @ kernel (+ bias); kernel [in, out] with logical axes `axes`."""
+  """y = x @ kernel (+ bias) (+ scale * (x @ lora_a) @ lora_b); kernel [in, out].
+
+  With a LoRA rank, lora_a [in, r] starts normal(1/r) and lora_b [r, out] at zero, so the
+  adapted layer starts equal to the base one; scale = lora_alpha / r.
+  """
 
   def __init__(self, in_dim: int, out_dim: int, axes: tuple[str, str], *, use_bias: bool,
-               cfg: ModelConfig, rngs: nnx.Rngs):
+               cfg: ModelConfig, rngs: nnx.Rngs, lora: bool = False):
     self.kernel = nnx.Param(_normal(rngs, (in_dim, out_dim), cfg.param_dtype), logical_axes=axes)
     self.bias = (nnx.Param(jnp.zeros((out_dim,), cfg.param_dtype), logical_axes=(axes[1],))
                  if use_bias else None)
     self.dtype = jnp.dtype(cfg.dtype)
+    r = cfg.lora_rank if lora else 0
+    self.lora_a = (LoRAParam(_normal(rngs, (in_dim, r), cfg.param_dtype, std=1.0 / r),
+                             logical_axes=(axes[0], None)) if r else None)
+    self.lora_b = (LoRAParam(jnp.zeros((r, out_dim), cfg.param_dtype),
+                             logical_axes=(None, axes[1])) if r else None)
+    self.lora_scale = cfg.lora_alpha / r if r else 0.0
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    x = x.astype(self.dtype)
+    y = jnp.dot(x, self.kernel[...].astype(self.dtype))
+    if self.lora_a is not None:
+      low = jnp.dot(x, self.lora_a[...].astype(self.dtype))
+      y = y + self.lora_scale * jnp.dot(low, self.lora_b[...].astype(self.dtype))
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
     return y
@@ -292,10 +321,12 @@ class Attention(nnx.Module):
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     qkv = dict(use_bias=cfg.qkv_bias, cfg=cfg, rngs=rngs)
-    self.q_proj = Linear(d, n * h, ("embed", "q_heads"), **qkv)
-    self.k_proj = Linear(d, k * h, ("embed", "kv_heads"), **qkv)
-    self.v_proj = Linear(d, k * h, ("embed", "kv_heads"), **qkv)
-    self.o_proj = Linear(n * h, d, ("q_heads", "embed"), use_bias=cfg.o_bias, cfg=cfg, rngs=rngs)
+    lora = lambda name: name in cfg.lora_targets  # pylint: disable=unnecessary-lambda-assignment
+    self.q_proj = Linear(d, n * h, ("embed", "q_heads"), lora=lora("q_proj"), **qkv)
+    self.k_proj = Linear(d, k * h, ("embed", "kv_heads"), lora=lora("k_proj"), **qkv)
+    self.v_proj = Linear(d, k * h, ("embed", "kv_heads"), lora=lora("v_proj"), **qkv)
+    self.o_proj = Linear(n * h, d, ("q_heads", "embed"), use_bias=cfg.o_bias, cfg=cfg, rngs=rngs,
+                         lora=lora("o_proj"))
     self.num_heads, self.num_kv_heads, self.head_dim = n, k, h
 
   def __call__(self, x_BxTxD, sin_BxTxH, cos_BxTxH, mask_BxTxS, kv=None, index=None):
@@ -329,9 +360,10 @@ class MLP(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     d, f = cfg.hidden_size, cfg.intermediate_size
-    self.gate_proj = Linear(d, f, ("embed", "mlp"), use_bias=False, cfg=cfg, rngs=rngs)
-    self.up_proj = Linear(d, f, ("embed", "mlp"), use_bias=False, cfg=cfg, rngs=rngs)
-    self.down_proj = Linear(f, d, ("mlp", "embed"), use_bias=False, cfg=cfg, rngs=rngs)
+    mlp = dict(use_bias=False, cfg=cfg, rngs=rngs)
+    self.gate_proj = Linear(d, f, ("embed", "mlp"), lora="gate_proj" in cfg.lora_targets, **mlp)
+    self.up_proj = Linear(d, f, ("embed", "mlp"), lora="up_proj" in cfg.lora_targets, **mlp)
+    self.down_proj = Linear(f, d, ("mlp", "embed"), lora="down_proj" in cfg.lora_targets, **mlp)
 
   def __call__(self, x_BxTxD):
     return self.down_proj(jax.nn.silu(self.gate_proj(x_BxTxD)) * self.up_proj(x_BxTxD))
@@ -424,3 +456,36 @@ def init_model(cfg: ModelConfig, seed: int = 0) -> Decoder:
 def abstract_model(cfg: ModelConfig) -> Decoder:
   """A model whose parameters are ShapeDtypeStructs: the structure, no memory."""
   return nnx.eval_shape(lambda: init_model(cfg))
+
+
+def add_lora(model: Decoder, rank: int, alpha: float = 16.0,
+             targets: tuple[str, ...] | None = None, seed: int = 0) -> Decoder:
+  """A copy of `model` with fresh LoRA adapters (B = 0: the same function as `model`)."""
+  cfg = model.cfg.replace(lora_rank=rank, lora_alpha=alpha,
+                          **({"lora_targets": tuple(targets)} if targets else {}))
+  adapted = init_model(cfg, seed)
+  base = dict(nnx.state(model, nnx.Param).flat_state())
+  for k, v in nnx.state(adapted, nnx.Param).flat_state():
+    if k in base:
+      v.set_value(base[k].get_value())
+  return adapted
+
+
+def merge_lora(model: Decoder) -> Decoder:
+  """A plain model (no adapters) whose kernels are W + scale * A @ B: what export writes."""
+  cfg = model.cfg
+  if not cfg.lora_rank:
+    return model
+  merged = abstract_model(cfg.replace(lora_rank=0))
+  flat = dict(nnx.state(model, nnx.Param).flat_state())
+  values = []
+  for path, var in nnx.state(merged, nnx.Param).flat_state():
+    value = flat[path].get_value()
+    if path[-1] == "kernel" and path[:-1] + ("lora_a",) in flat:
+      a = flat[path[:-1] + ("lora_a",)].get_value().astype(jnp.float32)
+      b = flat[path[:-1] + ("lora_b",)].get_value().astype(jnp.float32)
+      scale = cfg.lora_alpha / cfg.lora_rank
+      value = (value.astype(jnp.float32) + scale * (a @ b)).astype(value.dtype)
+    values.append((path, var.replace(value)))
+  graphdef, _ = nnx.split(merged)
+  return nnx.merge(graphdef, nnx.State.from_flat_path(values))

@@ -1,8 +1,12 @@
 """The stages of a run, usable from Python: data -> sft -> negatives -> oracle -> preference ->
-eval -> export (later issues add the stages after `data`).
+eval -> export (later issues add negatives, oracle, eval, export).
 
 Each stage reads `config` and writes under `workdir`:
   data: DIR/data/tfds (the TFDS dataset), DIR/data/tokenizer, DIR/data/stats.json
+  sft:  DIR/sft/{checkpoints,tb}, DIR/sft/model (orbax model dir + tokenizer: pi_ref)
+  dpo:  DIR/<method>/{checkpoints,tb,model} for each preference method in config.methods,
+        from DIR/sft/model, on random rejected pairs with reference log-probs computed once
+        (DIR/preference/random.npz)
 """
 
 from __future__ import annotations
@@ -16,9 +20,9 @@ import numpy as np
 
 from rosepo_jax.data import dataset as dataset_lib
 from rosepo_jax.data import prompts, tokenizer as tokenizer_lib
-from rosepo_jax.data.batching import encode_prompt
+from rosepo_jax.data.batching import encode_prompt, encode_response
 
-STAGES = ("data",)
+STAGES = ("data", "sft", "dpo")
 
 
 def data_dir(workdir: str) -> str:
@@ -92,12 +96,29 @@ def run_data(config, workdir: str) -> dict:
   return stats
 
 
+def encoded_examples(config, workdir: str, ds, tok, split: str):
+  """(prompt ids, target response ids) for every example of `split`, cached in memory."""
+  key = (id(ds), id(tok), split)
+  if key not in _ENCODED:
+    templates = prompts.templates_for(config.prompt, ds.name)
+    _ENCODED[key] = [
+        (encode_prompt(tok, prompts.choose_template(templates, config.data.seed, split, ex.index),
+                       ex.history_titles, ex.candidate_titles),
+         encode_response(tok, ex.target_title)) for ex in ds.examples(split)]
+  return _ENCODED[key]
+
+
+_ENCODED: dict = {}
+
+
 def run(config, workdir: str, stages) -> None:
   """Runs `stages` (names from STAGES, or "all") in pipeline order."""
+  from rosepo_jax import stages as stage_lib  # pylint: disable=g-import-not-at-top
   stages = list(STAGES) if list(stages) == ["all"] else list(stages)
   unknown = [s for s in stages if s not in STAGES]
   if unknown:
     raise ValueError(f"unknown stage(s) {unknown}; available: {list(STAGES)} or all")
+  runners = {"data": run_data, "sft": stage_lib.run_sft, "dpo": stage_lib.run_preference}
   for stage in STAGES:
     if stage in stages:
-      {"data": run_data}[stage](config, workdir)
+      runners[stage](config, workdir)

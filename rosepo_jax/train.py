@@ -30,7 +30,7 @@ import optax
 import orbax.checkpoint as ocp
 
 from rosepo_jax import losses, scoring, sharding
-from rosepo_jax.model import Decoder
+from rosepo_jax.model import Decoder, LoRAParam
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,11 +64,18 @@ def learning_rate_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule
                               [warmup])
 
 
+def param_name(path) -> str:
+  """The parameter's own name in a state pytree path (e.g. "kernel", "lora_b")."""
+  keys = [p.key for p in path if isinstance(p, jax.tree_util.DictKey)]
+  return str(keys[-1]) if keys else ""
+
+
 def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
-  """AdamW with warmup + decay and global-norm clipping; no decay on norms, biases, embeddings."""
+  """AdamW with warmup + decay and global-norm clipping; weight decay on matrices only
+  (kernels and LoRA factors), never on norms, biases or embeddings."""
   def decay_mask(params):
     return jax.tree_util.tree_map_with_path(
-        lambda path, _: str(getattr(path[-1], "key", path[-1])) == "kernel", params)
+        lambda path, _: param_name(path) in ("kernel", "lora_a", "lora_b"), params)
 
   parts = [optax.clip_by_global_norm(cfg.max_grad_norm)] if cfg.max_grad_norm > 0 else []
   parts.append(optax.adamw(learning_rate_schedule(cfg, total_steps), b1=cfg.b1, b2=cfg.b2,
@@ -80,11 +87,12 @@ def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransfor
 # Loss functions: (sum of per-example losses, denominator, metric sums) on one micro-batch, so
 # that accumulation can normalise by the whole batch.
 
-LossFn = Callable[[Decoder, dict], tuple[jax.Array, jax.Array, dict]]
+LossFn = Callable[..., tuple[jax.Array, jax.Array, dict]]  # (model, batch, ref_model|None)
 
 
 def sft_loss_fn(vocab_chunk: int) -> LossFn:
-  def fn(model, batch):
+  def fn(model, batch, ref_model=None):
+    del ref_model
     logps_BxR = scoring.token_logps(model, batch, vocab_chunk)
     valid = (batch["score_seg"] >= 0).astype(jnp.float32)
     nll = -(logps_BxR * valid).sum()
@@ -94,10 +102,17 @@ def sft_loss_fn(vocab_chunk: int) -> LossFn:
 
 def preference_loss_fn(method: str, num_rejected: int, beta: float, vocab_chunk: int,
                        rosepo_form: str = "conservative", sft_weight: float = 0.0) -> LossFn:
-  """Preference loss; ``batch["ref_logps"]`` [B, K+1] holds the reference log-probs."""
-  def fn(model, batch):
-    policy, counts = scoring.response_logps(model, batch, num_rejected + 1, vocab_chunk)
-    ref = batch["ref_logps"]
+  """Preference loss. Reference log-probs come from ``batch["ref_logps"]`` [B, K+1] when
+  precomputed, else from `ref_model` (online, no gradient)."""
+  def fn(model, batch, ref_model=None):
+    k1 = num_rejected + 1
+    policy, counts = scoring.response_logps(model, batch, k1, vocab_chunk)
+    if "ref_logps" in batch:
+      ref = batch["ref_logps"]
+    elif ref_model is not None:
+      ref = jax.lax.stop_gradient(scoring.response_logps(ref_model, batch, k1, vocab_chunk)[0])
+    else:
+      raise ValueError("preference loss: no batch['ref_logps'] and no reference model")
     rejected_valid = (counts[:, 1:] > 0) & batch["row_valid"][:, None]
     loss_B, metrics = losses.preference_loss(
         method, policy[:, 0], ref[:, 0], policy[:, 1:], ref[:, 1:], batch["eps"],
@@ -108,6 +123,7 @@ def preference_loss_fn(method: str, num_rejected: int, beta: float, vocab_chunk:
     total = (loss_B * row).sum()
     sums = {k: (v * row).sum() for k, v in metrics.items()}
     sums["loss"] = total
+    sums["tokens"] = (counts.sum(axis=1) * row).sum()
     return total, row.sum(), sums
   return fn
 
@@ -119,35 +135,47 @@ def preference_loss_fn(method: str, num_rejected: int, beta: float, vocab_chunk:
 @dataclasses.dataclass
 class TrainState:
   step: int
-  params: nnx.State
+  params: nnx.State  # the trainable parameters only
   opt_state: Any
 
 
-def make_step_fn(graphdef, rest, loss_fn: LossFn, optimizer: optax.GradientTransformation,
-                 accum_steps: int = 1):
-  """The pure train step ``(params, opt_state, batch) -> (params, opt_state, metrics)``.
+def make_step_fn(graphdef, loss_fn: LossFn, optimizer: optax.GradientTransformation,
+                 accum_steps: int = 1, reference: str = "none"):
+  """The pure step ``(params, opt_state, frozen, batch) -> (params, opt_state, metrics)``.
 
-  With ``accum_steps > 1`` the batch's leading dimension is split into that many micro-batches
-  whose gradients, denominators and metric sums are added up before normalising.
+  `frozen` is the non-trainable state (e.g. LoRA's base weights) plus, for an online reference
+  policy, ``frozen["reference"]``: "model" = separate reference parameters, "lora_off" = this
+  model with its LoRA B matrices at zero (the base model). With ``accum_steps > 1`` the batch is
+  split into micro-batches whose gradients, denominators and metric sums are added up first.
   """
-  def micro(params, batch):
+  def reference_model(params, frozen):
+    if reference == "model":
+      return nnx.merge(graphdef, frozen["reference"], frozen["rest"])
+    if reference == "lora_off":
+      off = jax.tree_util.tree_map_with_path(
+          lambda path, x: jnp.zeros_like(x) if param_name(path) == "lora_b" else x, params)
+      return nnx.merge(graphdef, jax.lax.stop_gradient(off), frozen["rest"])
+    return None
+
+  def micro(params, frozen, batch):
     def f(p):
-      total, denom, sums = loss_fn(nnx.merge(graphdef, p, rest), batch)
+      model = nnx.merge(graphdef, p, frozen["rest"])
+      total, denom, sums = loss_fn(model, batch, reference_model(params, frozen))
       return total, (denom, sums)
     (_, (denom, sums)), grads = jax.value_and_grad(f, has_aux=True)(params)
     return grads, denom, sums
 
-  def step(params, opt_state, batch):
+  def step(params, opt_state, frozen, batch):
     if accum_steps == 1:
-      grads, denom, sums = micro(params, batch)
+      grads, denom, sums = micro(params, frozen, batch)
     else:
       split = jax.tree.map(
           lambda x: x.reshape((accum_steps, x.shape[0] // accum_steps) + x.shape[1:]), batch)
-      shapes = jax.eval_shape(micro, params, jax.tree.map(lambda x: x[0], split))
+      shapes = jax.eval_shape(micro, params, frozen, jax.tree.map(lambda x: x[0], split))
       zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
       def body(carry, mb):
-        return jax.tree.map(jnp.add, carry, micro(params, mb)), None
+        return jax.tree.map(jnp.add, carry, micro(params, frozen, mb)), None
 
       (grads, denom, sums), _ = jax.lax.scan(body, zeros, split)
     denom = jnp.maximum(denom, 1.0)
@@ -164,24 +192,39 @@ def make_step_fn(graphdef, rest, loss_fn: LossFn, optimizer: optax.GradientTrans
 
 
 class Trainer:
-  """One model + loss + optimizer on a mesh (or one device): state and the jitted step."""
+  """One model + loss + optimizer on a mesh (or one device): state and the jitted step.
+
+  Trainable parameters: every nnx.Param, or only the LoRA adapters when the model has them
+  (base weights frozen). `reference_model` (same architecture) enables an online reference
+  policy; with LoRA, ``online_reference=True`` uses the base model (adapters off) instead.
+  """
 
   def __init__(self, model: Decoder, loss_fn: LossFn, optimizer: optax.GradientTransformation,
-               mesh=None, accum_steps: int = 1, rules=sharding.RULES):
+               mesh=None, accum_steps: int = 1, rules=sharding.RULES,
+               reference_model: Decoder | None = None, online_reference: bool = False):
     self.mesh, self.rules, self.accum_steps = mesh, rules, accum_steps
+    lora = bool(model.cfg.lora_rank)
     sharding.shard_module(model, mesh, rules)
-    self.graphdef, params, self.rest = nnx.split(model, nnx.Param, ...)
+    trainable = LoRAParam if lora else nnx.Param
+    self.graphdef, params, rest = nnx.split(model, trainable, ...)
+    self.frozen = {"rest": rest}
+    reference = "none"
+    if reference_model is not None:
+      sharding.shard_module(reference_model, mesh, rules)
+      self.frozen["reference"] = nnx.state(reference_model, nnx.Param)
+      reference = "model"
+    elif online_reference:
+      if not lora:
+        raise ValueError("online_reference without LoRA needs a reference_model")
+      reference = "lora_off"
     with sharding.use_mesh(mesh):
       opt_state = jax.jit(optimizer.init)(params)
     self.initial = TrainState(0, params, opt_state)
-    self._step_fn = make_step_fn(self.graphdef, self.rest, loss_fn, optimizer, accum_steps)
+    self._step_fn = make_step_fn(self.graphdef, loss_fn, optimizer, accum_steps, reference)
     self._jitted: dict = {}
 
   def model(self, params: nnx.State) -> Decoder:
-    return nnx.merge(self.graphdef, params, self.rest)
-
-  def state_shardings(self, state: TrainState):
-    return jax.tree.map(lambda x: x.sharding, (state.params, state.opt_state))
+    return nnx.merge(self.graphdef, params, self.frozen["rest"])
 
   def _jit_for(self, state: TrainState, batch: dict):
     key = tuple(sorted((k, np.ndim(v)) for k, v in batch.items()))
@@ -189,25 +232,28 @@ class Trainer:
       if self.mesh is None:
         self._jitted[key] = jax.jit(self._step_fn, donate_argnums=(0, 1))
       else:
-        params_s, opt_s = self.state_shardings(state)
+        shardings = lambda tree: jax.tree.map(lambda x: x.sharding, tree)  # pylint: disable=unnecessary-lambda-assignment
+        params_s, opt_s = shardings(state.params), shardings(state.opt_state)
         batch_s = {k: jax.sharding.NamedSharding(self.mesh, sharding.logical_to_spec(
             ("batch",) + (None,) * (np.ndim(v) - 1), np.shape(v), self.mesh, self.rules))
                    for k, v in batch.items()}
         replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-        self._jitted[key] = jax.jit(self._step_fn, donate_argnums=(0, 1),
-                                    in_shardings=(params_s, opt_s, batch_s),
-                                    out_shardings=(params_s, opt_s, replicated))
+        self._jitted[key] = jax.jit(
+            self._step_fn, donate_argnums=(0, 1),
+            in_shardings=(params_s, opt_s, shardings(self.frozen), batch_s),
+            out_shardings=(params_s, opt_s, replicated))
     return self._jitted[key]
 
   def step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     """One optimizer step on a global batch (this process's rows in a multi-host job)."""
-    if self.accum_steps > 1 and len(next(iter(batch.values()))) % self.accum_steps:
-      raise ValueError(f"batch of {len(next(iter(batch.values())))} rows is not divisible by "
+    rows = len(next(iter(batch.values())))
+    if rows % self.accum_steps:
+      raise ValueError(f"batch of {rows} rows is not divisible by "
                        f"accum_steps={self.accum_steps}")
     fn = self._jit_for(state, batch)
     batch = sharding.global_batch(batch, self.mesh, rules=self.rules)
     with sharding.use_mesh(self.mesh):
-      params, opt_state, metrics = fn(state.params, state.opt_state, batch)
+      params, opt_state, metrics = fn(state.params, state.opt_state, self.frozen, batch)
     return TrainState(state.step + 1, params, opt_state), metrics
 
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 from conftest import REPO, assert_close
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -121,8 +122,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   shape = B.BatchShape(seq_multiple=32)
   sft = T.sft_loss_fn(64)
 
-  def poisoned_loss(model, batch):  # multiplies the loss by the batch's "scale" (NaN at step 2)
-    total, denom, sums = sft(model, batch)
+  def poisoned_loss(model, batch, ref_model=None):  # multiplies the loss by the batch's "scale" (NaN at step 2)
+    total, denom, sums = sft(model, batch, ref_model)
     total = total * batch["scale"][0]
     return total, denom, dict(sums, loss=total)
 
@@ -152,3 +153,55 @@ def test_schedules():
   cos = T.learning_rate_schedule(T.OptimConfig(learning_rate=1.0, decay="cosine",
                                                min_lr_ratio=0.0), 100)
   assert float(cos(50)) == pytest.approx(0.5, abs=1e-6)
+
+
+def test_online_reference_equals_precomputed():
+  model = M.init_model(M.get_config("tiny"), seed=6)
+  batch = _pref_batch(model, k=2)
+  online = {k: v for k, v in batch.items() if k != "ref_logps"}
+  results = []
+  for b, ref in ((batch, None), (online, M.init_model(M.get_config("tiny"), seed=6))):
+    trainer = T.Trainer(M.init_model(M.get_config("tiny"), seed=6),
+                        T.preference_loss_fn("dpo", 2, beta=1.0, vocab_chunk=64),
+                        optax.sgd(0.5), reference_model=ref)
+    state, metrics = trainer.step(trainer.initial, b)
+    results.append((_params(state), float(metrics["loss"])))
+  assert results[0][1] == pytest.approx(results[1][1], rel=1e-6)
+  for key, value in results[0][0].items():
+    assert_close(results[1][0][key], value)
+
+
+def test_lora_trains_adapters_only_against_the_base_model():
+  base = M.init_model(M.get_config("tiny"), seed=7)
+  batch = _pref_batch(base, k=1)  # reference log-probs of the base model
+  online = {k: v for k, v in batch.items() if k != "ref_logps"}
+  lora = M.add_lora(base, rank=4, alpha=8.0)
+  trainer = T.Trainer(lora, T.preference_loss_fn("dpo", 1, beta=1.0, vocab_chunk=64),
+                      optax.adam(1e-2), online_reference=True)
+  assert all("lora" in str(k[-1]) for k, _ in trainer.initial.params.flat_state())
+  state, m0 = trainer.step(trainer.initial, online)
+  assert float(m0["rewards/margin"]) == pytest.approx(0.0, abs=1e-6)  # policy == reference
+  for _ in range(20):
+    state, metrics = trainer.step(state, online)
+  assert float(metrics["rewards/accuracy"]) == 1.0
+  trained = trainer.model(state.params)
+  np.testing.assert_array_equal(np.asarray(trained.layers[0].attn.q_proj.kernel[...]),
+                                np.asarray(base.layers[0].attn.q_proj.kernel[...]))
+  assert np.abs(np.asarray(trained.layers[0].attn.q_proj.lora_b[...])).max() > 0
+  # Export merges the adapters: the merged plain model computes what the adapted one does.
+  merged = M.merge_lora(trained)
+  assert merged.cfg.lora_rank == 0
+  b = {k: jnp.asarray(v) for k, v in online.items()}
+  assert_close(scoring.response_logps(merged, b, 2)[0], scoring.response_logps(trained, b, 2)[0])
+
+
+def test_weight_decay_applies_to_matrices_only():
+  model = M.init_model(M.get_config("tiny"), seed=8)
+  params = nnx.state(model, nnx.Param)
+  opt = T.make_optimizer(T.OptimConfig(learning_rate=0.1, weight_decay=0.5, max_grad_norm=0), 10)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = opt.update(zeros, opt.init(params), params)
+  flat = dict(updates.flat_state())
+  assert np.abs(np.asarray(flat[("layers", 0, "mlp", "up_proj", "kernel")].get_value())).max() > 0
+  for key in [("embed",), ("final_norm", "scale"), ("layers", 1, "input_norm", "scale")]:
+    assert np.abs(np.asarray(flat[key].get_value())).max() == 0, key
