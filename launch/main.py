@@ -15,7 +15,10 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
+  from absl import logging  # pylint: disable=g-import-not-at-top
   from rosepo_jax import pipeline  # pylint: disable=g-import-not-at-top
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every file at INFO; -v 0 shows them
   pipeline.run(FLAGS.config, FLAGS.workdir, FLAGS.stages)
 
 

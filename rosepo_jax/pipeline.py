@@ -15,7 +15,6 @@ import json
 import os
 import time
 
-from absl import logging
 import numpy as np
 
 from rosepo_jax.data import dataset as dataset_lib
@@ -92,7 +91,8 @@ def run_data(config, workdir: str) -> dict:
   stats["reader"] = {k: v for k, v in ds.info.items() if k != "item_genre"}
   stats["seconds"] = round(time.time() - t0, 1)
   _write_json(os.path.join(data_dir(workdir), "stats.json"), stats)
-  logging.info("data stage: %s", json.dumps(stats["splits"]))
+  print(f"data: {ds.name}, {ds.num_items} items, "
+        + ", ".join(f"{k} {v['examples']}" for k, v in stats["splits"].items()), flush=True)
   return stats
 
 

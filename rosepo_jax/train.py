@@ -96,7 +96,7 @@ def sft_loss_fn(vocab_chunk: int) -> LossFn:
     logps_BxR = scoring.token_logps(model, batch, vocab_chunk)
     valid = (batch["score_seg"] >= 0).astype(jnp.float32)
     nll = -(logps_BxR * valid).sum()
-    return nll, valid.sum(), {"loss": nll, "tokens": valid.sum()}
+    return nll, valid.sum(), {"loss": nll, "tokens": (batch["segments"] > 0).sum()}
   return fn
 
 
@@ -123,7 +123,7 @@ def preference_loss_fn(method: str, num_rejected: int, beta: float, vocab_chunk:
     total = (loss_B * row).sum()
     sums = {k: (v * row).sum() for k, v in metrics.items()}
     sums["loss"] = total
-    sums["tokens"] = (counts.sum(axis=1) * row).sum()
+    sums["tokens"] = (batch["segments"] > 0).sum()
     return total, row.sum(), sums
   return fn
 
@@ -183,8 +183,8 @@ def make_step_fn(graphdef, loss_fn: LossFn, optimizer: optax.GradientTransformat
     updates, opt_state = optimizer.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     metrics = {k: v / denom for k, v in sums.items() if k != "tokens"}
-    metrics.update(grad_norm=optax.global_norm(grads), examples=denom)
-    if "tokens" in sums:
+    metrics["grad_norm"] = optax.global_norm(grads)
+    if "tokens" in sums:  # all non-padding tokens processed (throughput), not a mean
       metrics["tokens"] = sums["tokens"]
     return params, opt_state, metrics
 

@@ -36,7 +36,7 @@ def test_one_sft_step_lowers_loss_on_fixed_batch():
   state, m0 = trainer.step(trainer.initial, batch)
   _, m1 = trainer.step(state, batch)
   assert float(m1["loss"]) < float(m0["loss"])
-  assert float(m0["tokens"]) == (batch["score_seg"] >= 0).sum()
+  assert float(m0["tokens"]) == (batch["segments"] > 0).sum()
 
 
 def _pref_batch(model, k=1, n=4):

@@ -1,0 +1,211 @@
+"""Training stages: SFT (pi_ref) and preference optimisation for each method in config.methods.
+
+  sft: DIR/sft/{checkpoints,tb} and DIR/sft/model (orbax model dir with the tokenizer)
+  dpo: DIR/preference/random_k{K}.npz (rejected ids + reference log-probs, computed once by the
+       SFT model), then DIR/<method>/{checkpoints,tb,model} for each preference method
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rosepo_jax import checkpoints, losses, negatives, pipeline, scoring, sharding, train
+from rosepo_jax import model as model_lib
+from rosepo_jax.data import batching
+from rosepo_jax.data.batching import BatchShape, EncodedRow, StepSampler, encode_response
+
+
+def make_mesh(config):
+  """The configured mesh, or None on a single device (then everything runs unsharded)."""
+  if jax.device_count() == 1:
+    return None
+  m = config.get("mesh") or {}
+  return sharding.make_mesh(data=m.get("data", -1), fsdp=m.get("fsdp", 1),
+                            tensor=m.get("tensor", 1))
+
+
+def build_model(config, tok) -> model_lib.Decoder:
+  """The SFT starting point: a preset trained from scratch, or a pretrained checkpoint."""
+  m = config.model
+  dtypes = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=bool(m.remat))
+  if m.init == "scratch":
+    vocab = -(-len(tok) // 64) * 64
+    overrides = dict(m.get("overrides") or {})
+    cfg = model_lib.get_config(m.preset, vocab_size=vocab, bos_token_id=None,
+                               eos_token_ids=(tok.eos_token_id,), pad_token_id=tok.pad_token_id,
+                               **overrides, **dtypes)
+    model = model_lib.init_model(cfg, seed=int(m.seed))
+  else:
+    model = checkpoints.load_model(m.init, **dtypes)
+    if model.cfg.vocab_size < len(tok):
+      raise ValueError(f"config.model.init={m.init}: vocabulary {model.cfg.vocab_size} is "
+                       f"smaller than the tokenizer's {len(tok)}")
+  if m.get("lora_rank"):
+    model = model_lib.add_lora(model, int(m.lora_rank), float(m.lora_alpha), seed=int(m.seed))
+  return model
+
+
+def batch_shape(config) -> BatchShape:
+  return BatchShape(max_seq_len=int(config.data.max_seq_len))
+
+
+def optim_config(section) -> train.OptimConfig:
+  fields = {f.name for f in dataclasses.fields(train.OptimConfig)}
+  return train.OptimConfig(**{k: v for k, v in section.optim.items() if k in fields})
+
+
+def loop_config(section, best_metric: str = "") -> train.LoopConfig:
+  return train.LoopConfig(num_steps=int(section.steps), log_every=int(section.log_every),
+                          eval_every=int(section.eval_every),
+                          checkpoint_every=int(section.checkpoint_every),
+                          keep_checkpoints=int(section.keep_checkpoints),
+                          best_metric=best_metric, best_mode="min")
+
+
+def _sampler(n: int, section, seed: int) -> StepSampler:
+  return StepSampler(n, int(section.batch_size), seed, jax.process_index(), jax.process_count())
+
+
+def _local_batch(rows, sampler: StepSampler, step: int, shape: BatchShape, num_responses: int):
+  """This process's rows of global batch `step`, padded to the global batch's buckets."""
+  global_rows = [rows[i] for i in sampler.global_indices(step)]
+  local = [rows[i] for i in sampler.local_indices(step)]
+  return sampler.local_indices(step), batching.make_batch(local, shape, num_responses,
+                                                          bucket_rows=global_rows)
+
+
+def _eval_loss_fn(trainer: train.Trainer, loss_fn, rows, shape, num_responses, batch_size,
+                  extra=None):
+  """Mean loss over `rows` (e.g. validation) with the current parameters, batched and jitted."""
+  @jax.jit
+  def eval_step(params, frozen, batch):
+    total, denom, _ = loss_fn(nnx.merge(trainer.graphdef, params, frozen["rest"]), batch)
+    return total, denom
+
+  def evaluate(state: train.TrainState) -> dict:
+    total, denom = 0.0, 0.0
+    for idx in batching.eval_batches(len(rows), batch_size):
+      batch = batching.make_batch([rows[i] if i >= 0 else None for i in idx], shape,
+                                  num_responses, bucket_rows=[rows[i] for i in idx if i >= 0])
+      if extra:
+        batch.update(extra(idx))
+      t, d = eval_step(state.params, trainer.frozen, batch)
+      total, denom = total + float(t), denom + float(d)
+    return {"loss": total / max(denom, 1.0)}
+  return evaluate
+
+
+def save_model(model, folder: str, tok) -> None:
+  if jax.process_index() == 0:
+    checkpoints.save_orbax(model, folder, tokenizer=tok)
+
+
+def run_sft(config, workdir: str) -> dict:
+  """Supervised fine-tuning on (prompt, target title + EOS); the result is pi_ref."""
+  ds = pipeline.open_dataset(config, workdir)
+  tok = pipeline.load_tokenizer(config, workdir)
+  rows = [EncodedRow(p, (r,)) for p, r in pipeline.encoded_examples(config, workdir, ds, tok,
+                                                                     "train")]
+  val = [EncodedRow(p, (r,)) for p, r in pipeline.encoded_examples(config, workdir, ds, tok,
+                                                                    "val")]
+  val = val[:int(config.sft.eval_examples)]
+  section, shape = config.sft, batch_shape(config)
+  trainer = train.Trainer(build_model(config, tok), train.sft_loss_fn(int(config.vocab_chunk)),
+                          train.make_optimizer(optim_config(section), int(section.steps)),
+                          mesh=make_mesh(config), accum_steps=int(section.accum_steps))
+  sampler = _sampler(len(rows), section, int(config.data.seed))
+  evaluate = _eval_loss_fn(trainer, train.sft_loss_fn(int(config.vocab_chunk)), val, shape, 1,
+                           int(section.batch_size)) if val else None
+  state, metrics = train.train_loop(
+      trainer, lambda step: _local_batch(rows, sampler, step, shape, 1)[1],
+      loop_config(section), os.path.join(workdir, "sft"), evaluate)
+  save_model(model_lib.merge_lora(trainer.model(state.params)),
+             os.path.join(workdir, "sft", "model"), tok)
+  print(f"sft: {state.step} steps, validation {metrics}", flush=True)
+  return metrics
+
+
+def preference_data(config, workdir: str, ds, tok, num_rejected: int):
+  """Rows (prompt, chosen, k random rejected) and reference log-probs [N, k+1], computed once
+  by the SFT model and cached in DIR/preference/random_k{k}.npz."""
+  prompts_and_targets = pipeline.encoded_examples(config, workdir, ds, tok, "train")
+  limit = int(config.preference.get("max_prompts") or 0) or len(prompts_and_targets)
+  examples = ds.examples("train")[:limit]
+  seed = int(config.data.seed)
+  rejected = np.array([negatives.random_rejected(ex.candidates, ex.target, num_rejected, seed,
+                                                 "train", ex.index) for ex in examples])
+  rows = [EncodedRow(p, (r,) + tuple(encode_response(tok, ds.titles[j]) for j in rej))
+          for (p, r), rej in zip(prompts_and_targets[:limit], rejected)]
+  path = os.path.join(workdir, "preference", f"random_k{num_rejected}.npz")
+  if os.path.isfile(path):
+    cached = np.load(path)
+    if np.array_equal(cached["rejected"], rejected):
+      return rows, cached["ref_logps"]
+  reference = checkpoints.load_orbax(os.path.join(workdir, "sft", "model"))
+  graphdef, state = nnx.split(reference)
+  score = jax.jit(lambda s, b: scoring.response_logps(nnx.merge(graphdef, s), b, num_rejected + 1,
+                                                      int(config.vocab_chunk))[0])
+  shape, ref = batch_shape(config), np.zeros((len(rows), num_rejected + 1), np.float32)
+  for idx in batching.eval_batches(len(rows), int(config.preference.batch_size)):
+    real = [i for i in idx if i >= 0]
+    batch = batching.make_batch([rows[i] if i >= 0 else None for i in idx], shape,
+                                num_rejected + 1, bucket_rows=[rows[i] for i in real])
+    ref[real] = np.asarray(score(state, batch))[:len(real)]
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  if jax.process_index() == 0:
+    np.savez(path + ".tmp.npz", rejected=rejected, ref_logps=ref)
+    os.replace(path + ".tmp.npz", path)
+  return rows, ref
+
+
+def _method_num_rejected(config, method: str) -> int:
+  return int(config.preference.sdpo_k) if method == "sdpo" else 1
+
+
+def run_preference(config, workdir: str) -> dict:
+  """Trains every preference method of config.methods from the SFT model."""
+  methods = [m for m in config.methods if m != "sft"]
+  unknown = [m for m in methods if m not in losses.METHODS]
+  if unknown:
+    raise ValueError(f"config.methods has unknown methods {unknown}; expected sft or "
+                     f"{list(losses.METHODS)}")
+  if "rosepo" in methods:
+    raise ValueError("rosepo needs per-pair smoothing factors from the preference oracle "
+                     "(the oracle stage, not implemented yet); use dpo/cdpo/rdpo/ipo/sdpo")
+  ds = pipeline.open_dataset(config, workdir)
+  tok = pipeline.load_tokenizer(config, workdir)
+  section, shape, results = config.preference, batch_shape(config), {}
+  for method in methods:
+    k = _method_num_rejected(config, method)
+    rows, ref = preference_data(config, workdir, ds, tok, k)
+    eps_value = float(section.cdpo_eps) if method in ("cdpo", "rdpo") else 0.0
+    loss_fn = train.preference_loss_fn(method, k, float(section.beta), int(config.vocab_chunk),
+                                       sft_weight=float(section.sft_weight))
+    model = checkpoints.load_orbax(os.path.join(workdir, "sft", "model"))
+    if config.model.get("lora_rank"):
+      model = model_lib.add_lora(model, int(config.model.lora_rank),
+                                 float(config.model.lora_alpha), seed=int(config.model.seed))
+    trainer = train.Trainer(model, loss_fn,
+                            train.make_optimizer(optim_config(section), int(section.steps)),
+                            mesh=make_mesh(config), accum_steps=int(section.accum_steps))
+    sampler = _sampler(len(rows), section, int(config.data.seed) + 1)
+
+    def batch_fn(step, rows=rows, ref=ref, sampler=sampler, k=k, eps_value=eps_value):
+      idx, batch = _local_batch(rows, sampler, step, shape, k + 1)
+      batch["ref_logps"] = ref[idx]
+      batch["eps"] = np.full((len(idx), k), eps_value, np.float32)
+      return batch
+
+    state, _ = train.train_loop(trainer, batch_fn, loop_config(section),
+                                os.path.join(workdir, method))
+    save_model(model_lib.merge_lora(trainer.model(state.params)),
+               os.path.join(workdir, method, "model"), tok)
+    results[method] = state.step
+    print(f"{method}: {state.step} steps on {len(rows)} prompts (k={k})", flush=True)
+  return results
