@@ -26,6 +26,8 @@ flags.DEFINE_integer("prompts_per_step", 8, "Prompts per train step.")
 flags.DEFINE_integer("steps", 12, "Timed steps per side (after 3 warm-up steps).")
 flags.DEFINE_integer("hidden", 128, "Hidden size of the benchmark model.")
 flags.DEFINE_integer("layers", 4, "Decoder blocks.")
+flags.DEFINE_integer("vocab", 8192, "Model vocabulary (configs/lastfm.py's BPE has 8192 tokens; "
+                     "ids beyond the benchmark tokenizer's are simply never used).")
 FLAGS = flags.FLAGS
 
 
@@ -110,10 +112,13 @@ def bench_trl(hf_dir, rows, tok, k, steps):
       times.append(time.perf_counter() - self.t)
 
   with tempfile.TemporaryDirectory() as out:
+    # fp32 and no activation checkpointing, like our side. (trl's defaults, bf16=True and
+    # gradient_checkpointing=True, run bf16 autocast on CPU: 14x slower here, not a fair peer.)
     cfg = trl.DPOConfig(output_dir=out, per_device_train_batch_size=FLAGS.prompts_per_step * k,
                         max_steps=steps + 3, learning_rate=1e-6, beta=0.1, logging_steps=1000,
                         report_to="none", save_strategy="no", precompute_ref_log_probs=True,
-                        use_cpu=True, dataloader_num_workers=0, max_length=1024)
+                        use_cpu=True, bf16=False, gradient_checkpointing=False,
+                        dataloader_num_workers=0, max_length=1024)
     trainer = trl.DPOTrainer(model=model, args=cfg, train_dataset=datasets.Dataset.from_list(pairs),
                              processing_class=tok, callbacks=[Timer()])
     trainer.train()
@@ -133,7 +138,7 @@ def main(argv):
     rows, raw = _synthetic_rows(None, n * (steps + 3), k)
     tok = _train_bpe(raw)
     cfg = model_lib.get_config(
-        "tiny", vocab_size=-(-len(tok) // 64) * 64, hidden_size=FLAGS.hidden,
+        "tiny", vocab_size=max(FLAGS.vocab, -(-len(tok) // 64) * 64), hidden_size=FLAGS.hidden,
         intermediate_size=FLAGS.hidden * 3, num_layers=FLAGS.layers, num_heads=4, num_kv_heads=2,
         head_dim=FLAGS.hidden // 4, eos_token_ids=(tok.eos_token_id,),
         pad_token_id=tok.pad_token_id, bos_token_id=None)
@@ -147,7 +152,9 @@ def main(argv):
     result[f"ratio_k{k}"] = round(theirs / ours, 3)
     print(f"k={k}: {n} prompts x {k} rejected per step | ours {pairs / ours:8.1f} pairs/s | "
           f"trl DPOTrainer {pairs / theirs:8.1f} pairs/s | ratio {theirs / ours:.2f}x", flush=True)
-  print(f"model: {cfg.num_params / 1e6:.2f}M params (hidden {FLAGS.hidden}, {FLAGS.layers} layers)"
+  result.update(vocab=cfg.vocab_size, params=cfg.num_params)
+  print(f"model: {cfg.num_params / 1e6:.2f}M params (hidden {FLAGS.hidden}, {FLAGS.layers} layers, "
+        f"vocab {cfg.vocab_size})"
         f", jax {jax.__version__}, torch {torch.__version__}, trl {trl.__version__}")
   print(json.dumps(result))
 

@@ -60,7 +60,7 @@ def _round_up(n: int, multiple: int) -> int:
 @dataclasses.dataclass(frozen=True)
 class BatchShape:
   max_seq_len: int = 1024
-  seq_multiple: int = 64
+  seq_multiple: int = 32
   score_multiple: int = 16
 
   def lengths(self, rows: Sequence[EncodedRow]) -> tuple[int, int]:
