@@ -10,7 +10,7 @@ setuptools.setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=setuptools.find_packages(include=["rosepo_jax", "rosepo_jax.*", "launch"]),
+    packages=setuptools.find_packages(include=["rosepo_jax", "rosepo_jax.*", "launch", "configs"]),
     install_requires=[
         # jax 0.10.x runs on Python 3.11; jax 0.11.x (Python >= 3.12) is what GPU images ship.
         "jax>=0.10.2,<0.12",

@@ -2,6 +2,8 @@
 
 import ml_collections
 
+from configs import common
+
 
 def get_config():
   c = ml_collections.ConfigDict()
@@ -11,4 +13,7 @@ def get_config():
       candidates_dir="../shared/data/sdpo_lastfm"))
   c.prompt = ml_collections.ConfigDict(dict(domain="music", templates=[]))
   c.tokenizer = ml_collections.ConfigDict(dict(kind="bpe", vocab_size=8192, path=""))
+  # CPU-sized: a small Llama from scratch; real quality needs a GPU or a pretrained backbone.
+  c.update(common.training(steps_sft=2000, steps_preference=500))
+  c.model.overrides.max_position_embeddings = 1024
   return c

@@ -2,6 +2,8 @@
 
 import ml_collections
 
+from configs import common
+
 
 def get_config():
   c = ml_collections.ConfigDict()
@@ -12,4 +14,7 @@ def get_config():
       eval_rows_dir="../shared/data/llara_movielens/jsonl"))
   c.prompt = ml_collections.ConfigDict(dict(domain="movies", templates=[]))
   c.tokenizer = ml_collections.ConfigDict(dict(kind="bpe", vocab_size=8192, path=""))
+  # CPU-sized: a small Llama from scratch; real quality needs a GPU or a pretrained backbone.
+  c.update(common.training(steps_sft=2000, steps_preference=500))
+  c.model.overrides.max_position_embeddings = 1024
   return c

@@ -10,6 +10,9 @@ from ml_collections import config_flags
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory: every stage writes under it.")
 flags.DEFINE_list("stages", ["all"], "Stages to run, in pipeline order (or: all).")
+flags.DEFINE_bool("distributed", False, "Multi-host: call jax.distributed.initialize() first "
+                  "(TPU pods auto-detect; elsewhere set JAX_COORDINATOR_ADDRESS, "
+                  "JAX_NUM_PROCESSES, JAX_PROCESS_ID).")
 FLAGS = flags.FLAGS
 
 
@@ -17,6 +20,9 @@ def main(argv):
   del argv
   from absl import logging  # pylint: disable=g-import-not-at-top
   from rosepo_jax import pipeline  # pylint: disable=g-import-not-at-top
+  if FLAGS.distributed:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.distributed.initialize()
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every file at INFO; -v 0 shows them
   pipeline.run(FLAGS.config, FLAGS.workdir, FLAGS.stages)

@@ -124,16 +124,18 @@ def run_sft(config, workdir: str) -> dict:
                            int(section.batch_size)) if val else None
   state, metrics = train.train_loop(
       trainer, lambda step: _local_batch(rows, sampler, step, shape, 1)[1],
-      loop_config(section), os.path.join(workdir, "sft"), evaluate)
+      loop_config(section, best_metric="loss" if evaluate else ""),
+      os.path.join(workdir, "sft"), evaluate)
   save_model(model_lib.merge_lora(trainer.model(state.params)),
              os.path.join(workdir, "sft", "model"), tok)
   print(f"sft: {state.step} steps, validation {metrics}", flush=True)
   return metrics
 
 
-def preference_data(config, workdir: str, ds, tok, num_rejected: int):
+def preference_data(config, workdir: str, ds, tok, num_rejected: int,
+                    with_reference: bool = True):
   """Rows (prompt, chosen, k random rejected) and reference log-probs [N, k+1], computed once
-  by the SFT model and cached in DIR/preference/random_k{k}.npz."""
+  by the SFT model and cached in DIR/preference/random_k{k}.npz (None without reference)."""
   prompts_and_targets = pipeline.encoded_examples(config, workdir, ds, tok, "train")
   limit = int(config.preference.get("max_prompts") or 0) or len(prompts_and_targets)
   examples = ds.examples("train")[:limit]
@@ -142,6 +144,8 @@ def preference_data(config, workdir: str, ds, tok, num_rejected: int):
                                                  "train", ex.index) for ex in examples])
   rows = [EncodedRow(p, (r,) + tuple(encode_response(tok, ds.titles[j]) for j in rej))
           for (p, r), rej in zip(prompts_and_targets[:limit], rejected)]
+  if not with_reference:
+    return rows, None
   path = os.path.join(workdir, "preference", f"random_k{num_rejected}.npz")
   if os.path.isfile(path):
     cached = np.load(path)
@@ -183,7 +187,8 @@ def run_preference(config, workdir: str) -> dict:
   section, shape, results = config.preference, batch_shape(config), {}
   for method in methods:
     k = _method_num_rejected(config, method)
-    rows, ref = preference_data(config, workdir, ds, tok, k)
+    rows, ref = preference_data(config, workdir, ds, tok, k,
+                                with_reference=section.get("reference") != "online")
     eps_value = float(section.cdpo_eps) if method in ("cdpo", "rdpo") else 0.0
     loss_fn = train.preference_loss_fn(method, k, float(section.beta), int(config.vocab_chunk),
                                        sft_weight=float(section.sft_weight))
@@ -191,14 +196,24 @@ def run_preference(config, workdir: str) -> dict:
     if config.model.get("lora_rank"):
       model = model_lib.add_lora(model, int(config.model.lora_rank),
                                  float(config.model.lora_alpha), seed=int(config.model.seed))
+    online = section.get("reference", "precomputed") == "online"
+    if section.get("reference", "precomputed") not in ("precomputed", "online"):
+      raise ValueError(f"config.preference.reference={section.reference!r}; expected "
+                       "precomputed or online")
+    reference = None
+    if online and not config.model.get("lora_rank"):
+      reference = checkpoints.load_orbax(os.path.join(workdir, "sft", "model"))
     trainer = train.Trainer(model, loss_fn,
                             train.make_optimizer(optim_config(section), int(section.steps)),
-                            mesh=make_mesh(config), accum_steps=int(section.accum_steps))
+                            mesh=make_mesh(config), accum_steps=int(section.accum_steps),
+                            reference_model=reference,
+                            online_reference=online and bool(config.model.get("lora_rank")))
     sampler = _sampler(len(rows), section, int(config.data.seed) + 1)
 
     def batch_fn(step, rows=rows, ref=ref, sampler=sampler, k=k, eps_value=eps_value):
       idx, batch = _local_batch(rows, sampler, step, shape, k + 1)
-      batch["ref_logps"] = ref[idx]
+      if not online:
+        batch["ref_logps"] = ref[idx]
       batch["eps"] = np.full((len(idx), k), eps_value, np.float32)
       return batch
 

@@ -278,11 +278,19 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def _checkpoint_manager(directory: str, cfg: LoopConfig) -> ocp.CheckpointManager:
-  best = cfg.best_metric
+  """Keeps the latest `keep_checkpoints` (exact resume needs the latest) plus, with a
+  `best_metric`, the best checkpoint by that eval metric."""
+  policies = [ocp.checkpoint_managers.LatestN(n=cfg.keep_checkpoints)]
+  if cfg.best_metric:
+    if cfg.best_mode not in ("min", "max"):
+      raise ValueError(f"best_mode={cfg.best_mode!r}; expected min or max")
+    best = cfg.best_metric
+    policies.append(ocp.checkpoint_managers.BestN(
+        get_metric_fn=lambda m: m[best], reverse=cfg.best_mode == "min", n=1,
+        keep_checkpoints_without_metrics=False))
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=cfg.keep_checkpoints, create=True, enable_async_checkpointing=True,
-      best_fn=(lambda m: m[best]) if best else None, best_mode=cfg.best_mode,
-      keep_checkpoints_without_metrics=not best)
+      create=True, enable_async_checkpointing=True,
+      preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies))
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 

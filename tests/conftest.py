@@ -1,6 +1,7 @@
 """Test setup: 8 fake CPU devices (set before jax is imported) and exact fp32 matmuls."""
 
 import os
+import sys
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
@@ -14,6 +15,8 @@ import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 jax.config.update("jax_default_matmul_precision", "highest")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:  # configs/*.py import configs.common, as under `python -m launch.main`
+  sys.path.insert(0, REPO)
 
 
 def assert_close(actual, desired, rtol=1e-5, where=None):

@@ -13,8 +13,9 @@ def _tiny(steps=4):
   config = _config("demo.py")
   config.data.world.num_users = 60
   config.tokenizer.vocab_size = 300
+  config.data.max_seq_len = 1024  # a 300-token BPE makes long prompts
   config.model.overrides = dict(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
-                                num_kv_heads=1, head_dim=16, max_position_embeddings=512)
+                                num_kv_heads=1, head_dim=16, max_position_embeddings=1024)
   config.sft.update(steps=steps, batch_size=8, eval_every=2, eval_examples=16, log_every=1,
                     checkpoint_every=2)
   config.preference.update(steps=steps, batch_size=4, max_prompts=16, checkpoint_every=2,
@@ -39,6 +40,18 @@ def test_sft_then_preference_methods(tmp_path):
   cache = np.load(os.path.join(workdir, "preference", "random_k3.npz"))
   assert cache["ref_logps"].shape == (16, 4) and np.all(cache["ref_logps"] < 0)
   assert cache["rejected"].shape == (16, 3)
+
+
+@pytest.mark.parametrize("lora_rank", [0, 4])
+def test_online_reference_and_lora(tmp_path, lora_rank):
+  config = _tiny(steps=2)
+  config.methods = ["dpo"]
+  config.preference.reference = "online"
+  config.model.lora_rank = lora_rank
+  pipeline.run(config, str(tmp_path), ["data", "sft", "dpo"])
+  assert not os.path.exists(tmp_path / "preference")  # nothing precomputed
+  trained = checkpoints.load_orbax(str(tmp_path / "dpo" / "model"))
+  assert trained.cfg.lora_rank == 0  # adapters merged into the saved weights
 
 
 def test_rosepo_without_oracle_is_a_clear_error(tmp_path):

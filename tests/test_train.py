@@ -205,3 +205,29 @@ def test_weight_decay_applies_to_matrices_only():
   assert np.abs(np.asarray(flat[("layers", 0, "mlp", "up_proj", "kernel")].get_value())).max() > 0
   for key in [("embed",), ("final_norm", "scale"), ("layers", 1, "input_norm", "scale")]:
     assert np.abs(np.asarray(flat[key].get_value())).max() == 0, key
+
+
+def test_checkpoints_keep_latest_and_best(tmp_path):
+  data = train_helper.rows(8)
+  shape = B.BatchShape(seq_multiple=32)
+  trainer = T.Trainer(M.init_model(M.get_config("tiny"), seed=1), T.sft_loss_fn(64),
+                      optax.sgd(1e-3))
+  scores = {2: 0.5, 4: 0.1, 6: 0.9, 8: 0.7}  # "loss" by step: best (min) at step 4
+
+  cfg = T.LoopConfig(num_steps=8, log_every=2, eval_every=2, checkpoint_every=2,
+                     keep_checkpoints=1, best_metric="loss", best_mode="min", progress=False)
+  T.train_loop(trainer, lambda step: B.make_batch(data[:4], shape, 1), cfg, str(tmp_path),
+               eval_fn=lambda state: {"loss": scores[state.step]})
+  kept = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
+  assert kept == [4, 8]  # the best by eval loss, and the latest for resume
+
+
+def test_bf16_compute_step_learns_with_fp32_master_weights():
+  trainer = T.Trainer(M.init_model(M.get_config("tiny", dtype="bfloat16"), seed=0),
+                      T.sft_loss_fn(100), optax.adam(1e-2))
+  batch = _sft_batch()
+  state, first = trainer.step(trainer.initial, batch)
+  for _ in range(3):
+    state, metrics = trainer.step(state, batch)
+  assert float(metrics["loss"]) < float(first["loss"])
+  assert state.params["embed"].get_value().dtype == jnp.float32

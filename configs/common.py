@@ -1,0 +1,31 @@
+"""Training sections shared by the configs: a small Llama from scratch, SFT and preference
+settings sized for CPU. Each config file takes these and overrides what differs."""
+
+import ml_collections
+
+
+def training(steps_sft: int = 300, steps_preference: int = 100) -> dict:
+  """model, mesh, vocab_chunk, methods, sft and preference sections as ConfigDicts."""
+  return dict(
+      model=ml_collections.ConfigDict(dict(
+          init="scratch",  # or a .gguf file, pkg:NAME, an HF folder or an orbax model dir
+          preset="tiny", seed=0, dtype="float32", param_dtype="float32", remat=False,
+          lora_rank=0, lora_alpha=16.0,
+          overrides=dict(hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4,
+                         num_kv_heads=2, head_dim=32, max_position_embeddings=512))),
+      mesh=ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1)),
+      vocab_chunk=8192,
+      methods=["sft", "dpo"],
+      sft=ml_collections.ConfigDict(dict(
+          steps=steps_sft, batch_size=32, accum_steps=1, log_every=10, eval_every=100,
+          checkpoint_every=100, keep_checkpoints=2, eval_examples=128,
+          optim=dict(learning_rate=1e-3, warmup_steps=30, decay="cosine", min_lr_ratio=0.1,
+                     weight_decay=0.01, max_grad_norm=1.0))),
+      preference=ml_collections.ConfigDict(dict(
+          steps=steps_preference, batch_size=16, accum_steps=1, log_every=10, eval_every=0,
+          checkpoint_every=50, keep_checkpoints=2, beta=1.0, sdpo_k=3, cdpo_eps=0.1,
+          rosepo_form="conservative", sft_weight=0.0, max_prompts=0,
+          reference="precomputed",  # or "online": the frozen SFT model runs in every step
+          optim=dict(learning_rate=1e-5, warmup_steps=10, decay="linear", min_lr_ratio=0.0,
+                     weight_decay=0.0, max_grad_norm=1.0))),
+  )
