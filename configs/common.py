@@ -16,6 +16,10 @@ def training(steps_sft: int = 300, steps_preference: int = 100) -> dict:
       mesh=ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1)),
       vocab_chunk=8192,
       methods=["sft", "dpo"],
+      oracle=ml_collections.ConfigDict(dict(
+          dim=64, num_blocks=2, num_heads=1, dropout=0.2, max_len=10, learning_rate=1e-3,
+          batch_size=256, max_epochs=200, patience=10, seed=0,
+          lam=1.0, tau=1.0, eps_min=0.0, eps_max=0.45)),
       sft=ml_collections.ConfigDict(dict(
           steps=steps_sft, batch_size=32, accum_steps=1, log_every=10, eval_every=100,
           checkpoint_every=100, keep_checkpoints=2, eval_examples=128,

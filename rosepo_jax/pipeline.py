@@ -4,6 +4,7 @@ eval -> export (later issues add negatives, oracle, eval, export).
 Each stage reads `config` and writes under `workdir`:
   data: DIR/data/tfds (the TFDS dataset), DIR/data/tokenizer, DIR/data/stats.json
   sft:  DIR/sft/{checkpoints,tb}, DIR/sft/model (orbax model dir + tokenizer: pi_ref)
+  oracle: DIR/oracle/model (SASRec), DIR/oracle/metrics.json
   dpo:  DIR/<method>/{checkpoints,tb,model} for each preference method in config.methods,
         from DIR/sft/model, on random rejected pairs with reference log-probs computed once
         (DIR/preference/random.npz)
@@ -21,7 +22,7 @@ from rosepo_jax.data import dataset as dataset_lib
 from rosepo_jax.data import prompts, tokenizer as tokenizer_lib
 from rosepo_jax.data.batching import encode_prompt, encode_response
 
-STAGES = ("data", "sft", "dpo")
+STAGES = ("data", "sft", "oracle", "dpo")
 
 
 def data_dir(workdir: str) -> str:
@@ -118,7 +119,8 @@ def run(config, workdir: str, stages) -> None:
   unknown = [s for s in stages if s not in STAGES]
   if unknown:
     raise ValueError(f"unknown stage(s) {unknown}; available: {list(STAGES)} or all")
-  runners = {"data": run_data, "sft": stage_lib.run_sft, "dpo": stage_lib.run_preference}
+  runners = {"data": run_data, "sft": stage_lib.run_sft, "oracle": stage_lib.run_oracle,
+             "dpo": stage_lib.run_preference}
   for stage in STAGES:
     if stage in stages:
       runners[stage](config, workdir)

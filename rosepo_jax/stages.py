@@ -1,6 +1,8 @@
 """Training stages: SFT (pi_ref) and preference optimisation for each method in config.methods.
 
   sft: DIR/sft/{checkpoints,tb} and DIR/sft/model (orbax model dir with the tokenizer)
+  oracle: DIR/oracle/model (SASRec) and DIR/oracle/metrics.json (test HitRatio@1, NDCG@10 next to
+       random and popularity-only ranking measured in the same run)
   dpo: DIR/preference/random_k{K}.npz (rejected ids + reference log-probs, computed once by the
        SFT model), then DIR/<method>/{checkpoints,tb,model} for each preference method
 """
@@ -15,7 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rosepo_jax import checkpoints, losses, negatives, pipeline, scoring, sharding, train
+import json
+
+from rosepo_jax import checkpoints, losses, negatives, oracle as oracle_lib, pipeline, scoring
+from rosepo_jax import sharding, train
 from rosepo_jax import model as model_lib
 from rosepo_jax.data import batching
 from rosepo_jax.data.batching import BatchShape, EncodedRow, StepSampler, encode_response
@@ -224,3 +229,32 @@ def run_preference(config, workdir: str) -> dict:
     results[method] = state.step
     print(f"{method}: {state.step} steps on {len(rows)} prompts (k={k})", flush=True)
   return results
+
+
+def run_oracle(config, workdir: str) -> dict:
+  """Trains the SASRec preference oracle; writes DIR/oracle/{model,metrics.json}."""
+  ds = pipeline.open_dataset(config, workdir)
+  fields = {f.name for f in dataclasses.fields(oracle_lib.OracleConfig)}
+  cfg = oracle_lib.OracleConfig(**{k: v for k, v in config.oracle.items() if k in fields})
+  if cfg.max_len < int(config.data.max_history):
+    raise ValueError(f"config.oracle.max_len={cfg.max_len} < config.data.max_history")
+  oracle, info = oracle_lib.train_oracle(ds.examples("train"), ds.examples("val"), ds.num_items,
+                                         cfg)
+  folder = os.path.join(workdir, "oracle")
+  if jax.process_index() == 0:
+    oracle_lib.save_oracle(oracle, os.path.join(folder, "model"))
+  test = ds.examples("test")
+  target_pos = np.array([list(e.candidates).index(e.target) for e in test])
+  random_scores = np.random.default_rng(cfg.seed).random((len(test), len(test[0].candidates)))
+  popularity = ds.train_popularity[np.array([e.candidates for e in test])].astype(float)
+  metrics = {**oracle.evaluate(test), **info, "num_examples": len(test),
+             "random": oracle_lib.candidate_metrics(random_scores, target_pos),
+             "popularity": oracle_lib.candidate_metrics(popularity, target_pos)}
+  if jax.process_index() == 0:
+    with open(os.path.join(folder, "metrics.json"), "w") as f:
+      json.dump(metrics, f, indent=2)
+  print(f"oracle: test hit_ratio@1 {metrics['hit_ratio@1']:.4f} ndcg@10 {metrics['ndcg@10']:.4f} "
+        f"(random {metrics['random']['hit_ratio@1']:.4f}, popularity "
+        f"{metrics['popularity']['hit_ratio@1']:.4f}); {info['epochs']} epochs, "
+        f"{info['seconds']} s", flush=True)
+  return metrics

@@ -1,0 +1,213 @@
+"""The preference oracle (METHOD.md section 4): SASRec over item ids, and the smoothing factor.
+
+SASRec (Kang & McAuley, 2018): item embeddings + learned positions, causal self-attention blocks
+(pre-norm, dropout), the last position's state scored against every item embedding (shared).
+Trained on the training split with cross-entropy over the whole catalogue, early-stopped on
+validation HitRatio@1 over the 20 candidates. Its score s(u, i) is the logit of item i given u's
+history; a preference pair's smoothing factor is
+
+    eps = clip(lam * sigmoid((s(u, y_l) - s(u, y_w)) / tau), eps_min, eps_max)
+
+Shapes: B batch, L history length (left-padded with the padding id = num_items), D model width,
+I catalogue size, C candidates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Sequence
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from rosepo_jax.checkpoints.atomic import atomic_dir
+
+
+@dataclasses.dataclass(frozen=True)
+class OracleConfig:
+  dim: int = 64
+  num_blocks: int = 2
+  num_heads: int = 1
+  dropout: float = 0.2
+  max_len: int = 10
+  learning_rate: float = 1e-3
+  batch_size: int = 256
+  max_epochs: int = 200
+  patience: int = 10  # epochs without a better validation HitRatio@1
+  seed: int = 0
+  # smoothing factor (METHOD.md section 4)
+  lam: float = 1.0
+  tau: float = 1.0
+  eps_min: float = 0.0
+  eps_max: float = 0.45
+
+
+class SASRec(nnx.Module):
+  def __init__(self, num_items: int, cfg: OracleConfig, rngs: nnx.Rngs):
+    d = cfg.dim
+    self.num_items, self.cfg = num_items, cfg
+    init = nnx.initializers.normal(stddev=d ** -0.5)
+    self.item_embed = nnx.Param(init(rngs.params(), (num_items + 1, d)))  # last row: padding
+    self.pos_embed = nnx.Param(init(rngs.params(), (cfg.max_len, d)))
+    self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
+    self.attn_norms = nnx.List([nnx.LayerNorm(d, rngs=rngs) for _ in range(cfg.num_blocks)])
+    self.attns = nnx.List([nnx.MultiHeadAttention(cfg.num_heads, d, d, dropout_rate=cfg.dropout,
+                                                  decode=False, rngs=rngs)
+                           for _ in range(cfg.num_blocks)])
+    self.ffn_norms = nnx.List([nnx.LayerNorm(d, rngs=rngs) for _ in range(cfg.num_blocks)])
+    self.ffn_in = nnx.List([nnx.Linear(d, d, rngs=rngs) for _ in range(cfg.num_blocks)])
+    self.ffn_out = nnx.List([nnx.Linear(d, d, rngs=rngs) for _ in range(cfg.num_blocks)])
+    self.final_norm = nnx.LayerNorm(d, rngs=rngs)
+
+  def user_state(self, history_BxL: jax.Array) -> jax.Array:
+    """The last position's state [B, D] for left-padded histories (padding id = num_items)."""
+    valid_BxL = history_BxL != self.num_items
+    x = self.item_embed[...][history_BxL] * (self.cfg.dim ** 0.5)
+    x = (x + self.pos_embed[...][None, -history_BxL.shape[1]:]) * valid_BxL[..., None]
+    x = self.dropout(x)
+    length = history_BxL.shape[1]
+    mask = (jnp.tril(jnp.ones((length, length), bool))[None] & valid_BxL[:, None, :])[:, None]
+    for norm_a, attn, norm_f, f_in, f_out in zip(self.attn_norms, self.attns, self.ffn_norms,
+                                                 self.ffn_in, self.ffn_out):
+      h = norm_a(x)
+      x = x + self.dropout(attn(h, h, h, mask=mask))
+      h = norm_f(x)
+      x = x + self.dropout(f_out(self.dropout(jax.nn.gelu(f_in(h)))))
+      x = x * valid_BxL[..., None]
+    return self.final_norm(x[:, -1])
+
+  def __call__(self, history_BxL: jax.Array) -> jax.Array:
+    """Logits [B, I] over the catalogue: s(u, i) for every item i."""
+    return self.user_state(history_BxL) @ self.item_embed[...][:self.num_items].T
+
+
+def smoothing_factor(score_rejected, score_chosen, cfg: OracleConfig):
+  """eps of a pair: the Bradley-Terry probability that its label is wrong, scaled and clipped."""
+  z = (np.asarray(score_rejected, np.float64) - np.asarray(score_chosen, np.float64)) / cfg.tau
+  return np.clip(cfg.lam / (1.0 + np.exp(-z)), cfg.eps_min, cfg.eps_max)
+
+
+def pad_histories(histories: Sequence[Sequence[int]], max_len: int, pad_id: int) -> np.ndarray:
+  """Left-pads (keeping the last max_len items) to [B, max_len] int32."""
+  out = np.full((len(histories), max_len), pad_id, np.int32)
+  for i, h in enumerate(histories):
+    h = list(h)[-max_len:]
+    if h:
+      out[i, -len(h):] = h
+  return out
+
+
+def candidate_metrics(scores_BxC: np.ndarray, target_pos_B: np.ndarray) -> dict:
+  """HitRatio@1 and NDCG@10 of the target among the candidates (ties count against it)."""
+  target = scores_BxC[np.arange(len(scores_BxC)), target_pos_B]
+  rank = (scores_BxC >= target[:, None]).sum(axis=1) - 1  # 0 = best
+  return {"hit_ratio@1": float(np.mean(rank == 0)),
+          "ndcg@10": float(np.mean(np.where(rank < 10, 1.0 / np.log2(rank + 2.0), 0.0)))}
+
+
+@dataclasses.dataclass
+class Oracle:
+  """A trained SASRec and what scoring needs."""
+  model: SASRec
+  cfg: OracleConfig
+
+  def scores(self, histories: Sequence[Sequence[int]], items_BxC: np.ndarray,
+             batch_size: int = 1024) -> np.ndarray:
+    """s(u, i) [B, C] for each user's listed items."""
+    self.model.eval()
+    out = []
+    graphdef, state = nnx.split(self.model)
+    logits_fn = _logits_fn(graphdef)
+    hist = pad_histories(histories, self.cfg.max_len, self.model.num_items)
+    for start in range(0, len(hist), batch_size):
+      logits = np.asarray(logits_fn(state, hist[start:start + batch_size]))
+      out.append(np.take_along_axis(logits, np.asarray(items_BxC[start:start + batch_size]), 1))
+    return np.concatenate(out) if out else np.zeros((0, np.shape(items_BxC)[1]), np.float32)
+
+  def evaluate(self, examples) -> dict:
+    """HitRatio@1 / NDCG@10 over each example's candidates."""
+    cands = np.array([e.candidates for e in examples])
+    scores = self.scores([e.history for e in examples], cands)
+    target_pos = np.array([list(e.candidates).index(e.target) for e in examples])
+    return candidate_metrics(scores, target_pos)
+
+
+def _logits_fn(graphdef):
+  return jax.jit(lambda state, hist: nnx.merge(graphdef, state)(hist))
+
+
+def train_oracle(train_examples, val_examples, num_items: int, cfg: OracleConfig,
+                 log=print) -> tuple[Oracle, dict]:
+  """Trains SASRec; keeps the parameters of the best validation HitRatio@1 epoch."""
+  model = SASRec(num_items, cfg, nnx.Rngs(params=cfg.seed, dropout=cfg.seed + 1))
+  optimizer = nnx.Optimizer(model, optax.adam(cfg.learning_rate), wrt=nnx.Param)
+  hist = pad_histories([e.history for e in train_examples], cfg.max_len, num_items)
+  targets = np.array([e.target for e in train_examples], np.int32)
+
+  @nnx.jit
+  def step(model, optimizer, hist_BxL, target_B):
+    def loss_fn(model):
+      logits = model(hist_BxL)
+      return optax.softmax_cross_entropy_with_integer_labels(logits, target_B).mean()
+    loss, grads = nnx.value_and_grad(loss_fn)(model)
+    optimizer.update(model, grads)
+    return loss
+
+  oracle = Oracle(model, cfg)
+  rng = np.random.default_rng(cfg.seed)
+  best, best_state, best_epoch, start = -1.0, None, 0, time.time()
+  epoch = 0
+  for epoch in range(1, cfg.max_epochs + 1):
+    model.train()
+    order = rng.permutation(len(hist))
+    losses = []
+    for i in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size):
+      idx = order[i:i + cfg.batch_size]
+      losses.append(step(model, optimizer, hist[idx], targets[idx]))
+    val = oracle.evaluate(val_examples)
+    log(f"oracle epoch {epoch}: loss {float(np.mean(jax.device_get(losses))):.4f} "
+        f"val hit_ratio@1 {val['hit_ratio@1']:.4f} ndcg@10 {val['ndcg@10']:.4f}")
+    if val["hit_ratio@1"] > best:
+      best, best_epoch = val["hit_ratio@1"], epoch
+      best_state = jax.tree.map(np.asarray, nnx.state(model, nnx.Param))
+    elif epoch - best_epoch >= cfg.patience:
+      break
+  nnx.update(model, best_state)
+  return oracle, {"epochs": epoch, "best_epoch": best_epoch, "val_hit_ratio@1": best,
+                  "seconds": round(time.time() - start, 1)}
+
+
+def save_oracle(oracle: Oracle, folder: str) -> None:
+  """Orbax params + oracle_config.json, atomically."""
+  with atomic_dir(folder) as tmp:
+    with open(os.path.join(tmp, "oracle_config.json"), "w") as f:
+      json.dump({"num_items": oracle.model.num_items, **dataclasses.asdict(oracle.cfg)}, f)
+    ckpt = ocp.StandardCheckpointer()
+    ckpt.save(os.path.join(os.path.abspath(tmp), "params"),
+              nnx.state(oracle.model, nnx.Param).to_pure_dict())
+    ckpt.wait_until_finished()
+
+
+def load_oracle(folder: str) -> Oracle:
+  path = os.path.join(folder, "oracle_config.json")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{folder}: no oracle_config.json (run the oracle stage first)")
+  with open(path, encoding="utf-8") as f:
+    d = json.load(f)
+  num_items = d.pop("num_items")
+  cfg = OracleConfig(**d)
+  model = SASRec(num_items, cfg, nnx.Rngs(params=0, dropout=1))
+  params = nnx.state(model, nnx.Param)
+  restored = ocp.StandardCheckpointer().restore(
+      os.path.join(os.path.abspath(folder), "params"),
+      jax.tree.map(ocp.utils.to_shape_dtype_struct, params.to_pure_dict()))
+  nnx.replace_by_pure_dict(params, restored)
+  nnx.update(model, params)
+  return Oracle(model, cfg)
