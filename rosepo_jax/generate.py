@@ -101,3 +101,34 @@ def trim_at_eos(tokens: Sequence[int], eos_ids: Sequence[int]) -> list[int]:
       break
     out.append(int(t))
   return out
+
+
+def score_responses(model: Decoder, rows, batch_size: int = 16, shape=None,
+                    vocab_chunk: int = 8192) -> np.ndarray:
+  """Summed log pi(response | prompt) [N, C] for rows ``EncodedRow(prompt, C responses)``.
+
+  Each prompt and all its C responses (e.g. the 20 candidate titles + EOS) go through ONE
+  prefix-shared forward; rows are batched, padded to length buckets and jitted.
+  """
+  from rosepo_jax.data import batching  # pylint: disable=g-import-not-at-top
+
+  if not rows:
+    return np.zeros((0, 0), np.float32)
+  num = len(rows[0].responses)
+  shape = shape or batching.BatchShape()
+  graphdef, state = nnx.split(model)
+  fn = _score_fn(graphdef, num, vocab_chunk)
+  out = np.zeros((len(rows), num), np.float32)
+  for idx in batching.eval_batches(len(rows), batch_size):
+    real = [int(i) for i in idx if i >= 0]
+    batch = batching.make_batch([rows[i] if i >= 0 else None for i in idx], shape, num,
+                                bucket_rows=[rows[i] for i in real])
+    out[real] = np.asarray(fn(state, batch))[:len(real)]
+  return out
+
+
+@functools.lru_cache(maxsize=16)
+def _score_fn(graphdef, num_responses: int, vocab_chunk: int):
+  from rosepo_jax import scoring  # pylint: disable=g-import-not-at-top
+  return jax.jit(lambda state, batch: scoring.response_logps(
+      nnx.merge(graphdef, state), batch, num_responses, vocab_chunk)[0])

@@ -1,8 +1,14 @@
 """Rejected sampling (METHOD.md section 3): which responses a prompt's chosen one is preferred to.
 
-Implemented so far: `random` (a uniform non-target candidate; the plain DPO / S-DPO baseline),
-k per prompt without replacement, seeded per example. The self_hard, semantic and popularity
-strategies arrive with the RosePO core (issue 5).
+Strategies, each a pure function of its inputs and a seeded per-example RNG:
+  random      a uniform non-target candidate (the plain DPO / S-DPO baseline); k without
+              replacement for multi-negative S-DPO.
+  popularity  a non-target candidate drawn with probability proportional to popularity ** alpha
+              (training interaction counts; uniform when every candidate has popularity 0).
+  semantic    the catalogue title closest to the target (cosine of title embeddings) that is NOT a
+              candidate: a plausible but invalid answer.
+  self_hard   the SFT model's own mistake: its greedy answer when that is a valid non-target
+              candidate, else the non-target candidate it scores highest (see `self_hard_choice`).
 """
 
 from __future__ import annotations
@@ -13,7 +19,8 @@ import numpy as np
 
 from rosepo_jax.data.candidates import example_rng
 
-RANDOM_PURPOSE = 2  # rng stream id (0: candidates, 1: prompt templates)
+RANDOM_PURPOSE, POPULARITY_PURPOSE = 2, 3  # rng stream ids (0: candidates, 1: templates)
+STRATEGIES = ("random", "self_hard", "semantic", "popularity")
 
 
 def random_rejected(candidates: Sequence[int], target: int, k: int, seed: int, split: str,
@@ -24,3 +31,48 @@ def random_rejected(candidates: Sequence[int], target: int, k: int, seed: int, s
     raise ValueError(f"cannot draw {k} rejected items from {len(pool)} non-target candidates")
   rng = example_rng(seed, split, index, RANDOM_PURPOSE)
   return [pool[i] for i in rng.choice(len(pool), size=k, replace=False)]
+
+
+def popularity_weights(candidates: Sequence[int], target: int, popularity: np.ndarray,
+                       alpha: float) -> tuple[list[int], np.ndarray]:
+  """Non-target candidates and their sampling probabilities, proportional to pop ** alpha."""
+  pool = [c for c in candidates if c != target]
+  w = np.asarray(popularity, np.float64)[pool] ** alpha
+  w = np.where(np.asarray(popularity)[pool] > 0, w, 0.0)
+  if w.sum() <= 0:
+    w = np.ones(len(pool))
+  return pool, w / w.sum()
+
+
+def popularity_rejected(candidates: Sequence[int], target: int, popularity: np.ndarray,
+                        alpha: float, seed: int, split: str, index: int) -> int:
+  pool, p = popularity_weights(candidates, target, popularity, alpha)
+  return pool[int(example_rng(seed, split, index, POPULARITY_PURPOSE).choice(len(pool), p=p))]
+
+
+def title_embeddings(token_ids: Sequence[Sequence[int]], embed_VxD: np.ndarray) -> np.ndarray:
+  """Mean input embedding over each title's tokens, L2-normalised: [num_titles, D]."""
+  out = np.stack([embed_VxD[np.asarray(ids)].mean(axis=0) for ids in token_ids])
+  return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+def semantic_rejected(candidates: Sequence[int], target: int, unit_embeddings: np.ndarray) -> int:
+  """The non-candidate item most cosine-similar to the target (ties: the lowest id)."""
+  sims = unit_embeddings @ unit_embeddings[target]
+  sims[np.asarray(list(candidates))] = -np.inf
+  if not np.isfinite(sims).any():
+    raise ValueError("semantic negative: every item is a candidate")
+  return int(np.argmax(sims))
+
+
+def self_hard_choice(answer_item: int | None, candidates: Sequence[int], target: int,
+                     candidate_logps: Sequence[float]) -> int:
+  """The SFT model's mistake: its answer when a valid non-target candidate, else the
+  non-target candidate with the highest reference log-likelihood."""
+  if answer_item is not None and answer_item != target and answer_item in candidates:
+    return answer_item
+  best, best_logp = None, -np.inf
+  for item, logp in zip(candidates, candidate_logps):
+    if item != target and logp > best_logp:
+      best, best_logp = item, logp
+  return best

@@ -56,3 +56,23 @@ def test_bad_prompts_are_rejected():
     G.left_pad([[1, 2], []], pad_id=0)
   with pytest.raises(ValueError, match="max_new_tokens"):
     G.greedy_generate(model, np.ones((1, 3), np.int32), np.ones((1, 3), bool), 0)
+
+
+def test_candidate_scoring_equals_separate_forwards():
+  from conftest import assert_close  # pylint: disable=g-import-not-at-top
+  from rosepo_jax.data import batching  # pylint: disable=g-import-not-at-top
+  model = M.init_model(M.get_config("tiny"), seed=9)
+  rs = np.random.RandomState(2)
+  rows = [batching.EncodedRow(tuple(rs.randint(3, 256, rs.randint(20, 40)).tolist()),
+                              tuple(tuple(rs.randint(3, 256, rs.randint(1, 5)).tolist()) + (2,)
+                                    for _ in range(20))) for _ in range(3)]
+  scores = G.score_responses(model, rows, batch_size=2)
+  assert scores.shape == (3, 20)
+  for i, row in enumerate(rows):
+    for j, resp in enumerate(row.responses):
+      seq = jnp.asarray([row.prompt + resp])
+      valid = jnp.ones_like(seq, bool)
+      logits, _ = model(seq, M.positions_from_mask(valid), M.causal_mask(valid))
+      logp = jax.nn.log_softmax(logits[0, len(row.prompt) - 1:-1], axis=-1)
+      want = logp[jnp.arange(len(resp)), jnp.asarray(resp)].sum()
+      assert_close(scores[i, j], want)
