@@ -183,7 +183,7 @@ def make_step_fn(graphdef, loss_fn: LossFn, optimizer: optax.GradientTransformat
     updates, opt_state = optimizer.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     metrics = {k: v / denom for k, v in sums.items() if k != "tokens"}
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     if "tokens" in sums:  # all non-padding tokens processed (throughput), not a mean
       metrics["tokens"] = sums["tokens"]
     return params, opt_state, metrics

@@ -1,0 +1,113 @@
+"""Evaluation metrics (METHOD.md section 6) as pure functions over answers and candidates.
+
+  valid      the answer equals exactly one candidate title after normalisation (case, surrounding
+             quotes and whitespace)
+  valid_substring  S-DPO's looser rule: exactly one candidate title occurs in the answer as a
+             substring (compared after the same normalisation)
+  hit        valid and equal to the target
+
+Popularity (from the training split): an item's popularity percentile is
+100 * (#items less popular + 0.5 * #items equally popular) / #items; the head is the 20% most
+popular items (ties broken by item id). Key names are the ones `DIR/eval/<run>.json` uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+_QUOTES = "\"'`\u2018\u2019\u201c\u201d"
+
+
+def normalize(text: str) -> str:
+  """casefold, strip whitespace and surrounding quotes (repeatedly)."""
+  out = text.strip()
+  while len(out) >= 1 and (out[0] in _QUOTES or out[-1] in _QUOTES):
+    out = out.strip(_QUOTES).strip()
+  return out.casefold()
+
+
+def match_exact(answer: str, candidates: Sequence[str]) -> int | None:
+  """Index of the one candidate equal to the answer after normalisation, else None."""
+  a = normalize(answer)
+  hits = [i for i, c in enumerate(candidates) if normalize(c) == a]
+  return hits[0] if len(hits) == 1 else None
+
+
+def match_substring(answer: str, candidates: Sequence[str]) -> int | None:
+  """Index of the one candidate whose title occurs in the answer (S-DPO's rule), else None."""
+  a = normalize(answer)
+  hits = [i for i, c in enumerate(candidates) if normalize(c) and normalize(c) in a]
+  return hits[0] if len(hits) == 1 else None
+
+
+def popularity_percentiles(popularity: np.ndarray) -> np.ndarray:
+  """Percentile (0..100) of every item's popularity within the catalogue."""
+  pop = np.asarray(popularity)
+  order = np.sort(pop)
+  less = np.searchsorted(order, pop, side="left")
+  equal = np.searchsorted(order, pop, side="right") - less
+  return 100.0 * (less + 0.5 * equal) / len(pop)
+
+
+def head_items(popularity: np.ndarray, fraction: float = 0.2) -> np.ndarray:
+  """Boolean [I]: the ceil(fraction * I) most popular items (ties by lower id)."""
+  pop = np.asarray(popularity)
+  n = int(np.ceil(fraction * len(pop)))
+  order = np.lexsort((np.arange(len(pop)), -pop))
+  head = np.zeros(len(pop), bool)
+  head[order[:n]] = True
+  return head
+
+
+def generation_metrics(answers: Sequence[str], candidate_titles: Sequence[Sequence[str]],
+                       candidate_ids: Sequence[Sequence[int]], targets: Sequence[int],
+                       popularity: np.ndarray) -> tuple[dict, list[dict]]:
+  """Aggregate figures and per-example records (valid, hit, answer item) for generated answers."""
+  pct, head = popularity_percentiles(popularity), head_items(popularity)
+  records, recommended = [], []
+  for answer, titles, ids, target in zip(answers, candidate_titles, candidate_ids, targets):
+    exact = match_exact(answer, titles)
+    item = None if exact is None else int(ids[exact])
+    hit = item is not None and item == target
+    records.append({"valid": exact is not None, "hit": hit,
+                    "valid_substring": match_substring(answer, titles) is not None,
+                    "answer_item": item})
+    if item is not None:
+      recommended.append(item)
+  n = max(len(records), 1)
+  hits = sum(r["hit"] for r in records)
+  valid = sum(r["valid"] for r in records)
+  targets = np.asarray(targets, np.int64)
+  rec = np.asarray(recommended, np.int64)
+  tgt_pct = pct[targets] if len(targets) else np.zeros(0)
+  out = {
+      "num_examples": len(records),
+      "hit_ratio@1": hits / n,
+      "valid_ratio": valid / n,
+      "valid_ratio_substring": sum(r["valid_substring"] for r in records) / n,
+      "hit_ratio@1_valid": hits / valid if valid else 0.0,
+      "pop_mean_percentile": float(pct[rec].mean()) if len(rec) else 0.0,
+      "head_ratio": float(head[rec].mean()) if len(rec) else 0.0,
+      "coverage": len(set(rec.tolist())) / max(len(set(targets.tolist())), 1),
+      "target_pop_mean_percentile": float(tgt_pct.mean()) if len(targets) else 0.0,
+      "target_head_ratio": float(head[targets].mean()) if len(targets) else 0.0,
+  }
+  for name, lo, hi in (("low", 0, 100 / 3), ("mid", 100 / 3, 200 / 3), ("high", 200 / 3, 101)):
+    sel = (tgt_pct >= lo) & (tgt_pct < hi)
+    out[f"hit_ratio@1_tercile_{name}"] = (
+        float(np.mean([records[i]["hit"] for i in np.flatnonzero(sel)])) if sel.any() else 0.0)
+  return out, records
+
+
+def ranking_metrics(scores_NxC: np.ndarray, target_pos_N: np.ndarray) -> dict:
+  """HitRatio@{1,5,10} and NDCG@{5,10} of the target when candidates are ranked by score
+  (ties count against the target)."""
+  scores = np.asarray(scores_NxC, np.float64)
+  target = scores[np.arange(len(scores)), target_pos_N]
+  rank = (scores >= target[:, None]).sum(axis=1) - 1
+  out = {f"rank_hit_ratio@{k}": float(np.mean(rank < k)) for k in (1, 5, 10)}
+  for k in (5, 10):
+    out[f"rank_ndcg@{k}"] = float(np.mean(np.where(rank < k, 1.0 / np.log2(rank + 2.0), 0.0)))
+  return out
