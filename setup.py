@@ -15,7 +15,7 @@ setuptools.setup(
         # jax 0.10.x runs on Python 3.11; jax 0.11.x (Python >= 3.12) is what GPU images ship.
         "jax>=0.10.2,<0.12",
         "flax>=0.12.8,<0.13",
-        "optax>=0.2.6",  # optax.tree.norm
+        "optax>=0.2.5",  # optax.tree.norm
         "orbax-checkpoint>=0.11",
         "transformers>=4.50",
         "tensorflow-datasets>=4.9.9",
