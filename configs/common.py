@@ -16,6 +16,9 @@ def training(steps_sft: int = 300, steps_preference: int = 100) -> dict:
       mesh=ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1)),
       vocab_chunk=8192,
       methods=["sft", "dpo"],
+      negatives=ml_collections.ConfigDict(dict(
+          strategies=["random", "self_hard", "semantic", "popularity"], popularity_alpha=1.0,
+          semantic_eps=0.0, max_prompts=0, max_new_tokens=32, batch_size=32)),
       oracle=ml_collections.ConfigDict(dict(
           dim=64, num_blocks=2, num_heads=1, dropout=0.2, max_len=10, learning_rate=1e-3,
           batch_size=256, max_epochs=200, patience=10, seed=0,

@@ -16,4 +16,5 @@ def get_config():
   c.prompt = ml_collections.ConfigDict(dict(domain="", templates=[]))
   c.tokenizer = ml_collections.ConfigDict(dict(kind="bpe", vocab_size=1024, path=""))
   c.update(common.training(steps_sft=300, steps_preference=100))
+  c.methods = ["sft", "dpo", "rosepo"]
   return c

@@ -15,6 +15,7 @@ I catalogue size, C candidates.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -139,6 +140,7 @@ class Oracle:
     return candidate_metrics(scores, target_pos)
 
 
+@functools.lru_cache(maxsize=8)
 def _logits_fn(graphdef):
   return jax.jit(lambda state, hist: nnx.merge(graphdef, state)(hist))
 

@@ -5,6 +5,7 @@ Each stage reads `config` and writes under `workdir`:
   data: DIR/data/tfds (the TFDS dataset), DIR/data/tokenizer, DIR/data/stats.json
   sft:  DIR/sft/{checkpoints,tb}, DIR/sft/model (orbax model dir + tokenizer: pi_ref)
   oracle: DIR/oracle/model (SASRec), DIR/oracle/metrics.json
+  negatives: DIR/preference/pairs.array_record and stats.json (all strategies, eps, ref log-probs)
   dpo:  DIR/<method>/{checkpoints,tb,model} for each preference method in config.methods,
         from DIR/sft/model, on random rejected pairs with reference log-probs computed once
         (DIR/preference/random.npz)
@@ -22,7 +23,8 @@ from rosepo_jax.data import dataset as dataset_lib
 from rosepo_jax.data import prompts, tokenizer as tokenizer_lib
 from rosepo_jax.data.batching import encode_prompt, encode_response
 
-STAGES = ("data", "sft", "oracle", "dpo")
+# The oracle runs before negatives: each pair's smoothing factor is computed when it is made.
+STAGES = ("data", "sft", "oracle", "negatives", "dpo")
 
 
 def data_dir(workdir: str) -> str:
@@ -120,7 +122,7 @@ def run(config, workdir: str, stages) -> None:
   if unknown:
     raise ValueError(f"unknown stage(s) {unknown}; available: {list(STAGES)} or all")
   runners = {"data": run_data, "sft": stage_lib.run_sft, "oracle": stage_lib.run_oracle,
-             "dpo": stage_lib.run_preference}
+             "negatives": stage_lib.run_negatives, "dpo": stage_lib.run_preference}
   for stage in STAGES:
     if stage in stages:
       runners[stage](config, workdir)

@@ -173,6 +173,35 @@ def preference_data(config, workdir: str, ds, tok, num_rejected: int,
   return rows, ref
 
 
+ROSEPO_ABLATIONS = ("rosepo_no_smoothing", "rosepo_no_self_hard", "rosepo_no_semantic",
+                    "rosepo_no_popularity")
+
+
+def rosepo_data(workdir: str, method: str):
+  """Rows (prompt, chosen, that prompt's rejected responses), reference log-probs [N, K+1] and
+  eps [N, K] from the negatives stage; ablations drop a strategy or the smoothing."""
+  dropped = {"rosepo_no_self_hard": {"self_hard"},
+             "rosepo_no_semantic": {"semantic", "hallucination"},
+             "rosepo_no_popularity": {"popularity"}}.get(method, set())
+  groups: dict[int, list[dict]] = {}
+  for pair in read_pairs(workdir):
+    if pair["strategy"] not in dropped:
+      groups.setdefault(pair["example"], []).append(pair)
+  if not groups:
+    raise ValueError(f"{method}: no preference pairs left (negatives stage output is empty)")
+  k = max(len(g) for g in groups.values())
+  rows, ref, eps = [], np.zeros((len(groups), k + 1), np.float32), np.zeros((len(groups), k),
+                                                                           np.float32)
+  for n, pairs in enumerate(groups.values()):
+    rejected = tuple(tuple(p["rejected"]) for p in pairs) + ((),) * (k - len(pairs))
+    rows.append(EncodedRow(tuple(pairs[0]["prompt"]), (tuple(pairs[0]["chosen"]),) + rejected))
+    ref[n, 0] = pairs[0]["ref_logps"][0]
+    ref[n, 1:len(pairs) + 1] = [p["ref_logps"][1] for p in pairs]
+    if method != "rosepo_no_smoothing":
+      eps[n, :len(pairs)] = [p["eps"] for p in pairs]
+  return rows, ref, eps
+
+
 def _method_num_rejected(config, method: str) -> int:
   return int(config.preference.sdpo_k) if method == "sdpo" else 1
 
@@ -180,22 +209,26 @@ def _method_num_rejected(config, method: str) -> int:
 def run_preference(config, workdir: str) -> dict:
   """Trains every preference method of config.methods from the SFT model."""
   methods = [m for m in config.methods if m != "sft"]
-  unknown = [m for m in methods if m not in losses.METHODS]
+  unknown = [m for m in methods if m not in losses.METHODS + ROSEPO_ABLATIONS]
   if unknown:
     raise ValueError(f"config.methods has unknown methods {unknown}; expected sft or "
                      f"{list(losses.METHODS)}")
-  if "rosepo" in methods:
-    raise ValueError("rosepo needs per-pair smoothing factors from the preference oracle "
-                     "(the oracle stage, not implemented yet); use dpo/cdpo/rdpo/ipo/sdpo")
   ds = pipeline.open_dataset(config, workdir)
   tok = pipeline.load_tokenizer(config, workdir)
   section, shape, results = config.preference, batch_shape(config), {}
   for method in methods:
-    k = _method_num_rejected(config, method)
-    rows, ref = preference_data(config, workdir, ds, tok, k,
-                                with_reference=section.get("reference") != "online")
+    eps_table = None
+    if method.startswith("rosepo"):
+      rows, ref, eps_table = rosepo_data(workdir, method)
+      k = len(rows[0].responses) - 1
+    else:
+      k = _method_num_rejected(config, method)
+      rows, ref = preference_data(config, workdir, ds, tok, k,
+                                  with_reference=section.get("reference") != "online")
     eps_value = float(section.cdpo_eps) if method in ("cdpo", "rdpo") else 0.0
-    loss_fn = train.preference_loss_fn(method, k, float(section.beta), int(config.vocab_chunk),
+    loss_fn = train.preference_loss_fn("rosepo" if method.startswith("rosepo") else method, k,
+                                       float(section.beta), int(config.vocab_chunk),
+                                       rosepo_form=str(section.rosepo_form),
                                        sft_weight=float(section.sft_weight))
     model = checkpoints.load_orbax(os.path.join(workdir, "sft", "model"))
     if config.model.get("lora_rank"):
@@ -215,11 +248,13 @@ def run_preference(config, workdir: str) -> dict:
                             online_reference=online and bool(config.model.get("lora_rank")))
     sampler = _sampler(len(rows), section, int(config.data.seed) + 1)
 
-    def batch_fn(step, rows=rows, ref=ref, sampler=sampler, k=k, eps_value=eps_value):
+    def batch_fn(step, rows=rows, ref=ref, sampler=sampler, k=k, eps_value=eps_value,
+                 eps_table=eps_table):
       idx, batch = _local_batch(rows, sampler, step, shape, k + 1)
       if not online:
         batch["ref_logps"] = ref[idx]
-      batch["eps"] = np.full((len(idx), k), eps_value, np.float32)
+      batch["eps"] = (eps_table[idx] if eps_table is not None
+                      else np.full((len(idx), k), eps_value, np.float32))
       return batch
 
     state, _ = train.train_loop(trainer, batch_fn, loop_config(section),
@@ -258,3 +293,157 @@ def run_oracle(config, workdir: str) -> dict:
         f"{metrics['popularity']['hit_ratio@1']:.4f}); {info['epochs']} epochs, "
         f"{info['seconds']} s", flush=True)
   return metrics
+
+
+# ------------------------------------------------------------------------------------------------
+# Negatives: the preference dataset of RosePO (METHOD.md sections 3 and 4).
+
+PAIRS_FILE = "pairs.array_record"
+
+
+def _decode_answers(tok, tokens_BxN, eos_ids) -> list[str]:
+  from rosepo_jax import generate  # pylint: disable=g-import-not-at-top
+  return [tok.decode(generate.trim_at_eos(row.tolist(), eos_ids)).strip() for row in tokens_BxN]
+
+
+def sft_answers(config, model, tok, prompt_ids, batch_size: int) -> list[str]:
+  """Greedy answers of `model` to each prompt (METHOD.md section 6 decoding)."""
+  from rosepo_jax import generate  # pylint: disable=g-import-not-at-top
+  answers = []
+  max_new = int(config.negatives.max_new_tokens)
+  for start in range(0, len(prompt_ids), batch_size):
+    chunk = list(prompt_ids[start:start + batch_size])
+    while len(chunk) < batch_size:  # one compiled shape for every chunk
+      chunk.append(chunk[-1])
+    length = -(-max(len(p) for p in chunk) // 32) * 32
+    tokens, valid = generate.left_pad(chunk, tok.pad_token_id, length)
+    out = generate.greedy_generate(model, tokens, valid, max_new)
+    answers += _decode_answers(tok, out, model.cfg.eos_token_ids)
+  return answers[:len(prompt_ids)]
+
+
+def run_negatives(config, workdir: str) -> dict:
+  """Builds DIR/preference/pairs.array_record and DIR/preference/stats.json.
+
+  One pair per enabled strategy per prompt (chosen = the target title), plus a pair for each SFT
+  answer that matches no candidate (a real hallucination). Each pair stores the prompt ids, the
+  chosen and rejected token ids, its strategy, eps (oracle; semantic and hallucination pairs get
+  `semantic_eps`) and the reference log-probs of chosen and rejected under the SFT model.
+  """
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+  from rosepo_jax import generate, metrics  # pylint: disable=g-import-not-at-top
+
+  if not any(m.startswith("rosepo") for m in config.methods):
+    print("negatives: skipped (no rosepo method in config.methods)", flush=True)
+    return {}
+  section = config.negatives
+  strategies = list(section.strategies)
+  unknown = [s for s in strategies if s not in negatives.STRATEGIES]
+  if unknown:
+    raise ValueError(f"config.negatives.strategies has unknown {unknown}; expected some of "
+                     f"{list(negatives.STRATEGIES)}")
+  ds = pipeline.open_dataset(config, workdir)
+  tok = pipeline.load_tokenizer(config, workdir)
+  encoded = pipeline.encoded_examples(config, workdir, ds, tok, "train")
+  limit = int(section.get("max_prompts") or 0) or len(encoded)
+  examples, encoded = ds.examples("train")[:limit], encoded[:limit]
+  seed, batch = int(config.data.seed), int(section.batch_size)
+  reference = checkpoints.load_orbax(os.path.join(workdir, "sft", "model"))
+  oracle = oracle_lib.load_oracle(os.path.join(workdir, "oracle", "model"))
+  title_ids = [encode_response(tok, t)[:-1] or (tok.eos_token_id,) for t in ds.titles]
+
+  answers = (sft_answers(config, reference, tok, [p for p, _ in encoded], batch)
+             if "self_hard" in strategies or "semantic" in strategies else [""] * len(encoded))
+  answer_items = []
+  for ex, answer in zip(examples, answers):
+    pos = metrics.match_exact(answer, ex.candidate_titles)
+    answer_items.append(None if pos is None else ex.candidates[pos])
+  needs_scores = [i for i, (ex, item) in enumerate(zip(examples, answer_items))
+                  if "self_hard" in strategies and (item is None or item == ex.target)]
+  cand_logps = {}
+  if needs_scores:
+    rows = [EncodedRow(encoded[i][0], tuple(title_ids[c] + (tok.eos_token_id,)
+                                            for c in examples[i].candidates))
+            for i in needs_scores]
+    scores = generate.score_responses(reference, rows, batch_size=max(batch // 4, 1),
+                                      shape=batch_shape(config),
+                                      vocab_chunk=int(config.vocab_chunk))
+    cand_logps = dict(zip(needs_scores, scores))
+  embeddings = None
+  if "semantic" in strategies:
+    embeddings = negatives.title_embeddings(title_ids, np.asarray(reference.embed[...], np.float32))
+
+  pairs = []  # (example position, strategy, rejected item or -1, rejected token ids)
+  for i, ex in enumerate(examples):
+    for strategy in strategies:
+      if strategy == "random":
+        item = negatives.random_rejected(ex.candidates, ex.target, 1, seed, "train", ex.index)[0]
+      elif strategy == "popularity":
+        item = negatives.popularity_rejected(ex.candidates, ex.target, ds.train_popularity,
+                                             float(section.popularity_alpha), seed, "train",
+                                             ex.index)
+      elif strategy == "semantic":
+        item = negatives.semantic_rejected(ex.candidates, ex.target, embeddings.copy())
+      else:
+        item = negatives.self_hard_choice(answer_items[i], ex.candidates, ex.target,
+                                          cand_logps.get(i, np.zeros(len(ex.candidates))))
+      pairs.append((i, strategy, item, title_ids[item] + (tok.eos_token_id,)))
+    if "semantic" in strategies and answer_items[i] is None and answers[i]:
+      hallucination = tuple(tok(" " + answers[i], add_special_tokens=False)["input_ids"])
+      pairs.append((i, "hallucination", -1, hallucination + (tok.eos_token_id,)))
+
+  # Smoothing factors from the oracle: s(u, y_l) vs s(u, y_w).
+  oracle_cfg = oracle.cfg
+  eps = np.full(len(pairs), float(section.semantic_eps), np.float32)
+  scored = [k for k, p in enumerate(pairs) if p[1] not in ("semantic", "hallucination")]
+  if scored:
+    hist = [examples[pairs[k][0]].history for k in scored]
+    items = np.array([[examples[pairs[k][0]].target, pairs[k][2]] for k in scored])
+    s = oracle.scores(hist, items)
+    eps[scored] = oracle_lib.smoothing_factor(s[:, 1], s[:, 0], oracle_cfg)
+  # Reference log-probs of chosen and rejected, once.
+  rows = [EncodedRow(encoded[i][0], (encoded[i][1], rejected)) for i, _, _, rejected in pairs]
+  ref = generate.score_responses(reference, rows, batch_size=batch, shape=batch_shape(config),
+                                 vocab_chunk=int(config.vocab_chunk))
+
+  folder = os.path.join(workdir, "preference")
+  os.makedirs(folder, exist_ok=True)
+  if jax.process_index() == 0:
+    tmp = os.path.join(folder, PAIRS_FILE + ".tmp")
+    writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
+    for k, (i, strategy, item, rejected) in enumerate(pairs):
+      writer.write(json.dumps({
+          "example": int(examples[i].index), "strategy": strategy, "prompt": list(encoded[i][0]),
+          "chosen": list(encoded[i][1]), "rejected": list(rejected), "rejected_item": int(item),
+          "eps": float(eps[k]), "ref_logps": [float(ref[k, 0]), float(ref[k, 1])]}).encode())
+    writer.close()
+    os.replace(tmp, os.path.join(folder, PAIRS_FILE))
+  kinds = {"hit": 0, "valid_miss": 0, "hallucination": 0}
+  for ex, item in zip(examples, answer_items):
+    kinds["hallucination" if item is None else "hit" if item == ex.target else "valid_miss"] += 1
+  names = [p[1] for p in pairs]
+  stats = {"prompts": len(examples), "pairs": len(pairs), "per_strategy": {},
+           "sft_answers": {k: v / max(len(examples), 1) for k, v in kinds.items()}}
+  for name in sorted(set(names)):
+    e = eps[[k for k, n in enumerate(names) if n == name]]
+    stats["per_strategy"][name] = {
+        "pairs": int(len(e)), "eps_mean": float(e.mean()),
+        **{f"eps_p{q}": float(np.percentile(e, q)) for q in (10, 50, 90)}}
+  if jax.process_index() == 0:
+    with open(os.path.join(folder, "stats.json"), "w") as f:
+      json.dump(stats, f, indent=2)
+  print(f"negatives: {len(pairs)} pairs for {len(examples)} prompts; SFT answers "
+        + ", ".join(f"{k} {v:.2f}" for k, v in stats["sft_answers"].items()), flush=True)
+  return stats
+
+
+def read_pairs(workdir: str) -> list[dict]:
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, "preference", PAIRS_FILE)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path} not found; run the negatives stage first")
+  reader = array_record_module.ArrayRecordReader(path)
+  try:
+    return [json.loads(r) for r in reader.read_all()]
+  finally:
+    reader.close()

@@ -54,10 +54,10 @@ def test_online_reference_and_lora(tmp_path, lora_rank):
   assert trained.cfg.lora_rank == 0  # adapters merged into the saved weights
 
 
-def test_rosepo_without_oracle_is_a_clear_error(tmp_path):
+def test_rosepo_without_preference_data_is_a_clear_error(tmp_path):
   config = _tiny()
   config.methods = ["rosepo"]
-  with pytest.raises(ValueError, match="oracle"):
+  with pytest.raises(FileNotFoundError, match="run the negatives stage first"):
     pipeline.run(config, str(tmp_path), ["dpo"])
 
 
@@ -68,3 +68,40 @@ def test_unknown_stage_and_method(tmp_path):
   config.methods = ["kto"]
   with pytest.raises(ValueError, match="unknown methods"):
     pipeline.run(config, str(tmp_path), ["dpo"])
+
+
+def test_negatives_then_rosepo(tmp_path):
+  config = _tiny(steps=2)
+  config.methods = ["rosepo", "rosepo_no_smoothing", "rosepo_no_self_hard"]
+  config.oracle.max_epochs = 2
+  config.negatives.max_prompts = 12
+  config.negatives.max_new_tokens = 6
+  config.negatives.batch_size = 4
+  workdir = str(tmp_path)
+  pipeline.run(config, workdir, ["data", "sft", "oracle", "negatives", "dpo"])
+  from rosepo_jax import stages  # pylint: disable=g-import-not-at-top
+  pairs = stages.read_pairs(workdir)
+  by = {}
+  for p in pairs:
+    by.setdefault(p["strategy"], []).append(p)
+  assert {"random", "self_hard", "semantic", "popularity"} <= set(by)
+  assert all(len(v) == 12 for k, v in by.items() if k != "hallucination")
+  ds = pipeline.open_dataset(config, workdir)
+  examples = {e.index: e for e in ds.examples("train")}
+  for p in by["self_hard"] + by["popularity"] + by["random"]:
+    ex = examples[p["example"]]
+    assert p["rejected_item"] in ex.candidates and p["rejected_item"] != ex.target
+    assert 0.0 <= p["eps"] <= 0.45
+  for p in by["semantic"]:
+    assert p["rejected_item"] not in examples[p["example"]].candidates and p["eps"] == 0.0
+  assert all(p["ref_logps"][0] < 0 and p["ref_logps"][1] < 0 for p in pairs)
+  stats = __import__("json").load(open(tmp_path / "preference" / "stats.json"))
+  assert sum(stats["sft_answers"].values()) == pytest.approx(1.0)
+  assert stats["per_strategy"]["random"]["pairs"] == 12
+  rows, ref, eps = stages.rosepo_data(workdir, "rosepo_no_smoothing")
+  assert not eps.any() and len(rows) == 12
+  rows, _, eps = stages.rosepo_data(workdir, "rosepo_no_self_hard")
+  # random, semantic, popularity per prompt, plus a hallucination pair where the SFT model made one
+  assert len(rows[0].responses) - 1 == 3 + ("hallucination" in by)
+  for method in config.methods:
+    assert os.path.isdir(tmp_path / method / "model")

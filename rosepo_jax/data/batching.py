@@ -106,6 +106,8 @@ def pack(rows: Sequence[EncodedRow], seq_len: int, score_len: int, num_responses
     start, r = p, 0
     for j, resp in enumerate(row.responses):
       n = len(resp)
+      if not n:  # an absent response (fewer rejected than the batch's k): scores nothing
+        continue
       out["tokens"][i, start:start + n] = resp
       out["segments"][i, start:start + n] = j + 2
       out["positions"][i, start:start + n] = np.arange(p, p + n)
