@@ -57,7 +57,7 @@ def test_online_reference_and_lora(tmp_path, lora_rank):
 def test_rosepo_without_preference_data_is_a_clear_error(tmp_path):
   config = _tiny()
   config.methods = ["rosepo"]
-  with pytest.raises(FileNotFoundError, match="run the negatives stage first"):
+  with pytest.raises(FileNotFoundError, match=r"run the \w+ stage first"):
     pipeline.run(config, str(tmp_path), ["dpo"])
 
 
