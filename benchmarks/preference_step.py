@@ -31,13 +31,11 @@ flags.DEFINE_integer("vocab", 8192, "Model vocabulary (configs/lastfm.py's BPE h
 FLAGS = flags.FLAGS
 
 
-def _synthetic_rows(tok, n, k):
+def _synthetic_rows(n, k):
   """n (prompt, chosen title, k rejected titles) triples from the synthetic world."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
   from rosepo_jax import negatives  # pylint: disable=g-import-not-at-top
   from rosepo_jax.data import prompts, synthetic  # pylint: disable=g-import-not-at-top
   from rosepo_jax.data.candidates import sample_candidates  # pylint: disable=g-import-not-at-top
-  del tok, ml_collections
   raw = synthetic.build_world(synthetic.WorldConfig(), seed=0)
   out = []
   for index, w in enumerate(raw.splits["train"][:n]):
@@ -135,7 +133,7 @@ def main(argv):
   result = {"benchmark": "preference_step"}
   steps, n = FLAGS.steps, FLAGS.prompts_per_step
   for k in (1, 3):
-    rows, raw = _synthetic_rows(None, n * (steps + 3), k)
+    rows, raw = _synthetic_rows(n * (steps + 3), k)
     tok = _train_bpe(raw)
     cfg = model_lib.get_config(
         "tiny", vocab_size=max(FLAGS.vocab, -(-len(tok) // 64) * 64), hidden_size=FLAGS.hidden,

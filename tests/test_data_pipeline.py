@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 from conftest import REPO
-import ml_collections
 import numpy as np
 import pytest
 

@@ -5,7 +5,6 @@ import os
 
 from conftest import assert_close
 from flax import nnx
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

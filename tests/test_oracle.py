@@ -1,7 +1,6 @@
 """The SASRec oracle: smoothing factors, metrics, padding, learning, checkpoints, the stage."""
 
 import json
-import os
 
 import jax.numpy as jnp
 import numpy as np

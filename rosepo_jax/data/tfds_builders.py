@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
