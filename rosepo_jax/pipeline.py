@@ -100,18 +100,21 @@ def run_data(config, workdir: str) -> dict:
 
 
 def encoded_examples(config, workdir: str, ds, tok, split: str):
-  """(prompt ids, target response ids) for every example of `split`, cached in memory."""
-  key = (id(ds), id(tok), split)
-  if key not in _ENCODED:
+  """(prompt ids, target response ids) for every example of `split`.
+
+  Cached on the dataset object together with the tokenizer it was made with (a later call with
+  another tokenizer re-encodes), so the cache can never outlive or mix up its inputs.
+  """
+  del workdir
+  cached = ds._cache.get(("encoded", split))  # pylint: disable=protected-access
+  if cached is None or cached[0] is not tok:
     templates = prompts.templates_for(config.prompt, ds.name)
-    _ENCODED[key] = [
+    encoded = [
         (encode_prompt(tok, prompts.choose_template(templates, config.data.seed, split, ex.index),
                        ex.history_titles, ex.candidate_titles),
          encode_response(tok, ex.target_title)) for ex in ds.examples(split)]
-  return _ENCODED[key]
-
-
-_ENCODED: dict = {}
+    cached = ds._cache[("encoded", split)] = (tok, encoded)  # pylint: disable=protected-access
+  return cached[1]
 
 
 def run(config, workdir: str, stages) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 
 import json
 
-from rosepo_jax import checkpoints, losses, negatives, oracle as oracle_lib, pipeline, scoring
+from rosepo_jax import checkpoints, losses, negatives, oracle as oracle_lib, pipeline
 from rosepo_jax import sharding, train
 from rosepo_jax import model as model_lib
 from rosepo_jax.data import batching
@@ -155,16 +155,10 @@ def preference_data(config, workdir: str, ds, tok, num_rejected: int,
     cached = np.load(path)
     if np.array_equal(cached["rejected"], rejected):
       return rows, cached["ref_logps"]
+  from rosepo_jax import generate  # pylint: disable=g-import-not-at-top
   reference = checkpoints.load_orbax(os.path.join(workdir, "sft", "model"))
-  graphdef, state = nnx.split(reference)
-  score = jax.jit(lambda s, b: scoring.response_logps(nnx.merge(graphdef, s), b, num_rejected + 1,
-                                                      int(config.vocab_chunk))[0])
-  shape, ref = batch_shape(config), np.zeros((len(rows), num_rejected + 1), np.float32)
-  for idx in batching.eval_batches(len(rows), int(config.preference.batch_size)):
-    real = [i for i in idx if i >= 0]
-    batch = batching.make_batch([rows[i] if i >= 0 else None for i in idx], shape,
-                                num_rejected + 1, bucket_rows=[rows[i] for i in real])
-    ref[real] = np.asarray(score(state, batch))[:len(real)]
+  ref = generate.score_responses(reference, rows, batch_size=int(config.preference.batch_size),
+                                 shape=batch_shape(config), vocab_chunk=int(config.vocab_chunk))
   os.makedirs(os.path.dirname(path), exist_ok=True)
   if jax.process_index() == 0:
     np.savez(path + ".tmp.npz", rejected=rejected, ref_logps=ref)
