@@ -99,13 +99,12 @@ def run_data(config, workdir: str) -> dict:
   return stats
 
 
-def encoded_examples(config, workdir: str, ds, tok, split: str):
+def encoded_examples(config, ds, tok, split: str):
   """(prompt ids, target response ids) for every example of `split`.
 
   Cached on the dataset object together with the tokenizer it was made with (a later call with
   another tokenizer re-encodes), so the cache can never outlive or mix up its inputs.
   """
-  del workdir
   cached = ds._cache.get(("encoded", split))  # pylint: disable=protected-access
   if cached is None or cached[0] is not tok:
     templates = prompts.templates_for(config.prompt, ds.name)

@@ -114,10 +114,8 @@ def run_sft(config, workdir: str) -> dict:
   """Supervised fine-tuning on (prompt, target title + EOS); the result is pi_ref."""
   ds = pipeline.open_dataset(config, workdir)
   tok = pipeline.load_tokenizer(config, workdir)
-  rows = [EncodedRow(p, (r,)) for p, r in pipeline.encoded_examples(config, workdir, ds, tok,
-                                                                     "train")]
-  val = [EncodedRow(p, (r,)) for p, r in pipeline.encoded_examples(config, workdir, ds, tok,
-                                                                    "val")]
+  rows = [EncodedRow(p, (r,)) for p, r in pipeline.encoded_examples(config, ds, tok, "train")]
+  val = [EncodedRow(p, (r,)) for p, r in pipeline.encoded_examples(config, ds, tok, "val")]
   val = val[:int(config.sft.eval_examples)]
   section, shape = config.sft, batch_shape(config)
   trainer = train.Trainer(build_model(config, tok), train.sft_loss_fn(int(config.vocab_chunk)),
@@ -140,7 +138,7 @@ def preference_data(config, workdir: str, ds, tok, num_rejected: int,
                     with_reference: bool = True):
   """Rows (prompt, chosen, k random rejected) and reference log-probs [N, k+1], computed once
   by the SFT model and cached in DIR/preference/random_k{k}.npz (None without reference)."""
-  prompts_and_targets = pipeline.encoded_examples(config, workdir, ds, tok, "train")
+  prompts_and_targets = pipeline.encoded_examples(config, ds, tok, "train")
   limit = int(config.preference.get("max_prompts") or 0) or len(prompts_and_targets)
   examples = ds.examples("train")[:limit]
   seed = int(config.data.seed)
@@ -337,7 +335,7 @@ def run_negatives(config, workdir: str) -> dict:
                      f"{list(negatives.STRATEGIES)}")
   ds = pipeline.open_dataset(config, workdir)
   tok = pipeline.load_tokenizer(config, workdir)
-  encoded = pipeline.encoded_examples(config, workdir, ds, tok, "train")
+  encoded = pipeline.encoded_examples(config, ds, tok, "train")
   limit = int(section.get("max_prompts") or 0) or len(encoded)
   examples, encoded = ds.examples("train")[:limit], encoded[:limit]
   seed, batch = int(config.data.seed), int(section.batch_size)

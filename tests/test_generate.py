@@ -59,7 +59,7 @@ def test_bad_prompts_are_rejected():
 
 
 def test_candidate_scoring_equals_separate_forwards():
-  from conftest import assert_close  # pylint: disable=g-import-not-at-top
+  from conftest import assert_close, naive_response_logp  # pylint: disable=g-import-not-at-top
   from rosepo_jax.data import batching  # pylint: disable=g-import-not-at-top
   model = M.init_model(M.get_config("tiny"), seed=9)
   rs = np.random.RandomState(2)
@@ -70,9 +70,4 @@ def test_candidate_scoring_equals_separate_forwards():
   assert scores.shape == (3, 20)
   for i, row in enumerate(rows):
     for j, resp in enumerate(row.responses):
-      seq = jnp.asarray([row.prompt + resp])
-      valid = jnp.ones_like(seq, bool)
-      logits, _ = model(seq, M.positions_from_mask(valid), M.causal_mask(valid))
-      logp = jax.nn.log_softmax(logits[0, len(row.prompt) - 1:-1], axis=-1)
-      want = logp[jnp.arange(len(resp)), jnp.asarray(resp)].sum()
-      assert_close(scores[i, j], want)
+      assert_close(scores[i, j], naive_response_logp(model, row.prompt, resp))

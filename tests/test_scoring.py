@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import assert_close
+from conftest import assert_close, naive_response_logp
 from rosepo_jax import model as M
 from rosepo_jax import scoring
 from rosepo_jax.data import batching as B
@@ -38,11 +38,7 @@ def test_prefix_shared_response_logps_equal_naive(preset):
   got, counts = scoring.response_logps(model, batch, num_responses=4, vocab_chunk=100)
   for i, row in enumerate(rows):
     for j, resp in enumerate(row.responses):
-      seq = jnp.asarray([row.prompt + resp])
-      valid = jnp.ones_like(seq, bool)
-      logits, _ = model(seq, M.positions_from_mask(valid), M.causal_mask(valid))
-      logp = jax.nn.log_softmax(logits[0, len(row.prompt) - 1:-1], axis=-1)
-      want = float(logp[jnp.arange(len(resp)), jnp.asarray(resp)].sum())
+      want = naive_response_logp(model, row.prompt, resp)
       assert abs(float(got[i, j]) - want) <= 1e-5 * abs(want), (i, j, float(got[i, j]), want)
       assert int(counts[i, j]) == len(resp)
   assert np.all(np.asarray(got[3]) == 0)  # padding row
