@@ -12,12 +12,13 @@ def training(steps_sft: int = 300, steps_preference: int = 100) -> dict:
           preset="tiny", seed=0, dtype="float32", param_dtype="float32", remat=False,
           lora_rank=0, lora_alpha=16.0,
           overrides=dict(hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4,
-                         num_kv_heads=2, head_dim=32, max_position_embeddings=512))),
+                         num_kv_heads=2, head_dim=32, max_position_embeddings=512,
+                         tie_word_embeddings=True))),
       mesh=ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1)),
       vocab_chunk=8192,
-      methods=["sft", "dpo"],
+      methods=("sft", "dpo"),
       negatives=ml_collections.ConfigDict(dict(
-          strategies=["random", "self_hard", "semantic", "popularity"], popularity_alpha=1.0,
+          strategies=("random", "self_hard", "semantic", "popularity"), popularity_alpha=1.0,
           semantic_eps=0.0, max_prompts=0, max_new_tokens=32, batch_size=32)),
       oracle=ml_collections.ConfigDict(dict(
           dim=64, num_blocks=2, num_heads=1, dropout=0.2, max_len=10, learning_rate=1e-3,
@@ -35,4 +36,7 @@ def training(steps_sft: int = 300, steps_preference: int = 100) -> dict:
           reference="precomputed",  # or "online": the frozen SFT model runs in every step
           optim=dict(learning_rate=1e-5, warmup_steps=10, decay="linear", min_lr_ratio=0.0,
                      weight_decay=0.0, max_grad_norm=1.0))),
+      eval=ml_collections.ConfigDict(dict(
+          split="test", max_examples=0, batch_size=32, max_new_tokens=32, ranking=True)),
+      export=ml_collections.ConfigDict(dict(dtype="")),  # "": the parameters' dtype
   )

@@ -12,7 +12,7 @@ def get_config():
       max_history=10, min_history=3, max_seq_len=1024,
       split_file="../shared/data/llara_movielens/split_users.json",
       eval_rows_dir="../shared/data/llara_movielens/jsonl"))
-  c.prompt = ml_collections.ConfigDict(dict(domain="movies", templates=[]))
+  c.prompt = ml_collections.ConfigDict(dict(domain="movies", templates=()))
   c.tokenizer = ml_collections.ConfigDict(dict(kind="bpe", vocab_size=8192, path=""))
   # CPU-sized: a small Llama from scratch; real quality needs a GPU or a pretrained backbone.
   c.update(common.training(steps_sft=2000, steps_preference=500))

@@ -9,7 +9,10 @@ from ml_collections import config_flags
 
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory: every stage writes under it.")
-flags.DEFINE_list("stages", ["all"], "Stages to run, in pipeline order (or: all).")
+flags.DEFINE_list("stages", ["all"], "Stages to run, in pipeline order (or: all): data, sft, "
+                  "oracle, negatives, dpo, eval, export, report. Up-to-date stages are skipped.")
+flags.DEFINE_bool("force", False, "Rerun the given stages even when up to date (what depends on "
+                  "them becomes stale and reruns too).")
 flags.DEFINE_bool("distributed", False, "Multi-host: call jax.distributed.initialize() first "
                   "(TPU pods auto-detect; elsewhere set JAX_COORDINATOR_ADDRESS, "
                   "JAX_NUM_PROCESSES, JAX_PROCESS_ID).")
@@ -25,7 +28,7 @@ def main(argv):
     jax.distributed.initialize()
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every file at INFO; -v 0 shows them
-  pipeline.run(FLAGS.config, FLAGS.workdir, FLAGS.stages)
+  pipeline.run(FLAGS.config, FLAGS.workdir, FLAGS.stages, force=FLAGS.force)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Batched greedy decoding with the KV cache, all in one jitted function.
+"""Decoding with the KV cache (greedy, sampled, beam search), each one jitted function with a
+`lax.while_loop`, and candidate scoring in one prefix-shared forward.
 
 Prompts are LEFT-padded [B, P] with a validity mask, so every row's last prompt token sits in the
 last column and generated tokens share cache slots P, P+1, ... across the batch. Positions restart
@@ -34,22 +35,45 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, length: int | None
   return tokens, valid
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens"))
-def _greedy(graphdef, state, prompt_BxP, valid_BxP, eos_ids_E, pad_id, max_new_tokens):
-  model = nnx.merge(graphdef, state)
+def _prefill(model, prompt_BxP, valid_BxP, extra_slots: int):
+  """Runs the prompts through the model into a fresh cache of P + extra_slots slots.
+
+  Returns (last-position logits [B, V], cache, key-validity [B, S], next positions [B]).
+  """
   b, p = prompt_BxP.shape
-  s = p + max_new_tokens
+  s = p + extra_slots
   cache = KVCache.init(model.cfg, b, s)
-  key_valid_BxS = jnp.concatenate([valid_BxP, jnp.zeros((b, max_new_tokens), bool)], axis=1)
-  slot_S = jnp.arange(s)
-  prefill_mask_BxPxS = (slot_S[None, None, :] <= jnp.arange(p)[None, :, None]) & \
+  key_valid_BxS = jnp.concatenate([valid_BxP, jnp.zeros((b, extra_slots), bool)], axis=1)
+  prefill_mask_BxPxS = (jnp.arange(s)[None, None, :] <= jnp.arange(p)[None, :, None]) & \
       key_valid_BxS[:, None, :]
   positions_BxP = positions_from_mask(valid_BxP)
   logits_BxPxV, cache = model(prompt_BxP, positions_BxP, prefill_mask_BxPxS, cache)
-  first_B = jnp.argmax(logits_BxPxV[:, -1], axis=-1).astype(jnp.int32)
+  return logits_BxPxV[:, -1].astype(jnp.float32), cache, key_valid_BxS, positions_BxP[:, -1] + 1
+
+
+def _pick(logits_BxV, key, temperature: float, top_k: int):
+  """argmax when temperature == 0, else a draw from softmax(logits / temperature) restricted
+  to the top_k logits (all when top_k == 0)."""
+  if temperature == 0.0:
+    return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+  logits_BxV = logits_BxV / temperature
+  if top_k:
+    kth_Bx1 = jax.lax.top_k(logits_BxV, top_k)[0][:, -1:]
+    logits_BxV = jnp.where(logits_BxV < kth_Bx1, -jnp.inf, logits_BxV)
+  return jax.random.categorical(key, logits_BxV, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "temperature",
+                                             "top_k"))
+def _decode(graphdef, state, prompt_BxP, valid_BxP, eos_ids_E, pad_id, key, max_new_tokens,
+            temperature, top_k):
+  model = nnx.merge(graphdef, state)
+  b, p = prompt_BxP.shape
+  logits_BxV, cache, key_valid_BxS, next_pos_B = _prefill(model, prompt_BxP, valid_BxP,
+                                                          max_new_tokens)
+  first_B = _pick(logits_BxV, jax.random.fold_in(key, 0), temperature, top_k)
   out_BxN = jnp.full((b, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first_B)
   done_B = jnp.isin(first_B, eos_ids_E)
-  next_pos_B = positions_BxP[:, -1] + 1
 
   def cond(carry):
     i, _, _, done_B, _, _ = carry
@@ -60,7 +84,8 @@ def _greedy(graphdef, state, prompt_BxP, valid_BxP, eos_ids_E, pad_id, max_new_t
     key_valid_BxS = key_valid_BxS.at[:, p + i - 1].set(True)
     token_Bx1 = out_BxN[:, i - 1][:, None]
     logits_Bx1xV, cache = model(token_Bx1, pos_B[:, None], key_valid_BxS[:, None, :], cache)
-    tok_B = jnp.argmax(logits_Bx1xV[:, 0], axis=-1).astype(jnp.int32)
+    tok_B = _pick(logits_Bx1xV[:, 0].astype(jnp.float32), jax.random.fold_in(key, i),
+                  temperature, top_k)
     tok_B = jnp.where(done_B, pad_id, tok_B)
     out_BxN = out_BxN.at[:, i].set(tok_B)
     done_B = done_B | jnp.isin(tok_B, eos_ids_E)
@@ -71,26 +96,135 @@ def _greedy(graphdef, state, prompt_BxP, valid_BxP, eos_ids_E, pad_id, max_new_t
   return out_BxN
 
 
+def _check_prompts(valid_BxP, max_new_tokens: int, what: str) -> np.ndarray:
+  valid_BxP = np.asarray(valid_BxP, bool)
+  if not valid_BxP[:, -1].all():
+    raise ValueError(f"{what}: prompts must be left-padded (last column all valid)")
+  if max_new_tokens < 1:
+    raise ValueError(f"{what}: max_new_tokens={max_new_tokens} must be >= 1")
+  return valid_BxP
+
+
+def _special_ids(cfg, eos_ids, pad_id) -> tuple[tuple[int, ...], int]:
+  eos = tuple(cfg.eos_token_ids if eos_ids is None else eos_ids) or (-1,)
+  pad = (cfg.pad_token_id if cfg.pad_token_id is not None else 0) if pad_id is None else pad_id
+  return eos, pad
+
+
+def generate(model: Decoder, prompt_BxP, valid_BxP, max_new_tokens: int, *,
+             temperature: float = 0.0, top_k: int = 0, seed: int = 0,
+             eos_ids: Sequence[int] | None = None, pad_id: int | None = None) -> np.ndarray:
+  """Continuation [B, max_new_tokens] of left-padded prompts, greedy or sampled.
+
+  temperature 0 is greedy (argmax); otherwise tokens are drawn from softmax(logits/temperature)
+  over the `top_k` best logits (all when 0), with the stream of draws fixed by `seed`. A row
+  stops after its first EOS (kept in the output); later slots hold `pad_id`. Defaults:
+  ``eos_ids = cfg.eos_token_ids``, ``pad_id = cfg.pad_token_id`` (or 0).
+  """
+  valid_BxP = _check_prompts(valid_BxP, max_new_tokens, "generate")
+  if temperature < 0 or top_k < 0:
+    raise ValueError(f"generate: temperature={temperature} and top_k={top_k} must be >= 0")
+  eos, pad = _special_ids(model.cfg, eos_ids, pad_id)
+  graphdef, state = nnx.split(model)
+  out = _decode(graphdef, state, jnp.asarray(prompt_BxP, jnp.int32), jnp.asarray(valid_BxP),
+                jnp.asarray(eos, jnp.int32), jnp.int32(pad), jax.random.key(seed),
+                max_new_tokens, float(temperature), int(top_k))
+  return np.asarray(out)
+
+
 def greedy_generate(model: Decoder, prompt_BxP, valid_BxP, max_new_tokens: int,
                     eos_ids: Sequence[int] | None = None, pad_id: int | None = None
                     ) -> np.ndarray:
-  """Greedy continuation [B, max_new_tokens] of left-padded prompts.
+  """Greedy continuation [B, max_new_tokens] (`generate` at temperature 0)."""
+  return generate(model, prompt_BxP, valid_BxP, max_new_tokens, eos_ids=eos_ids, pad_id=pad_id)
 
-  A row stops after its first EOS (kept in the output); later slots hold `pad_id`. Defaults:
-  ``eos_ids = cfg.eos_token_ids``, ``pad_id = cfg.pad_token_id`` (or 0).
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "num_beams"))
+def _beam(graphdef, state, prompt_BxP, valid_BxP, eos_ids_E, pad_id, length_penalty,
+          max_new_tokens, num_beams):
+  model = nnx.merge(graphdef, state)
+  b, p = prompt_BxP.shape
+  k, n = num_beams, max_new_tokens
+  logits_BxV, cache, key_valid_BxS, next_pos_B = _prefill(model, prompt_BxP, valid_BxP, n)
+  v = logits_BxV.shape[-1]
+  # Beams are rows b * K + j; the prompt's cache is shared by copying it K times.
+  expand = lambda x: jnp.repeat(x, k, axis=0)  # pylint: disable=unnecessary-lambda-assignment
+  cache = cache.replace(k=tuple(map(expand, cache.k)), v=tuple(map(expand, cache.v)))
+  key_valid_RxS, pos_R = expand(key_valid_BxS), expand(next_pos_B)
+  logp_RxV = expand(jax.nn.log_softmax(logits_BxV, axis=-1))
+  # Only beam 0 is alive at the start, so the first expansion has no duplicates.
+  score_BxK = jnp.where(jnp.arange(k)[None, :] == 0, 0.0, -jnp.inf) * jnp.ones((b, 1))
+  out_BxKxN = jnp.full((b, k, n), pad_id, jnp.int32)
+  done_BxK = jnp.zeros((b, k), bool)
+  length_BxK = jnp.zeros((b, k), jnp.int32)
+
+  def expand_step(i, logp_RxV, score_BxK, done_BxK, out_BxKxN, length_BxK):
+    """Picks the K best (beam, token) continuations; finished beams only continue with pad at
+    no cost. Returns the new beams and the source beam of each."""
+    logp_BxKxV = logp_RxV.reshape(b, k, v)
+    pad_only_V = jnp.where(jnp.arange(v) == pad_id, 0.0, -jnp.inf)
+    logp_BxKxV = jnp.where(done_BxK[..., None], pad_only_V, logp_BxKxV)
+    total_BxKV = (score_BxK[..., None] + logp_BxKxV).reshape(b, k * v)
+    score_BxK, flat_BxK = jax.lax.top_k(total_BxKV, k)
+    src_BxK, tok_BxK = flat_BxK // v, (flat_BxK % v).astype(jnp.int32)
+    gather = lambda x: jnp.take_along_axis(x, src_BxK, axis=1)  # pylint: disable=unnecessary-lambda-assignment
+    was_done_BxK = gather(done_BxK)
+    out_BxKxN = jnp.take_along_axis(out_BxKxN, src_BxK[..., None], axis=1)
+    out_BxKxN = out_BxKxN.at[:, :, i].set(tok_BxK)
+    length_BxK = gather(length_BxK) + (~was_done_BxK).astype(jnp.int32)
+    done_BxK = was_done_BxK | jnp.isin(tok_BxK, eos_ids_E)
+    return score_BxK, done_BxK, out_BxKxN, length_BxK, src_BxK, tok_BxK
+
+  score_BxK, done_BxK, out_BxKxN, length_BxK, _, tok_BxK = expand_step(
+      0, logp_RxV, score_BxK, done_BxK, out_BxKxN, length_BxK)
+
+  def cond(carry):
+    i, done_BxK = carry[0], carry[3]
+    return (i < n) & ~jnp.all(done_BxK)
+
+  def body(carry):
+    i, cache, score_BxK, done_BxK, out_BxKxN, length_BxK, tok_BxK, pos_R, key_valid_RxS = carry
+    key_valid_RxS = key_valid_RxS.at[:, p + i - 1].set(True)
+    logits_Rx1xV, cache = model(tok_BxK.reshape(b * k, 1), pos_R[:, None],
+                                key_valid_RxS[:, None, :], cache)
+    logp_RxV = jax.nn.log_softmax(logits_Rx1xV[:, 0].astype(jnp.float32), axis=-1)
+    score_BxK, done_BxK, out_BxKxN, length_BxK, src_BxK, tok_BxK = expand_step(
+        i, logp_RxV, score_BxK, done_BxK, out_BxKxN, length_BxK)
+    rows_R = (jnp.arange(b)[:, None] * k + src_BxK).reshape(-1)
+    cache = cache.replace(k=tuple(x[rows_R] for x in cache.k),
+                          v=tuple(x[rows_R] for x in cache.v))
+    return (i + 1, cache, score_BxK, done_BxK, out_BxKxN, length_BxK, tok_BxK, pos_R + 1,
+            key_valid_RxS[rows_R])
+
+  carry = (jnp.int32(1), cache, score_BxK, done_BxK, out_BxKxN, length_BxK, tok_BxK, pos_R,
+           key_valid_RxS)
+  carry = jax.lax.while_loop(cond, body, carry)
+  score_BxK, out_BxKxN, length_BxK = carry[2], carry[4], carry[5]
+  final_BxK = score_BxK / jnp.maximum(length_BxK, 1).astype(jnp.float32) ** length_penalty
+  best_B = jnp.argmax(final_BxK, axis=1)
+  best_BxN = jnp.take_along_axis(out_BxKxN, best_B[:, None, None], axis=1)[:, 0]
+  return best_BxN, jnp.take_along_axis(score_BxK, best_B[:, None], axis=1)[:, 0]
+
+
+def beam_search(model: Decoder, prompt_BxP, valid_BxP, max_new_tokens: int, num_beams: int,
+                length_penalty: float = 1.0, eos_ids: Sequence[int] | None = None,
+                pad_id: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Beam search: (best continuation [B, max_new_tokens], its summed log-prob [B]).
+
+  Keeps the `num_beams` highest summed log-prob continuations per prompt; a beam that emits EOS
+  is finished and keeps its score (it continues only with pad at no cost). The answer is the
+  beam with the highest score / length ** length_penalty (length counts tokens up to and
+  including EOS). The cache of the prompt is computed once and copied to the beams.
   """
-  cfg = model.cfg
-  eos = tuple(cfg.eos_token_ids if eos_ids is None else eos_ids) or (-1,)
-  pad = (cfg.pad_token_id if cfg.pad_token_id is not None else 0) if pad_id is None else pad_id
-  valid_BxP = np.asarray(valid_BxP, bool)
-  if not valid_BxP[:, -1].all():
-    raise ValueError("greedy_generate: prompts must be left-padded (last column all valid)")
-  if max_new_tokens < 1:
-    raise ValueError(f"greedy_generate: max_new_tokens={max_new_tokens} must be >= 1")
+  valid_BxP = _check_prompts(valid_BxP, max_new_tokens, "beam_search")
+  if num_beams < 1:
+    raise ValueError(f"beam_search: num_beams={num_beams} must be >= 1")
+  eos, pad = _special_ids(model.cfg, eos_ids, pad_id)
   graphdef, state = nnx.split(model)
-  out = _greedy(graphdef, state, jnp.asarray(prompt_BxP, jnp.int32), jnp.asarray(valid_BxP),
-                jnp.asarray(eos, jnp.int32), jnp.int32(pad), max_new_tokens)
-  return np.asarray(out)
+  out, score = _beam(graphdef, state, jnp.asarray(prompt_BxP, jnp.int32),
+                     jnp.asarray(valid_BxP), jnp.asarray(eos, jnp.int32), jnp.int32(pad),
+                     jnp.float32(length_penalty), max_new_tokens, num_beams)
+  return np.asarray(out), np.asarray(score)
 
 
 def trim_at_eos(tokens: Sequence[int], eos_ids: Sequence[int]) -> list[int]:

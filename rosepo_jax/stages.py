@@ -197,64 +197,70 @@ def _method_num_rejected(config, method: str) -> int:
   return int(config.preference.sdpo_k) if method == "sdpo" else 1
 
 
+def check_methods(config) -> None:
+  unknown = [m for m in config.methods if m != "sft" and m not in losses.METHODS + ROSEPO_ABLATIONS]
+  if unknown:
+    raise ValueError(f"config.methods has unknown methods {unknown}; expected sft or some of "
+                     f"{list(losses.METHODS + ROSEPO_ABLATIONS)}")
+
+
 def run_preference(config, workdir: str) -> dict:
   """Trains every preference method of config.methods from the SFT model."""
-  methods = [m for m in config.methods if m != "sft"]
-  unknown = [m for m in methods if m not in losses.METHODS + ROSEPO_ABLATIONS]
-  if unknown:
-    raise ValueError(f"config.methods has unknown methods {unknown}; expected sft or "
-                     f"{list(losses.METHODS)}")
+  check_methods(config)
+  return {m: run_preference_method(config, workdir, m) for m in config.methods if m != "sft"}
+
+
+def run_preference_method(config, workdir: str, method: str) -> int:
+  """Trains one preference method from DIR/sft/model; writes DIR/<method>/{checkpoints,tb,model}
+  and returns the number of steps trained."""
   ds = pipeline.open_dataset(config, workdir)
   tok = pipeline.load_tokenizer(config, workdir)
-  section, shape, results = config.preference, batch_shape(config), {}
-  for method in methods:
-    eps_table = None
-    if method.startswith("rosepo"):
-      rows, ref, eps_table = rosepo_data(workdir, method)
-      k = len(rows[0].responses) - 1
-    else:
-      k = _method_num_rejected(config, method)
-      rows, ref = preference_data(config, workdir, ds, tok, k,
-                                  with_reference=section.get("reference") != "online")
-    eps_value = float(section.cdpo_eps) if method in ("cdpo", "rdpo") else 0.0
-    loss_fn = train.preference_loss_fn("rosepo" if method.startswith("rosepo") else method, k,
-                                       float(section.beta), int(config.vocab_chunk),
-                                       rosepo_form=str(section.rosepo_form),
-                                       sft_weight=float(section.sft_weight))
-    model = checkpoints.load_orbax(os.path.join(workdir, "sft", "model"))
-    if config.model.get("lora_rank"):
-      model = model_lib.add_lora(model, int(config.model.lora_rank),
-                                 float(config.model.lora_alpha), seed=int(config.model.seed))
-    online = section.get("reference", "precomputed") == "online"
-    if section.get("reference", "precomputed") not in ("precomputed", "online"):
-      raise ValueError(f"config.preference.reference={section.reference!r}; expected "
-                       "precomputed or online")
-    reference = None
-    if online and not config.model.get("lora_rank"):
-      reference = checkpoints.load_orbax(os.path.join(workdir, "sft", "model"))
-    trainer = train.Trainer(model, loss_fn,
-                            train.make_optimizer(optim_config(section), int(section.steps)),
-                            mesh=make_mesh(config), accum_steps=int(section.accum_steps),
-                            reference_model=reference,
-                            online_reference=online and bool(config.model.get("lora_rank")))
-    sampler = _sampler(len(rows), section, int(config.data.seed) + 1)
+  section, shape = config.preference, batch_shape(config)
+  reference_kind = section.get("reference", "precomputed")
+  if reference_kind not in ("precomputed", "online"):
+    raise ValueError(f"config.preference.reference={reference_kind!r}; expected precomputed or "
+                     "online")
+  online = reference_kind == "online"
+  eps_table = None
+  if method.startswith("rosepo"):
+    rows, ref, eps_table = rosepo_data(workdir, method)
+    k = len(rows[0].responses) - 1
+  else:
+    k = _method_num_rejected(config, method)
+    rows, ref = preference_data(config, workdir, ds, tok, k, with_reference=not online)
+  eps_value = float(section.cdpo_eps) if method in ("cdpo", "rdpo") else 0.0
+  loss_fn = train.preference_loss_fn("rosepo" if method.startswith("rosepo") else method, k,
+                                     float(section.beta), int(config.vocab_chunk),
+                                     rosepo_form=str(section.rosepo_form),
+                                     sft_weight=float(section.sft_weight))
+  sft_dir = os.path.join(workdir, "sft", "model")
+  model = checkpoints.load_orbax(sft_dir)
+  lora_rank = int(config.model.get("lora_rank") or 0)
+  if lora_rank:
+    model = model_lib.add_lora(model, lora_rank, float(config.model.lora_alpha),
+                               seed=int(config.model.seed))
+  # With LoRA the frozen base is the reference; otherwise a second copy runs in each step.
+  reference = checkpoints.load_orbax(sft_dir) if online and not lora_rank else None
+  trainer = train.Trainer(model, loss_fn,
+                          train.make_optimizer(optim_config(section), int(section.steps)),
+                          mesh=make_mesh(config), accum_steps=int(section.accum_steps),
+                          reference_model=reference, online_reference=online and bool(lora_rank))
+  sampler = _sampler(len(rows), section, int(config.data.seed) + 1)
 
-    def batch_fn(step, rows=rows, ref=ref, sampler=sampler, k=k, eps_value=eps_value,
-                 eps_table=eps_table):
-      idx, batch = _local_batch(rows, sampler, step, shape, k + 1)
-      if not online:
-        batch["ref_logps"] = ref[idx]
-      batch["eps"] = (eps_table[idx] if eps_table is not None
-                      else np.full((len(idx), k), eps_value, np.float32))
-      return batch
+  def batch_fn(step):
+    idx, batch = _local_batch(rows, sampler, step, shape, k + 1)
+    if not online:
+      batch["ref_logps"] = ref[idx]
+    batch["eps"] = (eps_table[idx] if eps_table is not None
+                    else np.full((len(idx), k), eps_value, np.float32))
+    return batch
 
-    state, _ = train.train_loop(trainer, batch_fn, loop_config(section),
-                                os.path.join(workdir, method))
-    save_model(model_lib.merge_lora(trainer.model(state.params)),
-               os.path.join(workdir, method, "model"), tok)
-    results[method] = state.step
-    print(f"{method}: {state.step} steps on {len(rows)} prompts (k={k})", flush=True)
-  return results
+  state, _ = train.train_loop(trainer, batch_fn, loop_config(section),
+                              os.path.join(workdir, method))
+  save_model(model_lib.merge_lora(trainer.model(state.params)),
+             os.path.join(workdir, method, "model"), tok)
+  print(f"{method}: {state.step} steps on {len(rows)} prompts (k={k})", flush=True)
+  return int(state.step)
 
 
 def run_oracle(config, workdir: str) -> dict:
@@ -292,27 +298,6 @@ def run_oracle(config, workdir: str) -> dict:
 PAIRS_FILE = "pairs.array_record"
 
 
-def _decode_answers(tok, tokens_BxN, eos_ids) -> list[str]:
-  from rosepo_jax import generate  # pylint: disable=g-import-not-at-top
-  return [tok.decode(generate.trim_at_eos(row.tolist(), eos_ids)).strip() for row in tokens_BxN]
-
-
-def sft_answers(config, model, tok, prompt_ids, batch_size: int) -> list[str]:
-  """Greedy answers of `model` to each prompt (METHOD.md section 6 decoding)."""
-  from rosepo_jax import generate  # pylint: disable=g-import-not-at-top
-  answers = []
-  max_new = int(config.negatives.max_new_tokens)
-  for start in range(0, len(prompt_ids), batch_size):
-    chunk = list(prompt_ids[start:start + batch_size])
-    while len(chunk) < batch_size:  # one compiled shape for every chunk
-      chunk.append(chunk[-1])
-    length = -(-max(len(p) for p in chunk) // 32) * 32
-    tokens, valid = generate.left_pad(chunk, tok.pad_token_id, length)
-    out = generate.greedy_generate(model, tokens, valid, max_new)
-    answers += _decode_answers(tok, out, model.cfg.eos_token_ids)
-  return answers[:len(prompt_ids)]
-
-
 def run_negatives(config, workdir: str) -> dict:
   """Builds DIR/preference/pairs.array_record and DIR/preference/stats.json.
 
@@ -322,7 +307,7 @@ def run_negatives(config, workdir: str) -> dict:
   `semantic_eps`) and the reference log-probs of chosen and rejected under the SFT model.
   """
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
-  from rosepo_jax import generate, metrics  # pylint: disable=g-import-not-at-top
+  from rosepo_jax import evaluation, generate, metrics  # pylint: disable=g-import-not-at-top
 
   if not any(m.startswith("rosepo") for m in config.methods):
     print("negatives: skipped (no rosepo method in config.methods)", flush=True)
@@ -343,7 +328,8 @@ def run_negatives(config, workdir: str) -> dict:
   oracle = oracle_lib.load_oracle(os.path.join(workdir, "oracle", "model"))
   title_ids = [encode_response(tok, t)[:-1] or (tok.eos_token_id,) for t in ds.titles]
 
-  answers = (sft_answers(config, reference, tok, [p for p, _ in encoded], batch)
+  answers = (evaluation.greedy_answers(reference, tok, [p for p, _ in encoded], batch,
+                                       int(section.max_new_tokens))
              if "self_hard" in strategies or "semantic" in strategies else [""] * len(encoded))
   answer_items = []
   for ex, answer in zip(examples, answers):
@@ -438,3 +424,17 @@ def read_pairs(workdir: str) -> list[dict]:
     return [json.loads(r) for r in reader.read_all()]
   finally:
     reader.close()
+
+
+def run_export_one(config, workdir: str, run: str) -> dict:
+  """DIR/export/<run>/: a Hugging Face folder (safetensors, config, tokenizer) of a trained run
+  (LoRA runs were merged when saved), loadable by transformers' Auto classes."""
+  folder = os.path.join(workdir, "export", run)
+  model = checkpoints.load_orbax(os.path.join(workdir, run, "model"))
+  summary = {}
+  if jax.process_index() == 0:
+    dtype = (config.get("export") or {}).get("dtype") or None
+    summary = checkpoints.save_hf(model, folder, tokenizer=pipeline.load_tokenizer(config, workdir),
+                                  dtype=dtype)
+  print(f"export {run}: {folder}", flush=True)
+  return summary

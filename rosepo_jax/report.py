@@ -1,0 +1,160 @@
+"""The report stage: DIR/report.md (one table: rows = runs, columns = METHOD.md section 6 figures)
+and DIR/plots/*.png, from what the earlier stages wrote:
+
+  popularity.png  popularity percentile of the recommended (valid) items per run, against the
+                  test targets'
+  eps.png         the smoothing factor eps per rejected-sampling strategy (negatives stage)
+  training.png    training curves per run: loss, rewards/margin, rewards/accuracy (and SFT loss)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from rosepo_jax import metrics, pipeline
+
+# Columns of the table, in METHOD.md section 6 order.
+COLUMNS = ("hit_ratio@1", "valid_ratio", "valid_ratio_substring", "hit_ratio@1_valid",
+           "pop_mean_percentile", "head_ratio", "coverage", "hit_ratio@1_tercile_low",
+           "hit_ratio@1_tercile_mid", "hit_ratio@1_tercile_high", "rank_hit_ratio@1",
+           "rank_hit_ratio@5", "rank_hit_ratio@10", "rank_ndcg@5", "rank_ndcg@10")
+
+
+def read_eval(workdir: str, run: str) -> tuple[dict, list[dict]]:
+  from rosepo_jax import evaluation  # pylint: disable=g-import-not-at-top
+  summary_path, predictions_path = evaluation.eval_paths(workdir, run)
+  if not os.path.isfile(summary_path):
+    raise FileNotFoundError(f"report: {summary_path} not found; run the eval stage first")
+  with open(summary_path, encoding="utf-8") as f:
+    summary = json.load(f)
+  with open(predictions_path, encoding="utf-8") as f:
+    predictions = [json.loads(line) for line in f]
+  return summary, predictions
+
+
+def _fmt(value) -> str:
+  return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def method_table(summaries: dict[str, dict]) -> str:
+  """Markdown table: one row per run plus the targets' popularity reference row."""
+  header = ["run"] + list(COLUMNS) + ["num_examples"]
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for run, s in summaries.items():
+    lines.append("| " + " | ".join([run] + [_fmt(s.get(c, "")) for c in COLUMNS]
+                                   + [str(s["num_examples"])]) + " |")
+  first = next(iter(summaries.values()))
+  reference = {"pop_mean_percentile": first["target_pop_mean_percentile"],
+               "head_ratio": first["target_head_ratio"], "coverage": 1.0}
+  lines.append("| (targets) | " + " | ".join(_fmt(reference.get(c, "")) for c in COLUMNS)
+               + f" | {first['num_examples']} |")
+  return "\n".join(lines)
+
+
+def _training_curves(workdir: str, run: str) -> dict[str, list[tuple[int, float]]]:
+  path = os.path.join(workdir, run, "metrics.jsonl")
+  if not os.path.isfile(path):
+    return {}
+  by_step = {}
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      row = json.loads(line)
+      by_step[row["step"]] = row  # after a resume the last line of a step wins
+  curves = {}
+  for step in sorted(by_step):
+    for k, v in by_step[step].items():
+      if k != "step":
+        curves.setdefault(k, []).append((step, v))
+  return curves
+
+
+def make_plots(config, workdir: str, predictions: dict[str, list[dict]]) -> list[str]:
+  """Writes DIR/plots/*.png; returns their paths."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  from rosepo_jax import stages  # pylint: disable=g-import-not-at-top
+
+  folder = os.path.join(workdir, "plots")
+  os.makedirs(folder, exist_ok=True)
+  ds = pipeline.open_dataset(config, workdir)
+  pct = metrics.popularity_percentiles(ds.train_popularity)
+  written = []
+
+  fig, ax = plt.subplots(figsize=(7, 4))
+  bins = np.linspace(0, 100, 21)
+  first = next(iter(predictions.values()))
+  ax.hist(pct[[p["target_item"] for p in first]], bins=bins, density=True, histtype="stepfilled",
+          alpha=0.25, color="gray", label="test targets")
+  for run, preds in predictions.items():
+    items = [p["answer_item"] for p in preds if p["answer_item"] is not None]
+    if items:
+      ax.hist(pct[items], bins=bins, density=True, histtype="step", linewidth=1.5,
+              label=f"{run} ({len(items)} valid)")
+  ax.set(xlabel="popularity percentile of the item (training split)", ylabel="density",
+         title="Recommended items vs targets")
+  ax.legend(fontsize=8)
+  written.append(_save(fig, os.path.join(folder, "popularity.png")))
+
+  pairs_path = os.path.join(workdir, "preference", stages.PAIRS_FILE)
+  if os.path.isfile(pairs_path):
+    eps = {}
+    for pair in stages.read_pairs(workdir):
+      eps.setdefault(pair["strategy"], []).append(pair["eps"])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    names = sorted(eps)
+    ax.boxplot([eps[n] for n in names], showfliers=False)
+    ax.set_xticks(range(1, len(names) + 1), [f"{n}\n({len(eps[n])})" for n in names])
+    ax.set(ylabel="eps", title="Smoothing factor per rejected-sampling strategy")
+    written.append(_save(fig, os.path.join(folder, "eps.png")))
+
+  panels = ("loss", "rewards/margin", "rewards/accuracy")
+  fig, axes = plt.subplots(1, len(panels), figsize=(13, 3.6))
+  for run in list(config.methods):
+    curves = _training_curves(workdir, run)
+    for ax, name in zip(axes, panels):
+      if name in curves and (run != "sft" or name == "loss"):
+        steps, values = zip(*curves[name])
+        ax.plot(steps, values, label=run)
+  for ax, name in zip(axes, panels):
+    ax.set(xlabel="step", title=name)
+    ax.legend(fontsize=8)
+  written.append(_save(fig, os.path.join(folder, "training.png")))
+  return written
+
+
+def _save(fig, path: str) -> str:
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig.tight_layout()
+  fig.savefig(path + ".tmp.png", dpi=110)
+  plt.close(fig)
+  os.replace(path + ".tmp.png", path)
+  return path
+
+
+def run_report(config, workdir: str) -> str:
+  """Writes DIR/report.md and DIR/plots; prints the table; returns the markdown."""
+  import jax  # pylint: disable=g-import-not-at-top
+  summaries, predictions = {}, {}
+  for run in config.methods:
+    summaries[run], predictions[run] = read_eval(workdir, run)
+  table = method_table(summaries)
+  print(table, flush=True)
+  if jax.process_index() != 0:
+    return table
+  plots = make_plots(config, workdir, predictions)
+  split = next(iter(summaries.values()))["split"]
+  text = "\n".join([
+      f"# Report: {os.path.abspath(workdir)}", "",
+      f"Dataset `{config.data.name}`, {split} split; greedy answers (METHOD.md section 6). "
+      "Columns are the keys of DIR/eval/<run>.json; the last row gives the same popularity "
+      "figures for the targets.", "", table, "",
+      *[f"![{os.path.basename(p)}](plots/{os.path.basename(p)})" for p in plots], ""])
+  path = os.path.join(workdir, "report.md")
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    f.write(text)
+  os.replace(path + ".tmp", path)
+  return text
