@@ -10,7 +10,8 @@ from ml_collections import config_flags
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory: every stage writes under it.")
 flags.DEFINE_list("stages", ["all"], "Stages to run, in pipeline order (or: all): data, sft, "
-                  "oracle, negatives, dpo, eval, export, report. Up-to-date stages are skipped.")
+                  "oracle, negatives, dpo, eval, export, report. Up-to-date stages are skipped. "
+                  "--stages=compile only compiles the train steps and prints their memory.")
 flags.DEFINE_bool("force", False, "Rerun the given stages even when up to date (what depends on "
                   "them becomes stale and reruns too).")
 flags.DEFINE_bool("distributed", False, "Multi-host: call jax.distributed.initialize() first "

@@ -389,6 +389,13 @@ def _block_forward(block, *args):
   return block(*args)
 
 
+def _remat_block_forward(block, *args):
+  """The block under jax.checkpoint (its activations are recomputed in the backward pass), as a
+  pure function of the block's state so it composes with any outer jax.jit / grad trace."""
+  graphdef, state = nnx.split(block)
+  return jax.checkpoint(lambda s, *a: nnx.merge(graphdef, s)(*a))(state, *args)
+
+
 class Decoder(nnx.Module):
   """The language model: embed -> blocks -> final norm -> lm_head (tied or untied)."""
 
@@ -416,7 +423,7 @@ class Decoder(nnx.Module):
     x_BxTxD = jnp.take(self.embed[...], tokens_BxT, axis=0).astype(dtype)
     x_BxTxD = shard(x_BxTxD, ("batch", "length", "act_embed"))
     sin_BxTxH, cos_BxTxH = rope_sin_cos(cfg, positions_BxT)
-    forward = nnx.remat(_block_forward) if cfg.remat else _block_forward
+    forward = _remat_block_forward if cfg.remat else _block_forward
     new_k, new_v = [], []
     for i, block in enumerate(self.layers):
       kv = None if cache is None else (cache.k[i], cache.v[i])

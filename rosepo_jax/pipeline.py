@@ -13,6 +13,9 @@ Each stage reads `config` and writes under `workdir`:
   export: DIR/export/<run>/ Hugging Face folders (weights, config, tokenizer)
   report: DIR/report.md (the method table) and DIR/plots/*.png
 
+`compile` (not part of "all") lowers and compiles the train steps for the configured mesh without
+weights or data and prints per-device memory and FLOPs (rosepo_jax/aot.py).
+
 Up-to-date tracking (`run`): the work is split into units (a stage, or a stage for one run:
 "dpo/rosepo", "eval/sft"). A finished unit writes DIR/stages/<unit>.json holding its key: a hash of
 the config sections it reads plus the run ids of the units it consumes. A unit whose key is
@@ -272,11 +275,15 @@ def run(config, workdir: str, stages, force: bool = False) -> dict:
   """
   from rosepo_jax import stages as stage_lib  # pylint: disable=g-import-not-at-top
   stages = list(STAGES) if list(stages) == ["all"] else list(stages)
-  unknown = [s for s in stages if s not in STAGES]
+  unknown = [s for s in stages if s not in STAGES + ("compile",)]
   if unknown:
-    raise ValueError(f"unknown stage(s) {unknown}; available: {list(STAGES)} or all")
+    raise ValueError(f"unknown stage(s) {unknown}; available: {list(STAGES)}, all, or compile")
   stage_lib.check_methods(config)
   outcome = {}
+  if "compile" in stages:  # a check, not a result: never skipped, writes nothing
+    from rosepo_jax import aot  # pylint: disable=g-import-not-at-top
+    aot.run_compile(config, workdir)
+    outcome["compile"] = "ran"
   for stage in STAGES:
     if stage not in stages:
       continue

@@ -18,7 +18,7 @@ import numpy as np
 
 import json
 
-from rosepo_jax import checkpoints, losses, negatives, oracle as oracle_lib, pipeline
+from rosepo_jax import checkpoints, flops as flops_lib, losses, negatives, oracle as oracle_lib, pipeline
 from rosepo_jax import sharding, train
 from rosepo_jax import model as model_lib
 from rosepo_jax.data import batching
@@ -105,6 +105,20 @@ def _eval_loss_fn(trainer: train.Trainer, loss_fn, rows, shape, num_responses, b
   return evaluate
 
 
+def batch_flops_fn(cfg: model_lib.ModelConfig, lora: bool, online_reference: bool = False):
+  """Model FLOPs of a train step from this process's batch (LM head at scored tokens only; an
+  online reference adds its forward)."""
+  def fn(batch) -> float:
+    tokens = float((batch["segments"] > 0).sum())
+    scored = float((batch["score_seg"] >= 0).sum())
+    seq = batch["tokens"].shape[1]
+    total = flops_lib.train_flops(cfg, tokens, seq, scored, 0.0 if lora else 1.0)
+    if online_reference:
+      total += flops_lib.train_flops(cfg, tokens, seq, scored) / 3.0
+    return jax.process_count() * total
+  return fn
+
+
 def save_model(model, folder: str, tok) -> None:
   if jax.process_index() == 0:
     checkpoints.save_orbax(model, folder, tokenizer=tok)
@@ -127,7 +141,8 @@ def run_sft(config, workdir: str) -> dict:
   state, metrics = train.train_loop(
       trainer, lambda step: _local_batch(rows, sampler, step, shape, 1)[1],
       loop_config(section, best_metric="loss" if evaluate else ""),
-      os.path.join(workdir, "sft"), evaluate)
+      os.path.join(workdir, "sft"), evaluate,
+      batch_flops=batch_flops_fn(trainer.model_cfg, bool(config.model.get("lora_rank"))))
   save_model(model_lib.merge_lora(trainer.model(state.params)),
              os.path.join(workdir, "sft", "model"), tok)
   print(f"sft: {state.step} steps, validation {metrics}", flush=True)
@@ -256,7 +271,8 @@ def run_preference_method(config, workdir: str, method: str) -> int:
     return batch
 
   state, _ = train.train_loop(trainer, batch_fn, loop_config(section),
-                              os.path.join(workdir, method))
+                              os.path.join(workdir, method),
+                              batch_flops=batch_flops_fn(trainer.model_cfg, bool(lora_rank), online))
   save_model(model_lib.merge_lora(trainer.model(state.params)),
              os.path.join(workdir, method, "model"), tok)
   print(f"{method}: {state.step} steps on {len(rows)} prompts (k={k})", flush=True)

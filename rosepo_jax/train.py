@@ -29,6 +29,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from rosepo_jax import flops as flops_lib
 from rosepo_jax import losses, scoring, sharding
 from rosepo_jax.model import Decoder, LoRAParam
 
@@ -203,6 +204,7 @@ class Trainer:
                mesh=None, accum_steps: int = 1, rules=sharding.RULES,
                reference_model: Decoder | None = None, online_reference: bool = False):
     self.mesh, self.rules, self.accum_steps = mesh, rules, accum_steps
+    self.model_cfg = model.cfg
     lora = bool(model.cfg.lora_rank)
     sharding.shard_module(model, mesh, rules)
     trainable = LoRAParam if lora else nnx.Param
@@ -234,8 +236,10 @@ class Trainer:
       else:
         shardings = lambda tree: jax.tree.map(lambda x: x.sharding, tree)  # pylint: disable=unnecessary-lambda-assignment
         params_s, opt_s = shardings(state.params), shardings(state.opt_state)
+        # Specs from the GLOBAL shape (this process's rows x processes), as global_batch does.
+        global_shape = lambda v: (np.shape(v)[0] * jax.process_count(),) + np.shape(v)[1:]  # pylint: disable=unnecessary-lambda-assignment
         batch_s = {k: jax.sharding.NamedSharding(self.mesh, sharding.logical_to_spec(
-            ("batch",) + (None,) * (np.ndim(v) - 1), np.shape(v), self.mesh, self.rules))
+            ("batch",) + (None,) * (np.ndim(v) - 1), global_shape(v), self.mesh, self.rules))
                    for k, v in batch.items()}
         replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
         self._jitted[key] = jax.jit(
@@ -271,6 +275,7 @@ class LoopConfig:
   best_metric: str = ""  # an eval metric: keep the best checkpoint by it too
   best_mode: str = "max"
   progress: bool = True
+  async_checkpoints: bool = True  # orbax writes in a background thread while training goes on
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -289,7 +294,7 @@ def _checkpoint_manager(directory: str, cfg: LoopConfig) -> ocp.CheckpointManage
         get_metric_fn=lambda m: m[best], reverse=cfg.best_mode == "min", n=1,
         keep_checkpoints_without_metrics=False))
   options = ocp.CheckpointManagerOptions(
-      create=True, enable_async_checkpointing=True,
+      create=True, enable_async_checkpointing=cfg.async_checkpoints,
       preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies))
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
@@ -301,8 +306,16 @@ def _save(manager, state: TrainState, metrics: dict | None = None) -> None:
 
 
 def restore_latest(directory: str, like: TrainState) -> TrainState | None:
-  """The latest checkpoint in `directory`, restored into `like`'s structure and shardings."""
-  if not os.path.isdir(directory):
+  """The latest checkpoint in `directory`, restored into `like`'s structure and shardings.
+
+  Multi-host: every process takes process 0's view of whether `directory` exists, so all of them
+  run the same collectives (another process may be creating it at this moment).
+  """
+  exists = os.path.isdir(directory)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    exists = bool(multihost_utils.broadcast_one_to_all(np.int32(exists)))
+  if not exists:
     return None
   manager = ocp.CheckpointManager(os.path.abspath(directory))
   step = manager.latest_step()
@@ -320,7 +333,8 @@ def restore_latest(directory: str, like: TrainState) -> TrainState | None:
 
 def train_loop(trainer: Trainer, batch_fn: Callable[[int], dict], cfg: LoopConfig,
                workdir: str, eval_fn: Callable[[TrainState], dict] | None = None,
-               resume: bool = True) -> tuple[TrainState, dict]:
+               resume: bool = True,
+               batch_flops: Callable[[dict], float] | None = None) -> tuple[TrainState, dict]:
   """Runs steps ``state.step .. cfg.num_steps - 1``; `batch_fn(step)` gives step's batch.
 
   Writes ``workdir/checkpoints`` (orbax), ``workdir/tb`` (TensorBoard) and the same training
@@ -340,10 +354,12 @@ def train_loop(trainer: Trainer, batch_fn: Callable[[int], dict], cfg: LoopConfi
   bar = tqdm.tqdm(total=cfg.num_steps, initial=state.step, disable=not cfg.progress,
                   desc=os.path.basename(workdir.rstrip("/")), unit="step", dynamic_ncols=True)
   eval_metrics: dict = {}
-  window_tokens, window_start = 0.0, time.time()
+  window_tokens, window_flops, window_start = 0.0, 0.0, time.time()
+  device = jax.devices()[0]
   try:
     while state.step < cfg.num_steps:
-      state, metrics = trainer.step(state, batch_fn(state.step))
+      batch = batch_fn(state.step)
+      state, metrics = trainer.step(state, batch)
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
       if not math.isfinite(metrics["loss"]):
         raise NonFiniteLossError(
@@ -351,12 +367,20 @@ def train_loop(trainer: Trainer, batch_fn: Callable[[int], dict], cfg: LoopConfi
             f"last good checkpoint is in {ckpt_dir} (step {manager.latest_step()}). Lower the "
             "learning rate or check the data of this step.")
       window_tokens += metrics.get("tokens", 0.0)
+      if batch_flops:
+        window_flops += batch_flops(batch)
       bar.update(1)
       done = state.step == cfg.num_steps
       if state.step % cfg.log_every == 0 or done:
         elapsed = max(time.time() - window_start, 1e-9)
         metrics["tokens_per_s"] = window_tokens / elapsed
-        window_tokens, window_start = 0.0, time.time()
+        if batch_flops:
+          metrics["model_flops_per_s"] = window_flops / elapsed
+          utilisation = flops_lib.mfu(window_flops / elapsed, device.device_kind,
+                                      jax.device_count())
+          if utilisation is not None:
+            metrics["mfu"] = utilisation
+        window_tokens, window_flops, window_start = 0.0, 0.0, time.time()
         bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
         if writer:
           for k, v in metrics.items():

@@ -24,7 +24,7 @@ def _config(path, **data):
 
 
 def _demo(seed=0, users=200):
-  config = _config("demo.py", seed=seed)
+  config = _config("synthetic_scratch.py", seed=seed)
   config.data.world.num_users = users
   config.tokenizer.vocab_size = 400
   return config
@@ -44,7 +44,7 @@ def test_synthetic_world_has_learnable_signal(tmp_path):
   """A two-line heuristic (the history's majority genre word, then the most popular such
   candidate) must beat random (1/20) by far: the signal a model can learn is really there."""
   ds = pipeline.open_dataset(_demo(users=600), str(tmp_path))
-  genre = lambda title: title.split()[0]  # "<Genre> <Name>"  # pylint: disable=unnecessary-lambda-assignment
+  genre = lambda title: title.split()[-1]  # "<Name> <Genre>"  # pylint: disable=unnecessary-lambda-assignment
   hits = []
   for ex in ds.examples("test"):
     top = collections.Counter(genre(t) for t in ex.history_titles[-3:]).most_common(1)[0][0]

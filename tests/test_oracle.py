@@ -41,7 +41,7 @@ def test_left_padding_does_not_change_the_score():
 
 
 def test_oracle_stage_learns_beyond_baselines_and_reloads(tmp_path):
-  config = _config("demo.py")
+  config = _config("synthetic_scratch.py")
   config.oracle.max_epochs = 12
   pipeline.run(config, str(tmp_path), ["data", "oracle"])
   metrics = json.load(open(tmp_path / "oracle" / "metrics.json"))

@@ -10,7 +10,7 @@ from test_data_pipeline import _config
 
 
 def _tiny(steps=4):
-  config = _config("demo.py")
+  config = _config("synthetic_scratch.py")
   config.data.world.num_users = 60
   config.tokenizer.vocab_size = 300
   config.data.max_seq_len = 1024  # a 300-token BPE makes long prompts

@@ -23,7 +23,7 @@ def rows(n=24, seed=0, responses=1):
                              for _ in range(responses))) for _ in range(n)]
 
 
-def run(workdir, num_steps, log_path=None):
+def run(workdir, num_steps, log_path=None, batch_flops=None):
   data = rows()
   sampler = B.StepSampler(len(data), global_batch=4, seed=7)
   shape = B.BatchShape(seq_multiple=32)
@@ -38,7 +38,7 @@ def run(workdir, num_steps, log_path=None):
   trainer = T.Trainer(M.init_model(M.get_config("tiny"), seed=1), T.sft_loss_fn(64),
                       T.make_optimizer(T.OptimConfig(learning_rate=1e-3, warmup_steps=2), 6))
   cfg = T.LoopConfig(num_steps=num_steps, log_every=1, checkpoint_every=1, progress=False)
-  state, _ = T.train_loop(trainer, batch_fn, cfg, workdir)
+  state, _ = T.train_loop(trainer, batch_fn, cfg, workdir, batch_flops=batch_flops)
   return state
 
 

@@ -54,6 +54,24 @@ def load_model(path: str, mesh=None, **overrides):
   return loader(path, mesh=mesh, **overrides)
 
 
+def read_model_config(path: str):
+  """The ModelConfig of a GGUF file, HF folder or orbax directory, without reading weights."""
+  import json  # pylint: disable=g-import-not-at-top
+  from rosepo_jax.checkpoints import gguf as gguf_lib, hf as hf_lib  # pylint: disable=g-import-not-at-top
+  from rosepo_jax.checkpoints import orbax_io  # pylint: disable=g-import-not-at-top
+  from rosepo_jax.model import config_from_dict  # pylint: disable=g-import-not-at-top
+  path = resolve_model_path(path)
+  fmt = source_format(path)
+  if fmt == "gguf":
+    return gguf_lib.config_from_gguf(gguf_lib._reader(path))  # pylint: disable=protected-access
+  name = "config.json" if fmt == "hf" else orbax_io.CONFIG_FILE
+  with open(os.path.join(path, name), encoding="utf-8") as f:
+    raw = json.load(f)
+  if fmt == "hf":
+    return hf_lib.config_from_hf(raw, source=os.path.join(path, name))
+  return config_from_dict(raw, source=os.path.join(path, name))
+
+
 def load_tokenizer(path: str):
   """The tokenizer stored with a model: GGUF metadata or tokenizer files in a folder."""
   from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top

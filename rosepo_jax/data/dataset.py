@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from rosepo_jax.data import records, tfds_builders
+from rosepo_jax.data import records, synthetic, tfds_builders
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_MANUAL_DIRS = {"lastfm": "../shared/data/llara_lastfm",
@@ -93,6 +93,7 @@ def builder_params(data_cfg) -> dict:
   if name == "synthetic":
     world = data_cfg.get("world")
     p["world"] = dict(world.to_dict() if hasattr(world, "to_dict") else world or {})
+    p["generator"] = synthetic.GENERATOR_VERSION  # a changed generator is a different dataset
   return p
 
 

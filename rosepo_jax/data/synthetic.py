@@ -1,6 +1,6 @@
 """A synthetic recommendation world that small models can learn: the embedded default dataset.
 
-SYNTHETIC DATA. Items have titles "<Genre> <Name>": the genre word (so history titles carry a
+SYNTHETIC DATA. Items have titles "<Name> <Genre>": the genre word (so history titles carry a
 learnable signal) and a made-up name word unique to the item (so a valid answer must copy a
 candidate's name: it cannot be composed from common parts), and a Zipf-like popularity. Users
 have a taste over genres (Dirichlet) and a current genre that drifts; each next item is, with
@@ -20,6 +20,8 @@ from rosepo_jax.data.records import RawDataset, Window, _windows_of
 
 GENRES = ("Jazz", "Rock", "Folk", "Disco", "Metal", "Opera", "Blues", "Techno", "Reggae", "Swing",
           "Punk", "Soul")
+# Bumped whenever build_world's output changes (it is part of the dataset's TFDS config hash).
+GENERATOR_VERSION = 2
 # Names are two consonant-vowel syllables ("Kamo", "Tilu"): 4,900 distinct words.
 CONSONANTS = "bdfgklmnprstvz"
 VOWELS = "aeiou"
@@ -54,7 +56,7 @@ def build_world(cfg: WorldConfig, seed: int, min_history: int = 3, max_history: 
   genres = GENRES[:cfg.num_genres]
   item_genre = rng.permutation(np.arange(cfg.num_items) % cfg.num_genres)
   names = rng.choice(len(SYLLABLES) ** 2, size=cfg.num_items, replace=False)
-  titles = [f"{genres[g]} {SYLLABLES[c // len(SYLLABLES)].title()}{SYLLABLES[c % len(SYLLABLES)]}"
+  titles = [f"{SYLLABLES[c // len(SYLLABLES)].title()}{SYLLABLES[c % len(SYLLABLES)]} {genres[g]}"
             for c, g in zip(names.tolist(), item_genre.tolist())]
   ranks = rng.permutation(cfg.num_items)
   popularity = (1.0 / (ranks + 1.0) ** cfg.zipf) ** cfg.pop_exponent

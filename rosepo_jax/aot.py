@@ -1,0 +1,179 @@
+"""The compile stage: lower and compile the SFT and preference train steps ahead of time for the
+configured model, mesh and batch sizes, without weights or data, and report per-device memory.
+
+For each step it prints (per device): parameter bytes, optimizer-state bytes, the compiled program's
+argument / output / temporary bytes (`compiled.memory_analysis()`), their peak estimate
+(arguments + outputs - donated aliases + temporaries), and the FLOPs of one step (XLA's count of
+the per-device program, and the analytic model FLOPs of rosepo_jax/flops.py). With
+``config.compile.hbm_gib`` set, a step whose peak exceeds it is a clear error.
+
+On CPU the mesh comes from fake devices (XLA_FLAGS=--xla_force_host_platform_device_count=N), so a
+TPU-pod layout can be checked on a laptop.
+"""
+
+from __future__ import annotations
+
+import os
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rosepo_jax import checkpoints, flops as flops_lib, sharding, train
+from rosepo_jax import model as model_lib
+
+GIB = 1024 ** 3
+
+
+def model_config(config) -> model_lib.ModelConfig:
+  """The configured model's architecture without loading weights: read from the checkpoint's
+  config when `model.init` exists on this machine, else the `model.preset` (+ overrides)."""
+  m = config.model
+  dtypes = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=bool(m.remat))
+  overrides = dict(m.get("overrides") or {})
+  init = checkpoints.resolve_model_path(m.init) if m.init != "scratch" else ""
+  if init and os.path.exists(init):
+    cfg = checkpoints.read_model_config(init).replace(**dtypes)
+  else:
+    if not m.get("preset"):
+      raise ValueError(f"config.model.init={m.init!r} is not on this machine and config.model "
+                       "has no preset to compile from")
+    cfg = model_lib.get_config(m.preset, **overrides, **dtypes)
+  if m.get("lora_rank"):
+    cfg = cfg.replace(lora_rank=int(m.lora_rank), lora_alpha=float(m.lora_alpha))
+  return cfg
+
+
+def _abstract_batch(batch_size: int, seq_len: int, num_responses: int, preference: bool) -> dict:
+  """ShapeDtypeStructs of a global batch as batching.make_batch builds it."""
+  score_len = -(-max(seq_len // 4, 16) // 16) * 16
+  i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)  # pylint: disable=unnecessary-lambda-assignment
+  batch = {"tokens": i32(batch_size, seq_len), "segments": i32(batch_size, seq_len),
+           "positions": i32(batch_size, seq_len), "score_pos": i32(batch_size, score_len),
+           "score_tok": i32(batch_size, score_len), "score_seg": i32(batch_size, score_len),
+           "row_valid": jax.ShapeDtypeStruct((batch_size,), jnp.bool_)}
+  if preference:
+    batch["ref_logps"] = jax.ShapeDtypeStruct((batch_size, num_responses), jnp.float32)
+    batch["eps"] = jax.ShapeDtypeStruct((batch_size, num_responses - 1), jnp.float32)
+  return batch
+
+
+def _per_device_bytes(tree, shardings) -> int:
+  total = 0
+  for leaf, s in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings)):
+    shape = s.shard_shape(leaf.shape) if hasattr(s, "shard_shape") else leaf.shape
+    total += int(np.prod(shape)) * jnp.dtype(leaf.dtype).itemsize
+  return total
+
+
+def compile_step(cfg: model_lib.ModelConfig, loss_fn, optimizer, mesh, batch_size: int,
+                 seq_len: int, num_responses: int, preference: bool, accum_steps: int = 1,
+                 online_reference: bool = False) -> dict:
+  """Lowers and compiles one train step; returns its per-device memory and FLOPs figures."""
+  model = model_lib.abstract_model(cfg)
+  lora = bool(cfg.lora_rank)
+  graphdef, params, rest = nnx.split(model, model_lib.LoRAParam if lora else nnx.Param, ...)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  params_s = sharding.state_shardings(params, mesh)
+  rest_s = sharding.state_shardings(rest, mesh)
+  opt_abstract = jax.eval_shape(optimizer.init, params)
+  # Optimizer moments mirror the parameters' shardings; scalars (counts) are replicated.
+  param_s_by_shape = {}
+  for leaf, s in zip(jax.tree.leaves(params), jax.tree.leaves(params_s)):
+    param_s_by_shape.setdefault((leaf.shape, leaf.dtype), s)
+  opt_s = jax.tree.map(lambda x: param_s_by_shape.get((x.shape, x.dtype), replicated),
+                       opt_abstract)
+  frozen, frozen_s = {"rest": rest}, {"rest": rest_s}
+  reference = "none"
+  if online_reference:
+    reference = "lora_off" if lora else "model"
+    if not lora:
+      frozen["reference"], frozen_s["reference"] = params, params_s
+  step = train.make_step_fn(graphdef, loss_fn, optimizer, accum_steps, reference)
+  batch = _abstract_batch(batch_size, seq_len, num_responses, preference)
+  batch_s = {k: jax.sharding.NamedSharding(mesh, sharding.logical_to_spec(
+      ("batch",) + (None,) * (len(v.shape) - 1), v.shape, mesh)) for k, v in batch.items()}
+  with sharding.use_mesh(mesh):
+    lowered = jax.jit(step, donate_argnums=(0, 1),
+                      in_shardings=(params_s, opt_s, frozen_s, batch_s),
+                      out_shardings=(params_s, opt_s, replicated)).lower(
+                          params, opt_abstract, frozen, batch)
+    compiled = lowered.compile()
+  mem = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  out = {
+      "params_bytes": _per_device_bytes(params, params_s) + _per_device_bytes(rest, rest_s),
+      "opt_state_bytes": _per_device_bytes(opt_abstract, opt_s),
+      "xla_flops_per_device": float((cost or {}).get("flops", 0.0)),
+      "model_flops": flops_lib.train_flops(cfg, batch_size * seq_len, seq_len,
+                                           batch_size * (seq_len // 4),
+                                           0.0 if lora else 1.0),
+  }
+  if mem is not None:
+    out.update(argument_bytes=int(mem.argument_size_in_bytes),
+               output_bytes=int(mem.output_size_in_bytes),
+               alias_bytes=int(mem.alias_size_in_bytes),
+               temp_bytes=int(mem.temp_size_in_bytes))
+    out["peak_bytes"] = (out["argument_bytes"] + out["output_bytes"] - out["alias_bytes"]
+                         + out["temp_bytes"])
+  return out
+
+
+def run_compile(config, workdir: str) -> dict:
+  """Compiles the SFT and preference steps; prints the memory table; checks the HBM budget."""
+  del workdir
+  from rosepo_jax import stages  # pylint: disable=g-import-not-at-top
+  cfg = model_config(config)
+  mesh = stages.make_mesh(config) or sharding.make_mesh(data=1)
+  section = config.get("compile") or {}
+  seq_len = int(section.get("seq_len") or config.data.max_seq_len)
+  budget = float(section.get("hbm_gib") or 0.0)
+  methods = [m for m in config.methods if m != "sft"]
+  k = 1
+  for m in methods:
+    if m == "sdpo":
+      k = max(k, int(config.preference.sdpo_k))
+    if m.startswith("rosepo"):
+      k = max(k, len(config.negatives.strategies) + 1)  # + a hallucination pair
+  online = config.preference.get("reference", "precomputed") == "online"
+  steps = {"sft": (train.sft_loss_fn(int(config.vocab_chunk)), config.sft, 1, False, False)}
+  if methods:
+    steps["preference"] = (
+        train.preference_loss_fn("rosepo", k, float(config.preference.beta),
+                                 int(config.vocab_chunk)),
+        config.preference, k + 1, True, online)
+  report = {"mesh": dict(mesh.shape), "devices": jax.device_count(),
+            "device_kind": jax.devices()[0].device_kind, "params": cfg.num_params,
+            "seq_len": seq_len, "steps": {}}
+  for name, (loss_fn, sec, responses, preference, online_ref) in steps.items():
+    optimizer = train.make_optimizer(stages.optim_config(sec), int(sec.steps))
+    report["steps"][name] = compile_step(cfg, loss_fn, optimizer, mesh, int(sec.batch_size),
+                                         seq_len, responses, preference,
+                                         int(sec.accum_steps), online_ref)
+  print(format_report(report, budget), flush=True)
+  over = {n: s["peak_bytes"] / GIB for n, s in report["steps"].items()
+          if budget and s.get("peak_bytes", 0) / GIB > budget}
+  if over:
+    raise MemoryError(
+        "compile: per-device memory exceeds config.compile.hbm_gib="
+        f"{budget:g} GiB for " + ", ".join(f"{n} ({g:.2f} GiB)" for n, g in over.items())
+        + "; use more devices (config.mesh.fsdp), a smaller batch or accum_steps, "
+        "model.remat=True or LoRA")
+  return report
+
+
+def format_report(report: dict, budget_gib: float = 0.0) -> str:
+  lines = [f"compile: {report['params'] / 1e9:.3f}B params, mesh {report['mesh']} on "
+           f"{report['devices']} x {report['device_kind']}, sequence {report['seq_len']}",
+           "| step | params GiB | opt state GiB | args GiB | temp GiB | peak GiB | XLA TFLOP/device "
+           "| model TFLOP/step |", "|---|---|---|---|---|---|---|---|"]
+  for name, s in report["steps"].items():
+    g = lambda key: f"{s.get(key, float('nan')) / GIB:.3f}"  # pylint: disable=cell-var-from-loop,unnecessary-lambda-assignment
+    lines.append(f"| {name} | {g('params_bytes')} | {g('opt_state_bytes')} | "
+                 f"{g('argument_bytes')} | {g('temp_bytes')} | {g('peak_bytes')} | "
+                 f"{s['xla_flops_per_device'] / 1e12:.3f} | {s['model_flops'] / 1e12:.3f} |")
+  if budget_gib:
+    lines.append(f"HBM budget per device: {budget_gib:g} GiB")
+  return "\n".join(lines)
