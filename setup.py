@@ -29,6 +29,7 @@ setuptools.setup(
         "numpy>=1.26",
         "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
         "tqdm>=4.66",
+        "matplotlib>=3.8",  # the report stage's plots
     ],
     extras_require={
         # torch is installed separately as exactly torch==2.13.0 (CPU build); see .ci/run.
