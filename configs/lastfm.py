@@ -7,11 +7,7 @@ from configs import common
 
 def get_config():
   c = ml_collections.ConfigDict()
-  c.data = ml_collections.ConfigDict(dict(
-      name="lastfm", manual_dir="../shared/data/llara_lastfm", seed=0, num_candidates=20,
-      max_history=10, min_history=3, max_seq_len=1024,
-      candidates_dir="../shared/data/sdpo_lastfm"))
-  c.prompt = ml_collections.ConfigDict(dict(domain="music", templates=()))
+  c.update(common.lastfm_data())
   c.tokenizer = ml_collections.ConfigDict(dict(kind="bpe", vocab_size=8192, path=""))
   # CPU-sized: a small Llama from scratch; real quality needs a GPU or a pretrained backbone.
   c.update(common.training(steps_sft=2000, steps_preference=500))

@@ -17,11 +17,7 @@ from configs import common
 
 def get_config():
   c = ml_collections.ConfigDict()
-  c.data = ml_collections.ConfigDict(dict(
-      name="lastfm", manual_dir="../shared/data/llara_lastfm", seed=0, num_candidates=20,
-      max_history=10, min_history=3, max_seq_len=1024,
-      candidates_dir="../shared/data/sdpo_lastfm"))
-  c.prompt = ml_collections.ConfigDict(dict(domain="music", templates=()))
+  c.update(common.lastfm_data())
   c.tokenizer = ml_collections.ConfigDict(dict(
       kind="pretrained", vocab_size=0, path="/mnt/models/Meta-Llama-3-8B-Instruct"))
   c.update(common.training(steps_sft=2000, steps_preference=1000))

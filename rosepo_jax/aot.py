@@ -167,8 +167,8 @@ def run_compile(config, workdir: str) -> dict:
 def format_report(report: dict, budget_gib: float = 0.0) -> str:
   lines = [f"compile: {report['params'] / 1e9:.3f}B params, mesh {report['mesh']} on "
            f"{report['devices']} x {report['device_kind']}, sequence {report['seq_len']}",
-           "| step | params GiB | opt state GiB | args GiB | temp GiB | peak GiB | XLA TFLOP/device "
-           "| model TFLOP/step |", "|---|---|---|---|---|---|---|---|"]
+           "| step | params GiB | opt state GiB | args GiB | temp GiB | peak GiB "
+           "| XLA TFLOP/device | model TFLOP/step |", "|---|---|---|---|---|---|---|---|"]
   for name, s in report["steps"].items():
     g = lambda key: f"{s.get(key, float('nan')) / GIB:.3f}"  # pylint: disable=cell-var-from-loop,unnecessary-lambda-assignment
     lines.append(f"| {name} | {g('params_bytes')} | {g('opt_state_bytes')} | "

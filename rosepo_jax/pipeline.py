@@ -168,9 +168,14 @@ def units(config, stage: str) -> list[Unit]:
     return [Unit(stage, m) for m in trained_runs(config)]
   if stage in ("eval", "export"):
     return [Unit(stage, m) for m in config.methods]
-  if stage == "negatives" and not any(m.startswith("rosepo") for m in config.methods):
+  if stage == "negatives" and not any(_uses_pairs(config, m) for m in config.methods):
     return []
   return [Unit(stage)]
+
+
+def _uses_pairs(config, method: str) -> bool:
+  from rosepo_jax import stages as stage_lib  # pylint: disable=g-import-not-at-top
+  return stage_lib.uses_rosepo_pairs(config, method)
 
 
 def inputs(config, unit: Unit) -> list[Unit]:
@@ -181,7 +186,7 @@ def inputs(config, unit: Unit) -> list[Unit]:
       "sft": [Unit("data")],
       "oracle": [Unit("data")],
       "negatives": [Unit("sft"), Unit("oracle")],
-      "dpo": [Unit("sft")] + ([Unit("negatives")] if unit.run.startswith("rosepo") else []),
+      "dpo": [Unit("sft")] + ([Unit("negatives")] if _uses_pairs(config, unit.run) else []),
       "eval": [model],
       "export": [model],
       "report": [Unit("eval", m) for m in config.methods],

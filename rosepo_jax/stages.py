@@ -208,6 +208,20 @@ def rosepo_data(workdir: str, method: str):
   return rows, ref, eps
 
 
+def cdpo_eps(config, workdir: str) -> float:
+  """cDPO's constant eps: config.preference.cdpo_eps, or with a negative value RosePO's mean eps
+  over the negatives stage's pairs (the comparison METHOD.md's results ask for)."""
+  value = float(config.preference.cdpo_eps)
+  if value >= 0:
+    return value
+  return float(np.mean([p["eps"] for p in read_pairs(workdir)]))
+
+
+def uses_rosepo_pairs(config, method: str) -> bool:
+  return method.startswith("rosepo") or (method in ("cdpo", "rdpo")
+                                         and float(config.preference.cdpo_eps) < 0)
+
+
 def _method_num_rejected(config, method: str) -> int:
   return int(config.preference.sdpo_k) if method == "sdpo" else 1
 
@@ -243,7 +257,7 @@ def run_preference_method(config, workdir: str, method: str) -> int:
   else:
     k = _method_num_rejected(config, method)
     rows, ref = preference_data(config, workdir, ds, tok, k, with_reference=not online)
-  eps_value = float(section.cdpo_eps) if method in ("cdpo", "rdpo") else 0.0
+  eps_value = cdpo_eps(config, workdir) if method in ("cdpo", "rdpo") else 0.0
   loss_fn = train.preference_loss_fn("rosepo" if method.startswith("rosepo") else method, k,
                                      float(section.beta), int(config.vocab_chunk),
                                      rosepo_form=str(section.rosepo_form),
@@ -325,8 +339,8 @@ def run_negatives(config, workdir: str) -> dict:
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
   from rosepo_jax import evaluation, generate, metrics  # pylint: disable=g-import-not-at-top
 
-  if not any(m.startswith("rosepo") for m in config.methods):
-    print("negatives: skipped (no rosepo method in config.methods)", flush=True)
+  if not any(uses_rosepo_pairs(config, m) for m in config.methods):
+    print("negatives: skipped (no method in config.methods uses RosePO's pairs)", flush=True)
     return {}
   section = config.negatives
   strategies = list(section.strategies)

@@ -28,6 +28,7 @@ def _tiny(steps=4):
 def test_sft_then_preference_methods(tmp_path):
   config = _tiny()
   config.methods = ["sft", "dpo", "sdpo", "cdpo"]
+  config.preference.cdpo_eps = 0.1  # a given constant: no RosePO pairs needed
   workdir = str(tmp_path)
   pipeline.run(config, workdir, ["data", "sft", "dpo"])
   sft = checkpoints.load_orbax(os.path.join(workdir, "sft", "model"))
@@ -72,7 +73,7 @@ def test_unknown_stage_and_method(tmp_path):
 
 def test_negatives_then_rosepo(tmp_path):
   config = _tiny(steps=2)
-  config.methods = ["rosepo", "rosepo_no_smoothing", "rosepo_no_self_hard"]
+  config.methods = ["rosepo", "rosepo_no_smoothing", "rosepo_no_self_hard", "cdpo"]
   config.oracle.max_epochs = 2
   config.negatives.max_prompts = 12
   config.negatives.max_new_tokens = 6
@@ -105,3 +106,5 @@ def test_negatives_then_rosepo(tmp_path):
   assert len(rows[0].responses) - 1 == 3 + ("hallucination" in by)
   for method in config.methods:
     assert os.path.isdir(tmp_path / method / "model")
+  # cDPO's default constant eps is RosePO's mean eps over the pairs.
+  assert stages.cdpo_eps(config, workdir) == pytest.approx(np.mean([p["eps"] for p in pairs]))

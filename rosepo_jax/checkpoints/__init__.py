@@ -57,7 +57,8 @@ def load_model(path: str, mesh=None, **overrides):
 def read_model_config(path: str):
   """The ModelConfig of a GGUF file, HF folder or orbax directory, without reading weights."""
   import json  # pylint: disable=g-import-not-at-top
-  from rosepo_jax.checkpoints import gguf as gguf_lib, hf as hf_lib  # pylint: disable=g-import-not-at-top
+  from rosepo_jax.checkpoints import gguf as gguf_lib  # pylint: disable=g-import-not-at-top
+  from rosepo_jax.checkpoints import hf as hf_lib  # pylint: disable=g-import-not-at-top
   from rosepo_jax.checkpoints import orbax_io  # pylint: disable=g-import-not-at-top
   from rosepo_jax.model import config_from_dict  # pylint: disable=g-import-not-at-top
   path = resolve_model_path(path)
