@@ -47,8 +47,9 @@ def _prefill(model, prompt_BxP, valid_BxP, extra_slots: int):
   prefill_mask_BxPxS = (jnp.arange(s)[None, None, :] <= jnp.arange(p)[None, :, None]) & \
       key_valid_BxS[:, None, :]
   positions_BxP = positions_from_mask(valid_BxP)
-  logits_BxPxV, cache = model(prompt_BxP, positions_BxP, prefill_mask_BxPxS, cache)
-  return logits_BxPxV[:, -1].astype(jnp.float32), cache, key_valid_BxS, positions_BxP[:, -1] + 1
+  h_BxPxD, cache = model.hidden_states(prompt_BxP, positions_BxP, prefill_mask_BxPxS, cache)
+  logits_BxV = model.logits(h_BxPxD[:, -1:])[:, 0]  # the LM head at the last position only
+  return logits_BxV, cache, key_valid_BxS, positions_BxP[:, -1] + 1
 
 
 def _pick(logits_BxV, key, temperature: float, top_k: int):

@@ -1,0 +1,57 @@
+r"""SFT learning curve: greedy ValidRatio / HitRatio@1 on test examples every K steps.
+
+  python benchmarks/sft_curve.py --config=configs/synthetic_scratch.py --steps=900 --every=150 \
+      --config.sft.optim.learning_rate=2e-3
+
+Trains the config's SFT model in-process (no checkpoints) and prints one line per evaluation: the
+question it answers is "does this model learn to answer with a candidate title, and how fast?".
+"""
+
+import os
+import sys
+import tempfile
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
+flags.DEFINE_integer("steps", 900, "SFT steps.")
+flags.DEFINE_integer("every", 150, "Evaluate every this many steps.")
+flags.DEFINE_integer("examples", 224, "Test examples per evaluation.")
+flags.DEFINE_string("workdir", "", "Where the data stage writes (default: a temp dir).")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  from rosepo_jax import evaluation, pipeline, stages, train  # pylint: disable=g-import-not-at-top
+  from rosepo_jax.data.batching import EncodedRow  # pylint: disable=g-import-not-at-top
+
+  c = FLAGS.config
+  c.eval.ranking = False
+  workdir = FLAGS.workdir or tempfile.mkdtemp(prefix="sft_curve_")
+  pipeline.run_data(c, workdir)
+  ds, tok = pipeline.open_dataset(c, workdir), pipeline.load_tokenizer(c, workdir)
+  rows = [EncodedRow(p, (r,)) for p, r in pipeline.encoded_examples(c, ds, tok, "train")]
+  trainer = train.Trainer(stages.build_model(c, tok), train.sft_loss_fn(int(c.vocab_chunk)),
+                          train.make_optimizer(stages.optim_config(c.sft), FLAGS.steps))
+  sampler = stages._sampler(len(rows), c.sft, int(c.data.seed))  # pylint: disable=protected-access
+  shape = stages.batch_shape(c)
+  state, t0 = trainer.initial, time.time()
+  while state.step < FLAGS.steps:
+    batch = stages._local_batch(rows, sampler, state.step, shape, 1)[1]  # pylint: disable=protected-access
+    state, metrics = trainer.step(state, batch)
+    if state.step % FLAGS.every == 0 or state.step == FLAGS.steps:
+      figures, _ = evaluation.evaluate_model(c, trainer.model(state.params), tok, ds, "test",
+                                             FLAGS.examples)
+      print(f"step {state.step} loss {float(metrics['loss']):.3f} valid "
+            f"{figures['valid_ratio']:.3f} hit@1 {figures['hit_ratio@1']:.3f} head "
+            f"{figures['head_ratio']:.2f} ({time.time() - t0:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config"])
+  app.run(main)
