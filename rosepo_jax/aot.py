@@ -78,12 +78,7 @@ def compile_step(cfg: model_lib.ModelConfig, loss_fn, optimizer, mesh, batch_siz
   params_s = sharding.state_shardings(params, mesh)
   rest_s = sharding.state_shardings(rest, mesh)
   opt_abstract = jax.eval_shape(optimizer.init, params)
-  # Optimizer moments mirror the parameters' shardings; scalars (counts) are replicated.
-  param_s_by_shape = {}
-  for leaf, s in zip(jax.tree.leaves(params), jax.tree.leaves(params_s)):
-    param_s_by_shape.setdefault((leaf.shape, leaf.dtype), s)
-  opt_s = jax.tree.map(lambda x: param_s_by_shape.get((x.shape, x.dtype), replicated),
-                       opt_abstract)
+  opt_s = sharding.optimizer_state_shardings(opt_abstract, params, params_s, mesh)
   frozen, frozen_s = {"rest": rest}, {"rest": rest_s}
   reference = "none"
   if online_reference:
@@ -92,8 +87,7 @@ def compile_step(cfg: model_lib.ModelConfig, loss_fn, optimizer, mesh, batch_siz
       frozen["reference"], frozen_s["reference"] = params, params_s
   step = train.make_step_fn(graphdef, loss_fn, optimizer, accum_steps, reference)
   batch = _abstract_batch(batch_size, seq_len, num_responses, preference)
-  batch_s = {k: jax.sharding.NamedSharding(mesh, sharding.logical_to_spec(
-      ("batch",) + (None,) * (len(v.shape) - 1), v.shape, mesh)) for k, v in batch.items()}
+  batch_s = {k: sharding.batch_sharding(v.shape, mesh) for k, v in batch.items()}
   with sharding.use_mesh(mesh):
     lowered = jax.jit(step, donate_argnums=(0, 1),
                       in_shardings=(params_s, opt_s, frozen_s, batch_s),

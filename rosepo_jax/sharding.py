@@ -132,6 +132,20 @@ def state_shardings(state: nnx.State, mesh: Mesh, rules=RULES):
   return jax.tree.map(one, state, is_leaf=_is_variable)
 
 
+def optimizer_state_shardings(opt_state, params, params_shardings, mesh: Mesh):
+  """Shardings for an optimizer state: every subtree shaped like `params` (Adam's moments, ...)
+  takes `params_shardings`; everything else (step counts, scalars) is replicated.
+
+  Without this, jit(optimizer.init) would leave the moments wherever XLA puts constants
+  (replicated), and FSDP would not shard the largest part of the training state.
+  """
+  params_def = jax.tree.structure(params)
+  replicated = NamedSharding(mesh, PartitionSpec())
+  like_params = lambda x: jax.tree.structure(x) == params_def  # pylint: disable=unnecessary-lambda-assignment
+  return jax.tree.map(lambda x: params_shardings if like_params(x) else replicated, opt_state,
+                      is_leaf=like_params)
+
+
 def shard_module(module: nnx.Module, mesh: Mesh | None, rules=RULES) -> nnx.Module:
   """Places `module`'s state on `mesh` by its logical axes, in place; a no-op for ``mesh=None``."""
   if mesh is None:
@@ -140,6 +154,19 @@ def shard_module(module: nnx.Module, mesh: Mesh | None, rules=RULES) -> nnx.Modu
   shardings = state_shardings(state, mesh, rules)
   nnx.update(module, jax.device_put(state, shardings))
   return module
+
+
+def batch_sharding(global_shape: Sequence[int], mesh: Mesh,
+                   logical_axes: LogicalAxes = ("batch",), rules=RULES) -> NamedSharding:
+  """The sharding of a global batch leaf: `logical_axes` on the leading dimension(s), the rest
+  replicated. From the GLOBAL shape, so every process (and the jitted step) agrees on it."""
+  axes = tuple(logical_axes) + (None,) * (len(global_shape) - len(logical_axes))
+  return NamedSharding(mesh, logical_to_spec(axes, tuple(global_shape), mesh, rules))
+
+
+def local_to_global_shape(local_shape: Sequence[int]) -> tuple[int, ...]:
+  """This process's rows x the process count: the global batch shape of a local leaf."""
+  return (local_shape[0] * jax.process_count(),) + tuple(local_shape[1:])
 
 
 def global_batch(local_batch, mesh: Mesh | None, logical_axes: LogicalAxes = ("batch",),
@@ -155,9 +182,8 @@ def global_batch(local_batch, mesh: Mesh | None, logical_axes: LogicalAxes = ("b
 
   def one(x):
     x = np.asarray(x)
-    axes = tuple(logical_axes) + (None,) * (x.ndim - len(logical_axes))
-    global_shape = (x.shape[0] * jax.process_count(),) + x.shape[1:]
-    spec = logical_to_spec(axes, global_shape, mesh, rules)
-    return jax.make_array_from_process_local_data(NamedSharding(mesh, spec), x, global_shape)
+    global_shape = local_to_global_shape(x.shape)
+    return jax.make_array_from_process_local_data(
+        batch_sharding(global_shape, mesh, logical_axes, rules), x, global_shape)
 
   return jax.tree.map(one, local_batch)

@@ -220,7 +220,13 @@ class Trainer:
         raise ValueError("online_reference without LoRA needs a reference_model")
       reference = "lora_off"
     with sharding.use_mesh(mesh):
-      opt_state = jax.jit(optimizer.init)(params)
+      if mesh is None:
+        opt_state = jax.jit(optimizer.init)(params)
+      else:
+        opt_s = sharding.optimizer_state_shardings(
+            jax.eval_shape(optimizer.init, params), params,
+            sharding.state_shardings(params, mesh, rules), mesh)
+        opt_state = jax.jit(optimizer.init, out_shardings=opt_s)(params)
     self.initial = TrainState(0, params, opt_state)
     self._step_fn = make_step_fn(self.graphdef, loss_fn, optimizer, accum_steps, reference)
     self._jitted: dict = {}
@@ -236,10 +242,8 @@ class Trainer:
       else:
         shardings = lambda tree: jax.tree.map(lambda x: x.sharding, tree)  # pylint: disable=unnecessary-lambda-assignment
         params_s, opt_s = shardings(state.params), shardings(state.opt_state)
-        # Specs from the GLOBAL shape (this process's rows x processes), as global_batch does.
-        global_shape = lambda v: (np.shape(v)[0] * jax.process_count(),) + np.shape(v)[1:]  # pylint: disable=unnecessary-lambda-assignment
-        batch_s = {k: jax.sharding.NamedSharding(self.mesh, sharding.logical_to_spec(
-            ("batch",) + (None,) * (np.ndim(v) - 1), global_shape(v), self.mesh, self.rules))
+        batch_s = {k: sharding.batch_sharding(sharding.local_to_global_shape(np.shape(v)),
+                                              self.mesh, rules=self.rules)
                    for k, v in batch.items()}
         replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
         self._jitted[key] = jax.jit(
@@ -275,7 +279,6 @@ class LoopConfig:
   best_metric: str = ""  # an eval metric: keep the best checkpoint by it too
   best_mode: str = "max"
   progress: bool = True
-  async_checkpoints: bool = True  # orbax writes in a background thread while training goes on
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -294,7 +297,7 @@ def _checkpoint_manager(directory: str, cfg: LoopConfig) -> ocp.CheckpointManage
         get_metric_fn=lambda m: m[best], reverse=cfg.best_mode == "min", n=1,
         keep_checkpoints_without_metrics=False))
   options = ocp.CheckpointManagerOptions(
-      create=True, enable_async_checkpointing=cfg.async_checkpoints,
+      create=True, enable_async_checkpointing=True,
       preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies))
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 

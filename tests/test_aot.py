@@ -34,6 +34,13 @@ def test_compile_reports_memory_for_the_pod_mesh(capsys):
   assert "| sft |" in out and "| preference |" in out and "peak GiB" in out
 
 
+def test_compile_shards_adam_state_like_the_parameters():
+  config = _small_pod_config()
+  config.model.lora_rank = 0  # full fine-tuning: Adam's two moments are the size of the params
+  s = aot.run_compile(config, "")["steps"]["sft"]
+  assert s["opt_state_bytes"] == pytest.approx(2 * s["params_bytes"], rel=0.01)
+
+
 def test_compile_over_budget_is_a_clear_error():
   config = _small_pod_config()
   config.compile.hbm_gib = 1e-6

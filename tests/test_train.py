@@ -96,6 +96,21 @@ def test_sharded_train_step_equals_single_device():
     assert_close(outs[1][0][key], value)
 
 
+def test_optimizer_state_is_sharded_like_the_parameters():
+  """Adam's moments take each parameter's sharding (FSDP shards the optimizer state too);
+  the step count is replicated."""
+  mesh = S.make_mesh(fsdp=2, tensor=4)
+  trainer = T.Trainer(M.init_model(M.get_config("tiny"), seed=5), T.sft_loss_fn(64),
+                      optax.adam(1e-3), mesh=mesh)
+  params = jax.tree.leaves(trainer.initial.params)
+  adam = trainer.initial.opt_state[0]
+  for moment in (adam.mu, adam.nu):
+    for p, m in zip(params, jax.tree.leaves(moment)):
+      assert m.sharding.spec == p.sharding.spec and m.shape == p.shape
+  assert adam.count.sharding.spec == jax.sharding.PartitionSpec()
+  assert any(p.sharding.spec != jax.sharding.PartitionSpec() for p in params)
+
+
 def test_resume_after_process_exit_is_exact(tmp_path):
   env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
   helper = os.path.join(REPO, "tests", "train_helper.py")
