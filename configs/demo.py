@@ -19,7 +19,7 @@ def get_config():
   c.update(common.synthetic_data())
   c.data.world.num_users = 3000
   c.tokenizer = ml_collections.ConfigDict(dict(kind="bpe", vocab_size=1024, path=""))
-  c.update(common.training(steps_sft=1500, steps_preference=150))
+  c.update(common.training(steps_sft=2000, steps_preference=150))
   c.model.overrides.update(num_layers=2, num_kv_heads=4)
   c.methods = ("sft", "dpo", "rosepo")
   c.sft.update(batch_size=32, log_every=50, eval_every=500, checkpoint_every=250,
@@ -28,6 +28,6 @@ def get_config():
   c.oracle.update(max_epochs=40)
   c.negatives.update(max_prompts=2400, batch_size=64)
   c.preference.update(batch_size=16, log_every=10, checkpoint_every=50, max_prompts=2400)
-  c.preference.optim.update(learning_rate=2e-4, warmup_steps=10)
+  c.preference.optim.update(learning_rate=1e-4, warmup_steps=10)
   c.eval.update(max_examples=600, batch_size=64)
   return c
