@@ -5,6 +5,10 @@ r"""SFT learning curve: greedy ValidRatio / HitRatio@1 on test examples every K 
 
 Trains the config's SFT model in-process (no checkpoints) and prints one line per evaluation: the
 question it answers is "does this model learn to answer with a candidate title, and how fast?".
+
+`--random_target_steps=N` trains the first N steps on a uniformly random candidate of each prompt
+instead of the target (one draw per example, seeded): a pure copy task, with no preference to
+learn, that isolates how fast the model learns to answer with some candidate.
 """
 
 import os
@@ -22,27 +26,34 @@ flags.DEFINE_integer("steps", 900, "SFT steps.")
 flags.DEFINE_integer("every", 150, "Evaluate every this many steps.")
 flags.DEFINE_integer("examples", 224, "Test examples per evaluation.")
 flags.DEFINE_string("workdir", "", "Where the data stage writes (default: a temp dir).")
+flags.DEFINE_integer("random_target_steps", 0, "Steps that answer a random candidate first.")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   del argv
   from rosepo_jax import evaluation, pipeline, stages, train  # pylint: disable=g-import-not-at-top
-  from rosepo_jax.data.batching import EncodedRow  # pylint: disable=g-import-not-at-top
+  from rosepo_jax.data.batching import EncodedRow, encode_response  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
 
   c = FLAGS.config
   c.eval.ranking = False
   workdir = FLAGS.workdir or tempfile.mkdtemp(prefix="sft_curve_")
   pipeline.run_data(c, workdir)
   ds, tok = pipeline.open_dataset(c, workdir), pipeline.load_tokenizer(c, workdir)
-  rows = [EncodedRow(p, (r,)) for p, r in pipeline.encoded_examples(c, ds, tok, "train")]
+  encoded = pipeline.encoded_examples(c, ds, tok, "train")
+  rows = [EncodedRow(p, (r,)) for p, r in encoded]
+  rng = np.random.default_rng(int(c.data.seed))
+  copy_rows = [EncodedRow(p, (encode_response(tok, rng.choice(ex.candidate_titles)),))
+               for (p, _), ex in zip(encoded, ds.examples("train"))]
   trainer = train.Trainer(stages.build_model(c, tok), train.sft_loss_fn(int(c.vocab_chunk)),
                           train.make_optimizer(stages.optim_config(c.sft), FLAGS.steps))
   sampler = stages._sampler(len(rows), c.sft, int(c.data.seed))  # pylint: disable=protected-access
   shape = stages.batch_shape(c)
   state, t0 = trainer.initial, time.time()
   while state.step < FLAGS.steps:
-    batch = stages._local_batch(rows, sampler, state.step, shape, 1)[1]  # pylint: disable=protected-access
+    source = copy_rows if state.step < FLAGS.random_target_steps else rows
+    batch = stages._local_batch(source, sampler, state.step, shape, 1)[1]  # pylint: disable=protected-access
     state, metrics = trainer.step(state, batch)
     if state.step % FLAGS.every == 0 or state.step == FLAGS.steps:
       figures, _ = evaluation.evaluate_model(c, trainer.model(state.params), tok, ds, "test",

@@ -2,7 +2,9 @@
 
 For every run in config.methods (``sft`` = DIR/sft/model, others DIR/<method>/model) it writes
   DIR/eval/<run>.json              the aggregate figures (metrics.generation_metrics keys plus
-                                   metrics.ranking_metrics keys), split, seconds
+                                   metrics.ranking_metrics keys), split, seconds, and the same
+                                   figures per eval subset of the split ("subsets", e.g. LastFM's
+                                   llara_last: LLaRA's 122 one-row-per-user rows)
   DIR/eval/<run>.predictions.jsonl one line per example: prompt (the exact text fed to the model),
                                    candidates, target, answer (decoded, stripped), valid, hit
                                    (plus valid_substring and the item ids answer_item, target_item)
@@ -57,9 +59,24 @@ def candidate_rows(tok, encoded, examples, titles: Sequence[str]) -> list[Encode
   return rows
 
 
+def _figures(answers, examples, scores_NxC, popularity) -> tuple[dict, list[dict]]:
+  """METHOD.md section 6 figures (+ ranking when `scores_NxC` is given) and per-example records."""
+  figures, records = metrics.generation_metrics(
+      answers, [ex.candidate_titles for ex in examples], [ex.candidates for ex in examples],
+      [ex.target for ex in examples], popularity)
+  if scores_NxC is not None:
+    target_pos = np.array([ex.candidates.index(ex.target) for ex in examples])
+    figures.update(metrics.ranking_metrics(scores_NxC, target_pos))
+  return figures, records
+
+
 def evaluate_model(config, model, tok, ds, split: str, limit: int = 0
                    ) -> tuple[dict, list[dict]]:
-  """Figures and per-example predictions of `model` on `split` (first `limit` examples if > 0)."""
+  """Figures and per-example predictions of `model` on `split` (first `limit` examples if > 0).
+
+  When the dataset defines eval subsets of `split` (e.g. LLaRA's one-row-per-user rows),
+  ``figures["subsets"][name]`` holds the same figures over the subset's evaluated examples.
+  """
   section = config.eval
   examples = ds.examples(split)
   encoded = pipeline.encoded_examples(config, ds, tok, split)
@@ -67,17 +84,21 @@ def evaluate_model(config, model, tok, ds, split: str, limit: int = 0
     examples, encoded = examples[:limit], encoded[:limit]
   answers = greedy_answers(model, tok, [p for p, _ in encoded], int(section.batch_size),
                            int(section.max_new_tokens))
-  figures, records = metrics.generation_metrics(
-      answers, [ex.candidate_titles for ex in examples], [ex.candidates for ex in examples],
-      [ex.target for ex in examples], ds.train_popularity)
+  scores = None
   if section.get("ranking", True):
     scores = generate.score_responses(
         model, candidate_rows(tok, encoded, examples, ds.titles),
         batch_size=max(int(section.batch_size) // 4, 1),
         shape=BatchShape(max_seq_len=int(config.data.max_seq_len)),
         vocab_chunk=int(config.vocab_chunk))
-    target_pos = np.array([ex.candidates.index(ex.target) for ex in examples])
-    figures.update(metrics.ranking_metrics(scores, target_pos))
+  figures, records = _figures(answers, examples, scores, ds.train_popularity)
+  position = {ex.index: k for k, ex in enumerate(examples)}
+  for name, indices in ds.eval_subsets.get(split, {}).items():
+    rows = [position[i] for i in indices if i in position]
+    if rows:
+      figures.setdefault("subsets", {})[name] = _figures(
+          [answers[k] for k in rows], [examples[k] for k in rows],
+          None if scores is None else np.asarray(scores)[rows], ds.train_popularity)[0]
   predictions = [
       {"index": ex.index, "prompt": pipeline.example_prompt(config, ds, split, ex),
        "candidates": list(ex.candidate_titles), "target": ex.target_title, "answer": answer,

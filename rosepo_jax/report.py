@@ -1,5 +1,6 @@
-"""The report stage: DIR/report.md (one table: rows = runs, columns = METHOD.md section 6 figures)
-and DIR/plots/*.png, from what the earlier stages wrote:
+"""The report stage: DIR/report.md (one table: rows = runs, columns = METHOD.md section 6 figures;
+one more per eval subset of the split, e.g. LastFM's llara_last) and DIR/plots/*.png, from what
+the earlier stages wrote:
 
   popularity.png  popularity percentile of the recommended (valid) items per run, against the
                   test targets'
@@ -142,6 +143,10 @@ def run_report(config, workdir: str) -> str:
   for run in config.methods:
     summaries[run], predictions[run] = read_eval(workdir, run)
   table = method_table(summaries)
+  subsets = sorted({name for s in summaries.values() for name in s.get("subsets", {})})
+  for name in subsets:
+    rows = {run: s["subsets"][name] for run, s in summaries.items() if name in s.get("subsets", {})}
+    table += f"\n\nEval subset `{name}`:\n\n" + method_table(rows)
   print(table, flush=True)
   if jax.process_index() != 0:
     return table

@@ -117,6 +117,8 @@ def test_lastfm_data_stage_matches_sdpo(tmp_path_factory):
       assert list(ex.history_titles) == rec["historyList"].split("::")
       assert list(ex.candidate_titles) == rec["itemList"]
       assert ex.target_title == rec["trueSelection"]
+    # LLaRA's one-row-per-user subset survives the TFDS round trip.
+    assert len(ds.eval_subsets[split]["llara_last"]) == 122
   train = ds.examples("train")
   assert all(ex.candidates.count(ex.target) == 1 for ex in train[:2000])
 

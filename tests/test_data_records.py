@@ -24,6 +24,13 @@ def test_lastfm_counts_and_sdpo_candidates():
   assert raw.train_popularity.sum() == 50800  # every training row's target is one interaction
   assert all(3 <= len(w.history) <= 10 for s in R.SPLITS for w in raw.splits[s])
   assert len(raw.frozen_candidates["test"]) == 2495
+  for split, name in (("val", "Val"), ("test", "Test")):  # LLaRA's one-row-per-user subsets
+    rows = [json.loads(line) for line in
+            open(os.path.join(SHARED, "llara_lastfm", "jsonl", f"{name}_data_last.jsonl"))]
+    indices = raw.eval_subsets[split][R.LLARA_LAST_SUBSET]
+    assert len(indices) == len(rows) == 122 and len(set(indices)) == 122
+    assert [(list(raw.splits[split][k].history), raw.splits[split][k].target) for k in indices] \
+        == [(r["seq"][:r["len_seq"]], r["next"]) for r in rows]
 
 
 @needs_shared
@@ -152,6 +159,20 @@ def test_llara_rows_reject_ids_after_padding(tmp_path):
     (tmp_path / "jsonl" / f).write_text(good + "\n")
   with pytest.raises(R.DataError, match=r"train_data.jsonl:2: field 'seq' has item ids after "
                      r"position len_seq=1"):
+    R.read_lastfm(str(tmp_path))
+
+
+def test_llara_last_row_without_its_example_is_named(tmp_path):
+  (tmp_path / "jsonl").mkdir()
+  (tmp_path / "id2name.txt").write_text("".join(f"{i}::T{i}\n" for i in range(30)))
+  row = '{"seq": [0, 1, 2, 30], "len_seq": 3, "next": 3}'
+  for f in ("train_data.jsonl", "Val_data.jsonl", "Test_data.jsonl", "Val_data_last.jsonl"):
+    (tmp_path / "jsonl" / f).write_text(row + "\n")
+  assert R.read_lastfm(str(tmp_path)).eval_subsets == {"val": {R.LLARA_LAST_SUBSET: [0]}}
+  (tmp_path / "jsonl" / "Test_data_last.jsonl").write_text(
+      row + "\n" + '{"seq": [0, 1, 4, 30], "len_seq": 3, "next": 3}\n')
+  with pytest.raises(R.DataError, match=r"Test_data_last.jsonl:2: expected exactly one test "
+                     "example with this row's history and target"):
     R.read_lastfm(str(tmp_path))
 
 

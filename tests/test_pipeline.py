@@ -62,6 +62,22 @@ def test_all_stages_write_their_outputs(finished_run):
                                                                 "training.png"]
 
 
+def test_eval_subset_figures_are_the_figures_of_their_rows(finished_run):
+  workdir, _ = finished_run
+  config = _config()
+  ds, tok = pipeline.open_dataset(config, workdir), pipeline.load_tokenizer(config, workdir)
+  ds.eval_subsets = {"test": {"every": list(range(24)), "some": [1, 5, 7, 30]}}  # 30: not evaluated
+  model = checkpoints.load_orbax(evaluation.model_dir(workdir, "sft"))
+  figures, predictions = evaluation.evaluate_model(config, model, tok, ds, "test", 24)
+  every, some = figures["subsets"]["every"], figures["subsets"]["some"]
+  assert every == {k: v for k, v in figures.items() if k != "subsets"}
+  rows = [p for p in predictions if p["index"] in (1, 5, 7)]
+  assert some["num_examples"] == 3
+  assert some["hit_ratio@1"] == pytest.approx(np.mean([p["hit"] for p in rows]))
+  assert some["valid_ratio"] == pytest.approx(np.mean([p["valid"] for p in rows]))
+  assert set(EVAL_KEYS) <= set(some)
+
+
 def test_rerun_is_up_to_date_and_changes_rerun_downstream(finished_run, tmp_path):
   import shutil  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path / "copy")

@@ -38,6 +38,8 @@ class RecDataset:
   duplicate_titles: int
   info: dict
   sources: dict  # split -> TFDS ArrayRecordDataSource
+  # split -> subset name -> example indices (records.RawDataset.eval_subsets)
+  eval_subsets: dict = dataclasses.field(default_factory=dict)
   _cache: dict = dataclasses.field(default_factory=dict)
 
   @property
@@ -84,8 +86,10 @@ def builder_params(data_cfg) -> dict:
   if p["num_candidates"] < 2:
     raise ValueError(f"config.data.num_candidates={p['num_candidates']} must be >= 2")
   get = lambda k: data_cfg.get(k) or None  # pylint: disable=unnecessary-lambda-assignment
-  if name == "lastfm" and get("candidates_dir"):
-    p["candidates_dir"] = resolve_path(get("candidates_dir"))
+  if name == "lastfm":
+    p["reader"] = records.LASTFM_READER_VERSION  # a changed reader is a different dataset
+    if get("candidates_dir"):
+      p["candidates_dir"] = resolve_path(get("candidates_dir"))
   if name == "movielens100k":
     for key in ("split_file", "eval_rows_dir"):
       if get(key):
@@ -109,7 +113,9 @@ def load_dataset(data_cfg, data_dir: str) -> RecDataset:
   return RecDataset(name=data_cfg.name, titles=list(meta["titles"]),
                     train_popularity=np.asarray(meta["train_popularity"], np.int64),
                     duplicate_titles=int(meta["duplicate_titles"]), info=dict(meta["info"]),
-                    sources={s: builder.as_data_source(split=s) for s in records.SPLITS})
+                    sources={s: builder.as_data_source(split=s) for s in records.SPLITS},
+                    eval_subsets={split: {name: [int(i) for i in idx] for name, idx in v.items()}
+                                  for split, v in dict(meta.get("eval_subsets") or {}).items()})
 
 
 def split_stats(examples: list[Example]) -> dict:

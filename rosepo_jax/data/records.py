@@ -6,7 +6,8 @@ say what was expected. Nothing is ever unpickled. Titles are made unique determi
 
 Readers:
   read_lastfm      LLaRA LastFM (train_data/Val_data/Test_data.jsonl + id2name.txt), optionally with
-                   S-DPO's frozen "cans20" candidates for val/test.
+                   S-DPO's frozen "cans20" candidates for val/test, and LLaRA's one-row-per-user
+                   eval subsets (jsonl/{Val,Test}_data_last.jsonl) when present.
   read_movielens   raw MovieLens-100K (u.data + u.item, ISO-8859-1), user-level split from LLaRA's
                    split_users.json (val/test rows from LLaRA's jsonl) or a seeded 80/10/10 split.
   read_generic     train/val/test.jsonl ({"seq": [...], "next": id}) + id2name.txt (+ meta.json).
@@ -41,6 +42,9 @@ class RawDataset:
   duplicate_titles: int = 0  # titles changed to make them unique
   frozen_candidates: dict[str, list[list[int]]] = dataclasses.field(default_factory=dict)
   info: dict = dataclasses.field(default_factory=dict)  # reader-specific counts for stats
+  # split -> subset name -> example indices of that split (e.g. LLaRA's one-row-per-user rows),
+  # evaluated as a subset of the split's predictions.
+  eval_subsets: dict[str, dict[str, list[int]]] = dataclasses.field(default_factory=dict)
 
   @property
   def num_items(self) -> int:
@@ -149,6 +153,10 @@ def _windows_of(items: list[int], user: int, min_history: int, max_history: int)
 # ------------------------------------------------------------------------------------------------
 # LastFM (LLaRA form)
 
+# Bumped whenever read_lastfm's output changes (it is part of the dataset's TFDS config hash).
+LASTFM_READER_VERSION = 2
+LLARA_LAST_SUBSET = "llara_last"
+
 
 def _read_llara_rows(path: str, num_items: int, pad: int, pair: bool = False
                      ) -> list[tuple[int, list[int], int]]:
@@ -209,11 +217,32 @@ def read_lastfm(manual_dir: str, min_history: int = 3, max_history: int = 10,
     splits[split] = windows
     info[f"{split}_rows"] = len(rows)
   raw = RawDataset(titles, splits, popularity, changed, info=info)
+  for split in ("val", "test"):
+    path = os.path.join(jsonl, files[split].replace(".jsonl", "_last.jsonl"))
+    if os.path.isfile(path):
+      raw.eval_subsets[split] = {LLARA_LAST_SUBSET: _match_rows(
+          _read_llara_rows(path, num_items, pad), splits[split], path, split, max_history)}
   if candidates_dir:
     for split in ("val", "test"):
       path = os.path.join(candidates_dir, f"lastfm-{split}.json")
       raw.frozen_candidates[split] = read_sdpo_candidates(path, raw, split, num_candidates)
   return raw
+
+
+def _match_rows(rows, windows: list[Window], path: str, split: str, max_history: int
+                ) -> list[int]:
+  """Index of the one `split` window equal (history, target) to each LLaRA row, in row order."""
+  where = {}
+  for k, w in enumerate(windows):
+    where.setdefault((w.history, w.target), []).append(k)
+  out = []
+  for lineno, history, target in rows:
+    found = where.get((tuple(history[-max_history:]), target), [])
+    if len(found) != 1:
+      raise DataError(f"{path}:{lineno}: expected exactly one {split} example with this row's "
+                      f"history and target (a row with >= min_history items), found {len(found)}")
+    out.append(found[0])
+  return out
 
 
 def read_sdpo_candidates(path: str, raw: RawDataset, split: str, num_candidates: int

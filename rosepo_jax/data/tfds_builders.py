@@ -2,7 +2,8 @@
 
 Each example: index, user, history ids (oldest first), target id, candidate ids (target once,
 seeded per example), and the titles of all of them. Dataset-level metadata (catalogue titles,
-training popularity, duplicate titles resolved, reader counts) is stored in the TFDS metadata.
+training popularity, duplicate titles resolved, reader counts, eval subsets) is stored in the TFDS
+metadata.
 The builder config's name is a hash of every parameter that changes the data.
 """
 
@@ -66,7 +67,8 @@ class _RecBuilder(tfds.core.GeneratorBasedBuilder):
     raw = self.read_raw(manual_dir, p)
     self.info.metadata.update({
         "titles": raw.titles, "train_popularity": raw.train_popularity.tolist(),
-        "duplicate_titles": raw.duplicate_titles, "info": raw.info, "params": p})
+        "duplicate_titles": raw.duplicate_titles, "info": raw.info, "params": p,
+        "eval_subsets": raw.eval_subsets})
     return {split: self._generate_examples(raw, split) for split in records.SPLITS}
 
   def _generate_examples(self, raw: records.RawDataset, split: str):
