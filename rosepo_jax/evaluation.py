@@ -78,10 +78,8 @@ def evaluate_model(config, model, tok, ds, split: str, limit: int = 0
   ``figures["subsets"][name]`` holds the same figures over the subset's evaluated examples.
   """
   section = config.eval
-  examples = ds.examples(split)
-  encoded = pipeline.encoded_examples(config, ds, tok, split)
-  if limit:
-    examples, encoded = examples[:limit], encoded[:limit]
+  examples = ds.examples(split, limit)
+  encoded = pipeline.encoded_examples(config, ds, tok, split, limit)
   answers = greedy_answers(model, tok, [p for p, _ in encoded], int(section.batch_size),
                            int(section.max_new_tokens))
   scores = None

@@ -116,21 +116,24 @@ def run_data(config, workdir: str) -> dict:
   return stats
 
 
-def encoded_examples(config, ds, tok, split: str):
-  """(prompt ids, target response ids) for every example of `split`.
+def encoded_examples(config, ds, tok, split: str, limit: int = 0):
+  """(prompt ids, target response ids) for every example of `split` (the first `limit` if > 0).
 
   Cached on the dataset object together with the tokenizer it was made with (a later call with
-  another tokenizer re-encodes), so the cache can never outlive or mix up its inputs.
+  another tokenizer re-encodes), so the cache can never outlive or mix up its inputs; a prefix is
+  encoded once and extended when a later call asks for more.
   """
+  examples = ds.examples(split, limit)
   cached = ds._cache.get(("encoded", split))  # pylint: disable=protected-access
-  if cached is None or cached[0] is not tok:
+  encoded = cached[1] if cached is not None and cached[0] is tok else []
+  if len(encoded) < len(examples):
     templates = prompts.templates_for(config.prompt, ds.name)
-    encoded = [
+    encoded = encoded + [
         (encode_prompt(tok, prompts.choose_template(templates, config.data.seed, split, ex.index),
                        ex.history_titles, ex.candidate_titles),
-         encode_response(tok, ex.target_title)) for ex in ds.examples(split)]
-    cached = ds._cache[("encoded", split)] = (tok, encoded)  # pylint: disable=protected-access
-  return cached[1]
+         encode_response(tok, ex.target_title)) for ex in examples[len(encoded):]]
+    ds._cache[("encoded", split)] = (tok, encoded)  # pylint: disable=protected-access
+  return encoded if len(encoded) == len(examples) else encoded[:len(examples)]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -153,14 +153,14 @@ def preference_data(config, workdir: str, ds, tok, num_rejected: int,
                     with_reference: bool = True):
   """Rows (prompt, chosen, k random rejected) and reference log-probs [N, k+1], computed once
   by the SFT model and cached in DIR/preference/random_k{k}.npz (None without reference)."""
-  prompts_and_targets = pipeline.encoded_examples(config, ds, tok, "train")
-  limit = int(config.preference.get("max_prompts") or 0) or len(prompts_and_targets)
-  examples = ds.examples("train")[:limit]
+  limit = int(config.preference.get("max_prompts") or 0)
+  prompts_and_targets = pipeline.encoded_examples(config, ds, tok, "train", limit)
+  examples = ds.examples("train", limit)
   seed = int(config.data.seed)
   rejected = np.array([negatives.random_rejected(ex.candidates, ex.target, num_rejected, seed,
                                                  "train", ex.index) for ex in examples])
   rows = [EncodedRow(p, (r,) + tuple(encode_response(tok, ds.titles[j]) for j in rej))
-          for (p, r), rej in zip(prompts_and_targets[:limit], rejected)]
+          for (p, r), rej in zip(prompts_and_targets, rejected)]
   if not with_reference:
     return rows, None
   path = os.path.join(workdir, "preference", f"random_k{num_rejected}.npz")
@@ -350,9 +350,9 @@ def run_negatives(config, workdir: str) -> dict:
                      f"{list(negatives.STRATEGIES)}")
   ds = pipeline.open_dataset(config, workdir)
   tok = pipeline.load_tokenizer(config, workdir)
-  encoded = pipeline.encoded_examples(config, ds, tok, "train")
-  limit = int(section.get("max_prompts") or 0) or len(encoded)
-  examples, encoded = ds.examples("train")[:limit], encoded[:limit]
+  limit = int(section.get("max_prompts") or 0)
+  examples = ds.examples("train", limit)
+  encoded = pipeline.encoded_examples(config, ds, tok, "train", limit)
   seed, batch = int(config.data.seed), int(section.batch_size)
   reference = checkpoints.load_orbax(os.path.join(workdir, "sft", "model"))
   oracle = oracle_lib.load_oracle(os.path.join(workdir, "oracle", "model"))

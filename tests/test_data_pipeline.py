@@ -71,6 +71,24 @@ def test_data_stage_writes_stats_and_tokenizer(tmp_path):
   assert tok.decode(tok(text)["input_ids"]) == text
 
 
+def test_prefix_reads_equal_full_reads(tmp_path):
+  """examples/encoded_examples with a limit read only a prefix, and extend it on a later call."""
+  config = _demo()
+  pipeline.run_data(config, str(tmp_path))
+  tok = pipeline.load_tokenizer(config, str(tmp_path))
+  ds = pipeline.open_dataset(config, str(tmp_path))
+  first = ds.examples("train", 7)
+  assert len(first) == 7 and len(ds._cache["train"]) == 7  # pylint: disable=protected-access
+  head = pipeline.encoded_examples(config, ds, tok, "train", 5)
+  more = pipeline.encoded_examples(config, ds, tok, "train", 30)
+  full_ds = pipeline.open_dataset(config, str(tmp_path))
+  full = pipeline.encoded_examples(config, full_ds, tok, "train")
+  assert ds.examples("train") == full_ds.examples("train") and first == full_ds.examples("train")[:7]
+  assert head == full[:5] and more == full[:30] and len(full) == len(ds.examples("train"))
+  assert pipeline.encoded_examples(config, ds, tok, "train") == full
+  assert ds.examples("val", 10 ** 9) == full_ds.examples("val")
+
+
 def test_prompt_templates_sampled_per_example(tmp_path):
   config = _demo()
   config.prompt.templates = ["A {history} B {candidates} Answer:", "C {history} D {candidates} Answer:"]

@@ -46,12 +46,18 @@ class RecDataset:
   def num_items(self) -> int:
     return len(self.titles)
 
-  def examples(self, split: str) -> list[Example]:
-    if split not in self._cache:
-      if split not in self.sources:
-        raise KeyError(f"{self.name}: no split {split!r}; splits are {sorted(self.sources)}")
-      self._cache[split] = [_decode(r) for r in self.sources[split]]
-    return self._cache[split]
+  def examples(self, split: str, limit: int = 0) -> list[Example]:
+    """The split's examples in index order; only the first `limit` when > 0 (only those are
+    read: a stage that uses a prefix of a large split does not decode all of it)."""
+    if split not in self.sources:
+      raise KeyError(f"{self.name}: no split {split!r}; splits are {sorted(self.sources)}")
+    source = self.sources[split]
+    want = min(limit, len(source)) if limit > 0 else len(source)
+    have = self._cache.get(split, [])
+    if len(have) < want:
+      have = have + [_decode(r) for r in source.__getitems__(list(range(len(have), want)))]
+      self._cache[split] = have
+    return have if want == len(have) else have[:want]
 
 
 def _text(x) -> str:
