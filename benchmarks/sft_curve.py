@@ -43,9 +43,11 @@ def main(argv):
   ds, tok = pipeline.open_dataset(c, workdir), pipeline.load_tokenizer(c, workdir)
   encoded = pipeline.encoded_examples(c, ds, tok, "train")
   rows = [EncodedRow(p, (r,)) for p, r in encoded]
-  rng = np.random.default_rng(int(c.data.seed))
-  copy_rows = [EncodedRow(p, (encode_response(tok, rng.choice(ex.candidate_titles)),))
-               for (p, _), ex in zip(encoded, ds.examples("train"))]
+  copy_rows = []  # built only when asked for: it encodes a response per training example
+  if FLAGS.random_target_steps > 0:
+    rng = np.random.default_rng(int(c.data.seed))
+    copy_rows = [EncodedRow(p, (encode_response(tok, rng.choice(ex.candidate_titles)),))
+                 for (p, _), ex in zip(encoded, ds.examples("train"))]
   trainer = train.Trainer(stages.build_model(c, tok), train.sft_loss_fn(int(c.vocab_chunk)),
                           train.make_optimizer(stages.optim_config(c.sft), FLAGS.steps))
   sampler = stages._sampler(len(rows), c.sft, int(c.data.seed))  # pylint: disable=protected-access

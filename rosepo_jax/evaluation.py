@@ -96,7 +96,7 @@ def evaluate_model(config, model, tok, ds, split: str, limit: int = 0
     if rows:
       figures.setdefault("subsets", {})[name] = _figures(
           [answers[k] for k in rows], [examples[k] for k in rows],
-          None if scores is None else np.asarray(scores)[rows], ds.train_popularity)[0]
+          None if scores is None else scores[rows], ds.train_popularity)[0]
   predictions = [
       {"index": ex.index, "prompt": pipeline.example_prompt(config, ds, split, ex),
        "candidates": list(ex.candidate_titles), "target": ex.target_title, "answer": answer,
