@@ -9,6 +9,9 @@ question it answers is "does this model learn to answer with a candidate title, 
 `--random_target_steps=N` trains the first N steps on a uniformly random candidate of each prompt
 instead of the target (one draw per example, seeded): a pure copy task, with no preference to
 learn, that isolates how fast the model learns to answer with some candidate.
+`--config.sft.candidate_curriculum='((400,2),(800,5))'` trains on prompts with fewer candidates
+first, as the sft stage does. `history_answers`: the share of answers that are a title from the
+user's own history (invalid by construction: history items are never candidates).
 """
 
 import os
@@ -50,19 +53,25 @@ def main(argv):
                  for (p, _), ex in zip(encoded, ds.examples("train"))]
   trainer = train.Trainer(stages.build_model(c, tok), train.sft_loss_fn(int(c.vocab_chunk)),
                           train.make_optimizer(stages.optim_config(c.sft), FLAGS.steps))
+  phases = stages.curriculum_phases(c, ds, tok)  # config.sft.candidate_curriculum
   sampler = stages._sampler(len(rows), c.sft, int(c.data.seed))  # pylint: disable=protected-access
   shape = stages.batch_shape(c)
   state, t0 = trainer.initial, time.time()
   while state.step < FLAGS.steps:
-    source = copy_rows if state.step < FLAGS.random_target_steps else rows
+    source = (copy_rows if state.step < FLAGS.random_target_steps
+              else stages.rows_at_step(phases, rows, state.step))
     batch = stages._local_batch(source, sampler, state.step, shape, 1)[1]  # pylint: disable=protected-access
     state, metrics = trainer.step(state, batch)
     if state.step % FLAGS.every == 0 or state.step == FLAGS.steps:
-      figures, _ = evaluation.evaluate_model(c, trainer.model(state.params), tok, ds, "test",
-                                             FLAGS.examples)
+      figures, predictions = evaluation.evaluate_model(c, trainer.model(state.params), tok, ds,
+                                                       "test", FLAGS.examples)
+      examples = ds.examples("test", FLAGS.examples)
+      from_history = sum(not p["valid"] and p["answer"] in ex.history_titles
+                         for p, ex in zip(predictions, examples))
       print(f"step {state.step} loss {float(metrics['loss']):.3f} valid "
             f"{figures['valid_ratio']:.3f} hit@1 {figures['hit_ratio@1']:.3f} head "
-            f"{figures['head_ratio']:.2f} ({time.time() - t0:.0f} s)", flush=True)
+            f"{figures['head_ratio']:.2f} history_answers {from_history / len(examples):.3f} "
+            f"({time.time() - t0:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ def training(steps_sft: int = 300, steps_preference: int = 100) -> dict:
       sft=ml_collections.ConfigDict(dict(
           steps=steps_sft, batch_size=32, accum_steps=1, log_every=10, eval_every=100,
           checkpoint_every=100, keep_checkpoints=2, eval_examples=128,
+          candidate_curriculum=(),  # ((end_step, shown), ...): stages.curriculum_phases
           optim=dict(learning_rate=1e-3, warmup_steps=30, decay="cosine", min_lr_ratio=0.1,
                      weight_decay=0.01, max_grad_norm=1.0))),
       preference=ml_collections.ConfigDict(dict(

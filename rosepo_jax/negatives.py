@@ -19,7 +19,7 @@ import numpy as np
 
 from rosepo_jax.data.candidates import example_rng
 
-RANDOM_PURPOSE, POPULARITY_PURPOSE = 2, 3  # rng stream ids (0: candidates, 1: templates)
+RANDOM_PURPOSE, POPULARITY_PURPOSE = 2, 3  # rng stream ids (the rest: data/candidates.py)
 STRATEGIES = ("random", "self_hard", "semantic", "popularity")
 
 

@@ -21,7 +21,8 @@ import json
 from rosepo_jax import checkpoints, flops as flops_lib, losses, negatives, oracle as oracle_lib, pipeline
 from rosepo_jax import sharding, train
 from rosepo_jax import model as model_lib
-from rosepo_jax.data import batching
+from rosepo_jax.data import batching, prompts
+from rosepo_jax.data import candidates as candidates_lib
 from rosepo_jax.data.batching import BatchShape, EncodedRow, StepSampler, encode_response
 
 
@@ -124,11 +125,54 @@ def save_model(model, folder: str, tok) -> None:
     checkpoints.save_orbax(model, folder, tokenizer=tok)
 
 
+def curriculum_phases(config, ds, tok) -> list[tuple[int, list[EncodedRow]]]:
+  """(end step, training rows) for each phase of `config.sft.candidate_curriculum`.
+
+  The curriculum is a tuple of (end_step, shown) pairs: before `end_step`, each training prompt
+  shows `shown` of its candidates (the target among them, `candidates.curriculum_subset`) and
+  says so ("which one of these {n}"); from the last end step on, the full prompts. Few candidates
+  make copying a candidate's title easy to discover; a from-scratch model learns it several
+  times faster this way than from the full prompts (docs/results.md, session 6).
+  """
+  phases = [tuple(p) for p in (config.sft.get("candidate_curriculum") or ())]
+  num_candidates = int(config.data.num_candidates)
+  ends = [p[0] for p in phases if len(p) == 2]
+  if (len(ends) != len(phases) or ends != sorted(set(ends)) or (ends and ends[0] <= 0)
+      or any(not 1 <= int(k) < num_candidates for _, k in phases)):
+    raise ValueError(f"config.sft.candidate_curriculum={phases}: expected (end_step, shown) pairs "
+                     f"with increasing end steps > 0 and 1 <= shown < {num_candidates}")
+  templates = prompts.templates_for(config.prompt, ds.name)
+  seed = int(config.data.seed)
+  out = []
+  for end, shown in phases:
+    rows = []
+    for ex, (_, response) in zip(ds.examples("train"),
+                                 pipeline.encoded_examples(config, ds, tok, "train")):
+      subset = candidates_lib.curriculum_subset(ex.candidate_titles, ex.target_title, int(shown),
+                                                seed, "train", ex.index)
+      template = prompts.choose_template(templates, seed, "train", ex.index)
+      rows.append(EncodedRow(batching.encode_prompt(tok, template, ex.history_titles, subset),
+                             (response,)))
+    out.append((int(end), rows))
+  return out
+
+
+def rows_at_step(phases: list[tuple[int, list[EncodedRow]]], rows: list[EncodedRow],
+                 step: int) -> list[EncodedRow]:
+  """The training rows of `step`: its curriculum phase's, or the full `rows` after the last."""
+  return next((phase_rows for end, phase_rows in phases if step < end), rows)
+
+
 def run_sft(config, workdir: str) -> dict:
-  """Supervised fine-tuning on (prompt, target title + EOS); the result is pi_ref."""
+  """Supervised fine-tuning on (prompt, target title + EOS); the result is pi_ref.
+
+  With `config.sft.candidate_curriculum`, the first steps train on prompts that show fewer
+  candidates (`curriculum_phases`).
+  """
   ds = pipeline.open_dataset(config, workdir)
   tok = pipeline.load_tokenizer(config, workdir)
   rows = [EncodedRow(p, (r,)) for p, r in pipeline.encoded_examples(config, ds, tok, "train")]
+  phases = curriculum_phases(config, ds, tok)
   val = [EncodedRow(p, (r,)) for p, r in pipeline.encoded_examples(config, ds, tok, "val")]
   val = val[:int(config.sft.eval_examples)]
   section, shape = config.sft, batch_shape(config)
@@ -139,7 +183,7 @@ def run_sft(config, workdir: str) -> dict:
   evaluate = _eval_loss_fn(trainer, train.sft_loss_fn(int(config.vocab_chunk)), val, shape, 1,
                            int(section.batch_size)) if val else None
   state, metrics = train.train_loop(
-      trainer, lambda step: _local_batch(rows, sampler, step, shape, 1)[1],
+      trainer, lambda step: _local_batch(rows_at_step(phases, rows, step), sampler, step, shape, 1)[1],
       loop_config(section, best_metric="loss" if evaluate else ""),
       os.path.join(workdir, "sft"), evaluate,
       batch_flops=batch_flops_fn(trainer.model_cfg, bool(config.model.get("lora_rank"))))

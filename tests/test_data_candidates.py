@@ -52,3 +52,28 @@ def test_negatives_are_uniform_and_target_position_is_shuffled():
 def test_too_small_catalogue_is_an_error():
   with pytest.raises(ValueError, match="cannot draw 19 negatives"):
     sample_candidates(15, [0, 1, 2], 3, 20, 0, "train", 0)
+
+
+def test_curriculum_subset_keeps_target_and_order_and_nests():
+  from rosepo_jax.data.candidates import curriculum_subset
+  for index in range(200):
+    cands = sample_candidates(240, [1, 2, 3], 7, 20, seed=0, split="train", index=index)
+    subsets = {k: curriculum_subset(cands, 7, k, 0, "train", index) for k in (1, 2, 5, 10, 20)}
+    for k, sub in subsets.items():
+      assert len(sub) == k and 7 in sub
+      assert sub == [c for c in cands if c in sub]  # the candidates' own order
+    assert subsets[1] == [7] and subsets[20] == cands
+    assert set(subsets[2]) <= set(subsets[5]) <= set(subsets[10])
+    assert subsets[5] == curriculum_subset(cands, 7, 5, 0, "train", index)  # deterministic
+  firsts = {curriculum_subset(sample_candidates(240, [1], 7, 20, 0, "train", i), 7, 2, 0,
+                              "train", i)[0] for i in range(50)}
+  assert len(firsts) > 10  # the other candidate varies across examples
+
+
+@pytest.mark.parametrize("shown", [0, 21])
+def test_curriculum_subset_rejects_bad_sizes(shown):
+  from rosepo_jax.data.candidates import curriculum_subset
+  with pytest.raises(ValueError, match=f"cannot show {shown} of 20 candidates of train example 3"):
+    curriculum_subset(list(range(20)), 4, shown, 0, "train", 3)
+  with pytest.raises(ValueError, match="target must be among its candidates once"):
+    curriculum_subset(list(range(20)), 99, 2, 0, "train", 3)

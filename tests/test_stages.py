@@ -108,3 +108,33 @@ def test_negatives_then_rosepo(tmp_path):
     assert os.path.isdir(tmp_path / method / "model")
   # cDPO's default constant eps is RosePO's mean eps over the pairs.
   assert stages.cdpo_eps(config, workdir) == pytest.approx(np.mean([p["eps"] for p in pairs]))
+
+
+def test_sft_candidate_curriculum(tmp_path):
+  from rosepo_jax import stages  # pylint: disable=g-import-not-at-top
+  config = _tiny(steps=3)
+  config.sft.candidate_curriculum = ((1, 2), (2, 5))
+  pipeline.run(config, str(tmp_path / "a"), ["data"])
+  ds = pipeline.open_dataset(config, str(tmp_path / "a"))
+  tok = pipeline.load_tokenizer(config, str(tmp_path / "a"))
+  full = pipeline.encoded_examples(config, ds, tok, "train")
+  phases = stages.curriculum_phases(config, ds, tok)
+  assert [end for end, _ in phases] == [1, 2]
+  for (_, rows), shown in zip(phases, (2, 5)):
+    assert len(rows) == len(full)
+    for row, (prompt, response), ex in zip(rows, full, ds.examples("train")):
+      text = tok.decode(row.prompt)
+      assert row.responses == (response,) and len(row.prompt) < len(prompt)
+      assert f"these {shown} items" in text and ex.target_title in text
+      assert sum(t in text.split("Candidates:")[1] for t in ex.candidate_titles) == shown
+  # run_sft trains on the phases: the same steps without them end elsewhere
+  pipeline.run(config, str(tmp_path / "a"), ["sft"])
+  config.sft.candidate_curriculum = ()
+  pipeline.run(config, str(tmp_path / "b"), ["data", "sft"])
+  with_phases, without = (checkpoints.load_orbax(str(tmp_path / d / "sft" / "model"))
+                          for d in ("a", "b"))
+  assert np.abs(np.asarray(with_phases.embed[...]) - np.asarray(without.embed[...])).max() > 0
+  for bad in (((2, 2), (1, 5)), ((1, 20),), ((3,),)):
+    config.sft.candidate_curriculum = bad
+    with pytest.raises(ValueError, match="config.sft.candidate_curriculum"):
+      stages.curriculum_phases(config, ds, tok)

@@ -11,6 +11,10 @@ from collections.abc import Sequence
 import numpy as np
 
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+# rng stream ids of example_rng; the others: prompts.PROMPT_PURPOSE = 1 (templates),
+# negatives.RANDOM_PURPOSE = 2, negatives.POPULARITY_PURPOSE = 3
+CANDIDATES_PURPOSE = 0
+CURRICULUM_PURPOSE = 4
 
 
 def example_rng(seed: int, split: str, index: int, purpose: int = 0) -> np.random.Generator:
@@ -27,7 +31,7 @@ def sample_candidates(num_items: int, history: Sequence[int], target: int, num_c
   if num_items - len(excluded) < need:
     raise ValueError(f"cannot draw {need} negatives for {split} example {index}: catalogue of "
                      f"{num_items} items minus {len(excluded)} excluded is too small")
-  rng = example_rng(seed, split, index)
+  rng = example_rng(seed, split, index, CANDIDATES_PURPOSE)
   negatives: list[int] = []
   seen = set(excluded)
   while len(negatives) < need:  # rejection sampling: uniform over the allowed ids
@@ -39,3 +43,22 @@ def sample_candidates(num_items: int, history: Sequence[int], target: int, num_c
           break
   items = negatives + [target]
   return [items[i] for i in rng.permutation(num_candidates)]
+
+
+def curriculum_subset(candidates: Sequence, target, shown: int, seed: int, split: str,
+                      index: int) -> list:
+  """`shown` of an example's candidates for a shortened SFT prompt: the target and `shown` - 1 of
+  the others, in the candidates' own (already shuffled) order.
+
+  The others are taken in one seeded order per example, so a smaller subset is always part of a
+  larger one (2 of 20 within 5 of 20).
+  """
+  if not 1 <= shown <= len(candidates):
+    raise ValueError(f"cannot show {shown} of {len(candidates)} candidates of {split} example "
+                     f"{index}")
+  others = [i for i, c in enumerate(candidates) if c != target]
+  if len(others) != len(candidates) - 1:
+    raise ValueError(f"{split} example {index}: the target must be among its candidates once")
+  order = example_rng(seed, split, index, CURRICULUM_PURPOSE).permutation(len(others))
+  keep = {others[j] for j in order[:shown - 1].tolist()}
+  return [c for i, c in enumerate(candidates) if c == target or i in keep]

@@ -23,7 +23,7 @@ DEFAULT_TEMPLATES = {
 }
 DATASET_DOMAINS = {"lastfm": "music", "movielens100k": "movies", "synthetic": "items",
                    "generic": "items"}
-PROMPT_PURPOSE = 1  # rng stream id for template sampling (0 is candidate drawing)
+PROMPT_PURPOSE = 1  # rng stream id for template sampling (the rest: candidates.py)
 
 
 def render_prompt(template: str, history: Sequence[str], candidates: Sequence[str],
