@@ -134,26 +134,32 @@ def curriculum_phases(config, ds, tok) -> list[tuple[int, list[EncodedRow]]]:
   make copying a candidate's title easy to discover; a from-scratch model learns it several
   times faster this way than from the full prompts (docs/results.md, session 6).
   """
-  phases = [tuple(p) for p in (config.sft.get("candidate_curriculum") or ())]
+  raw = config.sft.get("candidate_curriculum") or ()
   num_candidates = int(config.data.num_candidates)
-  ends = [p[0] for p in phases if len(p) == 2]
-  if (len(ends) != len(phases) or ends != sorted(set(ends)) or (ends and ends[0] <= 0)
-      or any(not 1 <= int(k) < num_candidates for _, k in phases)):
-    raise ValueError(f"config.sft.candidate_curriculum={phases}: expected (end_step, shown) pairs "
+  error = ValueError(f"config.sft.candidate_curriculum={raw}: expected (end_step, shown) pairs "
                      f"with increasing end steps > 0 and 1 <= shown < {num_candidates}")
+  try:
+    phases = [(int(end), int(shown)) for end, shown in raw]
+  except (TypeError, ValueError):
+    raise error from None
+  ends = [end for end, _ in phases]
+  if (ends != sorted(set(ends)) or (ends and ends[0] <= 0)
+      or any(not 1 <= shown < num_candidates for _, shown in phases)):
+    raise error
   templates = prompts.templates_for(config.prompt, ds.name)
   seed = int(config.data.seed)
+  examples = ds.examples("train")
+  responses = [r for _, r in pipeline.encoded_examples(config, ds, tok, "train")]
   out = []
   for end, shown in phases:
     rows = []
-    for ex, (_, response) in zip(ds.examples("train"),
-                                 pipeline.encoded_examples(config, ds, tok, "train")):
-      subset = candidates_lib.curriculum_subset(ex.candidate_titles, ex.target_title, int(shown),
+    for ex, response in zip(examples, responses):
+      subset = candidates_lib.curriculum_subset(ex.candidate_titles, ex.target_title, shown,
                                                 seed, "train", ex.index)
       template = prompts.choose_template(templates, seed, "train", ex.index)
       rows.append(EncodedRow(batching.encode_prompt(tok, template, ex.history_titles, subset),
                              (response,)))
-    out.append((int(end), rows))
+    out.append((end, rows))
   return out
 
 
@@ -183,7 +189,8 @@ def run_sft(config, workdir: str) -> dict:
   evaluate = _eval_loss_fn(trainer, train.sft_loss_fn(int(config.vocab_chunk)), val, shape, 1,
                            int(section.batch_size)) if val else None
   state, metrics = train.train_loop(
-      trainer, lambda step: _local_batch(rows_at_step(phases, rows, step), sampler, step, shape, 1)[1],
+      trainer,
+      lambda step: _local_batch(rows_at_step(phases, rows, step), sampler, step, shape, 1)[1],
       loop_config(section, best_metric="loss" if evaluate else ""),
       os.path.join(workdir, "sft"), evaluate,
       batch_flops=batch_flops_fn(trainer.model_cfg, bool(config.model.get("lora_rank"))))

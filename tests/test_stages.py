@@ -134,7 +134,7 @@ def test_sft_candidate_curriculum(tmp_path):
   with_phases, without = (checkpoints.load_orbax(str(tmp_path / d / "sft" / "model"))
                           for d in ("a", "b"))
   assert np.abs(np.asarray(with_phases.embed[...]) - np.asarray(without.embed[...])).max() > 0
-  for bad in (((2, 2), (1, 5)), ((1, 20),), ((3,),)):
+  for bad in (((2, 2), (1, 5)), ((1, 20),), ((3,),), (400, 2), ((0, 2),)):
     config.sft.candidate_curriculum = bad
     with pytest.raises(ValueError, match="config.sft.candidate_curriculum"):
       stages.curriculum_phases(config, ds, tok)
