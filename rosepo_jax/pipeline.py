@@ -52,11 +52,14 @@ def open_dataset(config, workdir: str) -> dataset_lib.RecDataset:
   return dataset_lib.load_dataset(config.data, os.path.join(data_dir(workdir), "tfds"))
 
 
-def example_prompt(config, ds: dataset_lib.RecDataset, split: str, ex) -> str:
-  """The exact prompt text of an example (template chosen per example when several)."""
+def example_prompt(config, ds: dataset_lib.RecDataset, split: str, ex,
+                   candidate_titles=None) -> str:
+  """The exact prompt text of an example (template chosen per example when several); with
+  `candidate_titles`, the same prompt showing those candidates instead of all of the example's."""
   templates = prompts.templates_for(config.prompt, ds.name)
   template = prompts.choose_template(templates, config.data.seed, split, ex.index)
-  return prompts.render_prompt(template, ex.history_titles, ex.candidate_titles)
+  return prompts.render_prompt(template, ex.history_titles,
+                               ex.candidate_titles if candidate_titles is None else candidate_titles)
 
 
 def build_tokenizer(config, workdir: str, ds: dataset_lib.RecDataset):

@@ -21,7 +21,7 @@ import json
 from rosepo_jax import checkpoints, flops as flops_lib, losses, negatives, oracle as oracle_lib, pipeline
 from rosepo_jax import sharding, train
 from rosepo_jax import model as model_lib
-from rosepo_jax.data import batching, prompts
+from rosepo_jax.data import batching
 from rosepo_jax.data import candidates as candidates_lib
 from rosepo_jax.data.batching import BatchShape, EncodedRow, StepSampler, encode_response
 
@@ -146,7 +146,6 @@ def curriculum_phases(config, ds, tok) -> list[tuple[int, list[EncodedRow]]]:
   if (ends != sorted(set(ends)) or (ends and ends[0] <= 0)
       or any(not 1 <= shown < num_candidates for _, shown in phases)):
     raise error
-  templates = prompts.templates_for(config.prompt, ds.name)
   seed = int(config.data.seed)
   examples = ds.examples("train")
   responses = [r for _, r in pipeline.encoded_examples(config, ds, tok, "train")]
@@ -156,8 +155,8 @@ def curriculum_phases(config, ds, tok) -> list[tuple[int, list[EncodedRow]]]:
     for ex, response in zip(examples, responses):
       subset = candidates_lib.curriculum_subset(ex.candidate_titles, ex.target_title, shown,
                                                 seed, "train", ex.index)
-      template = prompts.choose_template(templates, seed, "train", ex.index)
-      rows.append(EncodedRow(batching.encode_prompt(tok, template, ex.history_titles, subset),
+      text = pipeline.example_prompt(config, ds, "train", ex, candidate_titles=subset)
+      rows.append(EncodedRow(tuple(tok(text, add_special_tokens=False)["input_ids"]),
                              (response,)))
     out.append((end, rows))
   return out
