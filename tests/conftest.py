@@ -14,6 +14,13 @@ import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
+
+def pytest_configure(config):
+  """Every run lists its 15 slowest tests (the suite must stay under 20 minutes on 2 cores)."""
+  if config.option.durations is None:
+    config.option.durations = 15
+
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # configs/*.py import configs.common, as under `python -m launch.main`
   sys.path.insert(0, REPO)

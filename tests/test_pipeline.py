@@ -3,6 +3,7 @@ config changes, and resuming after SIGTERM."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -134,7 +135,14 @@ def _resume_config():
 def test_sigterm_during_preference_training_resumes_to_the_same_result(tmp_path):
   straight = str(tmp_path / "straight")
   pipeline.run(_resume_config(), straight, ["all"])
+  # The killed run starts from a copy of the finished upstream stages (data, sft, negatives,
+  # oracle: up to date there) without the dpo unit, so it spends its time in preference training.
   killed = str(tmp_path / "killed")
+  shutil.copytree(straight, killed)
+  dpo = pipeline.Unit("dpo", "dpo")
+  shutil.rmtree(os.path.join(killed, "dpo"))
+  for path in evaluation.eval_paths(killed, "dpo") + (pipeline.marker_path(killed, dpo),):
+    os.remove(path)
   env = dict(os.environ, PYTHONPATH=REPO)
   proc = subprocess.Popen(
       [sys.executable, "-c", _KILL_SCRIPT.format(tests=os.path.join(REPO, "tests"),
@@ -150,9 +158,9 @@ def test_sigterm_during_preference_training_resumes_to_the_same_result(tmp_path)
   assert proc.poll() is None, "the run ended before it could be interrupted"
   proc.send_signal(signal.SIGTERM)
   proc.wait(timeout=60)
-  assert pipeline.read_marker(killed, pipeline.Unit("dpo", "dpo"))["status"] == "running"
+  assert pipeline.read_marker(killed, dpo)["status"] == "running"
   outcome = pipeline.run(_resume_config(), killed, ["all"])
-  assert outcome["sft"] == "up to date" and outcome["dpo/dpo"] == "ran"
+  assert outcome["sft"] == "up to date" and outcome["dpo/dpo"] == outcome["eval/dpo"] == "ran"
   metrics = [json.loads(line) for line in open(os.path.join(killed, "dpo", "metrics.jsonl"))]
   assert metrics[0]["step"] == 1 and metrics[-1]["step"] == 40
   a = json.load(open(os.path.join(straight, "eval", "dpo.json")))
