@@ -12,6 +12,19 @@ learn, that isolates how fast the model learns to answer with some candidate.
 `--config.sft.candidate_curriculum='((400,2),(800,5))'` trains on prompts with fewer candidates
 first, as the sft stage does. `history_answers`: the share of answers that are a title from the
 user's own history (invalid by construction: history items are never candidates).
+
+`--eval_shown=10` also evaluates on test prompts that show 10 of their candidates (the target among
+them; valid = one of the shown titles). `--positions` prints how many valid answers name the
+candidate at each position of the full prompt (0 = first). `--init_model=DIR` starts from a saved
+model (an orbax model dir, e.g. a workdir's sft/model) at step `--start_step` (which sets the
+curriculum phase and the sampler; the optimizer and its schedule, over steps - start_step, start
+fresh); `--save_model=DIR` writes the final model, so runs can branch from one checkpoint:
+
+  python benchmarks/sft_curve.py --config=configs/demo.py --steps=1200 --every=400 \
+      --config.sft.candidate_curriculum='((400,2),(800,5),(1200,10))' --save_model=/tmp/m1200
+  python benchmarks/sft_curve.py --config=configs/demo.py --init_model=/tmp/m1200 \
+      --start_step=1200 --steps=2000 --every=200 --config.sft.optim.learning_rate=1.2e-3 \
+      --config.sft.candidate_curriculum='((400,2),(800,5),(1200,10),(1600,15))'
 """
 
 import os
@@ -30,12 +43,18 @@ flags.DEFINE_integer("every", 150, "Evaluate every this many steps.")
 flags.DEFINE_integer("examples", 224, "Test examples per evaluation.")
 flags.DEFINE_string("workdir", "", "Where the data stage writes (default: a temp dir).")
 flags.DEFINE_integer("random_target_steps", 0, "Steps that answer a random candidate first.")
+flags.DEFINE_list("eval_shown", [], "Also evaluate on prompts showing this many candidates.")
+flags.DEFINE_bool("positions", False, "Print the candidate positions of the valid answers.")
+flags.DEFINE_string("init_model", "", "Start from this orbax model dir instead of from scratch.")
+flags.DEFINE_integer("start_step", 0, "The step the run starts at (with --init_model).")
+flags.DEFINE_string("save_model", "", "Write the final model to this dir.")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   del argv
-  from rosepo_jax import evaluation, pipeline, stages, train  # pylint: disable=g-import-not-at-top
+  from rosepo_jax import checkpoints, evaluation, pipeline, stages, train  # pylint: disable=g-import-not-at-top
+  from rosepo_jax.data import candidates  # pylint: disable=g-import-not-at-top
   from rosepo_jax.data.batching import EncodedRow, encode_response  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
@@ -51,27 +70,62 @@ def main(argv):
     rng = np.random.default_rng(int(c.data.seed))
     copy_rows = [EncodedRow(p, (encode_response(tok, rng.choice(ex.candidate_titles)),))
                  for (p, _), ex in zip(encoded, ds.examples("train"))]
-  trainer = train.Trainer(stages.build_model(c, tok), train.sft_loss_fn(int(c.vocab_chunk)),
-                          train.make_optimizer(stages.optim_config(c.sft), FLAGS.steps))
+  model = (checkpoints.load_orbax(FLAGS.init_model) if FLAGS.init_model
+           else stages.build_model(c, tok))
+  start = FLAGS.start_step
+  if start >= FLAGS.steps:
+    raise ValueError(f"--start_step={start} must be below --steps={FLAGS.steps}")
+  trainer = train.Trainer(model, train.sft_loss_fn(int(c.vocab_chunk)),
+                          train.make_optimizer(stages.optim_config(c.sft), FLAGS.steps - start))
   phases = stages.curriculum_phases(c, ds, tok)  # config.sft.candidate_curriculum
-  sampler = stages._sampler(len(rows), c.sft, int(c.data.seed))  # pylint: disable=protected-access
+  sampler = stages._sampler(len(rows), c.sft, int(c.data.seed) + start)  # pylint: disable=protected-access
   shape = stages.batch_shape(c)
-  state, t0 = trainer.initial, time.time()
-  while state.step < FLAGS.steps:
-    source = (copy_rows if state.step < FLAGS.random_target_steps
-              else stages.rows_at_step(phases, rows, state.step))
+  examples = ds.examples("test", FLAGS.examples)
+  shown_sets = {}  # k -> (prompt ids, shown titles) per test example
+  for k in map(int, FLAGS.eval_shown):
+    subsets = [candidates.curriculum_subset(ex.candidate_titles, ex.target_title, k,
+                                            int(c.data.seed), "test", ex.index) for ex in examples]
+    shown_sets[k] = ([tok(pipeline.example_prompt(c, ds, "test", ex, candidate_titles=sub),
+                          add_special_tokens=False)["input_ids"]
+                      for ex, sub in zip(examples, subsets)], subsets)
+
+  def evaluate(state, loss):
+    model = trainer.model(state.params)
+    figures, predictions = evaluation.evaluate_model(c, model, tok, ds, "test", FLAGS.examples)
+    from_history = sum(not p["valid"] and p["answer"] in ex.history_titles
+                       for p, ex in zip(predictions, examples))
+    line = (f"step {state.step + start} loss {loss:.3f} valid {figures['valid_ratio']:.3f} hit@1 "
+            f"{figures['hit_ratio@1']:.3f} head {figures['head_ratio']:.2f} history_answers "
+            f"{from_history / len(examples):.3f}")
+    for k, (prompt_ids, subsets) in shown_sets.items():
+      answers = evaluation.greedy_answers(model, tok, prompt_ids, int(c.eval.batch_size),
+                                          int(c.eval.max_new_tokens))
+      valid = np.mean([a in sub for a, sub in zip(answers, subsets)])
+      hit = np.mean([a == ex.target_title for a, ex in zip(answers, examples)])
+      history = np.mean([a in ex.history_titles for a, ex in zip(answers, examples)])
+      line += f" | shown {k}: valid {valid:.3f} hit@1 {hit:.3f} history_answers {history:.3f}"
+    print(f"{line} ({time.time() - t0:.0f} s)", flush=True)
+    if FLAGS.positions:
+      counts = np.zeros(int(c.data.num_candidates), int)
+      for p in predictions:
+        if p["valid"]:
+          counts[p["candidates"].index(p["answer"])] += 1
+      print(f"  valid answers by candidate position: {counts.tolist()}", flush=True)
+
+  state, t0, loss = trainer.initial, time.time(), float("nan")
+  if FLAGS.init_model:
+    evaluate(state, loss)
+  while state.step + start < FLAGS.steps:
+    step = state.step + start
+    source = (copy_rows if step < FLAGS.random_target_steps
+              else stages.rows_at_step(phases, rows, step))
     batch = stages._local_batch(source, sampler, state.step, shape, 1)[1]  # pylint: disable=protected-access
     state, metrics = trainer.step(state, batch)
-    if state.step % FLAGS.every == 0 or state.step == FLAGS.steps:
-      figures, predictions = evaluation.evaluate_model(c, trainer.model(state.params), tok, ds,
-                                                       "test", FLAGS.examples)
-      examples = ds.examples("test", FLAGS.examples)
-      from_history = sum(not p["valid"] and p["answer"] in ex.history_titles
-                         for p, ex in zip(predictions, examples))
-      print(f"step {state.step} loss {float(metrics['loss']):.3f} valid "
-            f"{figures['valid_ratio']:.3f} hit@1 {figures['hit_ratio@1']:.3f} head "
-            f"{figures['head_ratio']:.2f} history_answers {from_history / len(examples):.3f} "
-            f"({time.time() - t0:.0f} s)", flush=True)
+    loss = float(metrics["loss"])
+    if (state.step + start) % FLAGS.every == 0 or state.step + start == FLAGS.steps:
+      evaluate(state, loss)
+  if FLAGS.save_model:
+    stages.save_model(trainer.model(state.params), FLAGS.save_model, tok)
 
 
 if __name__ == "__main__":
