@@ -38,7 +38,7 @@ import numpy as np
 
 from rosepo_jax.data import dataset as dataset_lib
 from rosepo_jax.data import prompts, tokenizer as tokenizer_lib
-from rosepo_jax.data.batching import encode_prompt, encode_response
+from rosepo_jax.data.batching import encode_prompts, encode_response
 
 # The oracle runs before negatives: each pair's smoothing factor is computed when it is made.
 STAGES = ("data", "sft", "oracle", "negatives", "dpo", "eval", "export", "report")
@@ -103,9 +103,9 @@ def run_data(config, workdir: str) -> dict:
   for split in ("train", "val", "test"):
     examples = ds.examples(split)
     split_stats = dataset_lib.split_stats(examples)
-    lengths = np.array([len(encode_prompt(
-        tok, prompts.choose_template(templates, config.data.seed, split, ex.index),
-        ex.history_titles, ex.candidate_titles)) for ex in examples])
+    lengths = np.array([len(ids) for ids in encode_prompts(tok, [
+        prompts.render_prompt(prompts.choose_template(templates, config.data.seed, split, ex.index),
+                              ex.history_titles, ex.candidate_titles) for ex in examples])])
     if len(lengths):
       split_stats["prompt_tokens"] = {"p50": float(np.percentile(lengths, 50)),
                                       "p95": float(np.percentile(lengths, 95)),
@@ -131,10 +131,12 @@ def encoded_examples(config, ds, tok, split: str, limit: int = 0):
   encoded = cached[1] if cached is not None and cached[0] is tok else []
   if len(encoded) < len(examples):
     templates = prompts.templates_for(config.prompt, ds.name)
-    encoded = encoded + [
-        (encode_prompt(tok, prompts.choose_template(templates, config.data.seed, split, ex.index),
-                       ex.history_titles, ex.candidate_titles),
-         encode_response(tok, ex.target_title)) for ex in examples[len(encoded):]]
+    todo = examples[len(encoded):]
+    prompt_ids = encode_prompts(tok, [
+        prompts.render_prompt(prompts.choose_template(templates, config.data.seed, split, ex.index),
+                              ex.history_titles, ex.candidate_titles) for ex in todo])
+    encoded = encoded + [(p, encode_response(tok, ex.target_title))
+                         for p, ex in zip(prompt_ids, todo)]
     ds._cache[("encoded", split)] = (tok, encoded)  # pylint: disable=protected-access
   return encoded if len(encoded) == len(examples) else encoded[:len(examples)]
 

@@ -151,14 +151,11 @@ def curriculum_phases(config, ds, tok) -> list[tuple[int, list[EncodedRow]]]:
   responses = [r for _, r in pipeline.encoded_examples(config, ds, tok, "train")]
   out = []
   for end, shown in phases:
-    rows = []
-    for ex, response in zip(examples, responses):
-      subset = candidates_lib.curriculum_subset(ex.candidate_titles, ex.target_title, shown,
-                                                seed, "train", ex.index)
-      text = pipeline.example_prompt(config, ds, "train", ex, candidate_titles=subset)
-      rows.append(EncodedRow(tuple(tok(text, add_special_tokens=False)["input_ids"]),
-                             (response,)))
-    out.append((end, rows))
+    texts = [pipeline.example_prompt(config, ds, "train", ex, candidate_titles=(
+        candidates_lib.curriculum_subset(ex.candidate_titles, ex.target_title, shown, seed,
+                                         "train", ex.index))) for ex in examples]
+    out.append((end, [EncodedRow(p, (r,))
+                      for p, r in zip(batching.encode_prompts(tok, texts), responses)]))
   return out
 
 

@@ -75,3 +75,18 @@ def test_processes_read_disjoint_slices_of_the_global_batch():
 def test_eval_batches_pad_last_chunk():
   chunks = list(B.eval_batches(5, 2))
   assert [c.tolist() for c in chunks] == [[0, 1], [2, 3], [4, -1]]
+
+
+def test_encode_prompts_equals_one_call_per_prompt():
+  from tokenizers import Tokenizer, models, pre_tokenizers, trainers  # pylint: disable=g-import-not-at-top
+  from transformers import PreTrainedTokenizerFast  # pylint: disable=g-import-not-at-top
+  texts = ["History: Kamo Jazz, Tilu Rock.\nCandidates: Zaba Disco, Besi Opera.\nAnswer:",
+           "Candidates: Tilu Rock.\nAnswer:", "x"]
+  raw = Tokenizer(models.BPE(unk_token=None))
+  raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  raw.train_from_iterator(texts, trainers.BpeTrainer(
+      vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+  tok = PreTrainedTokenizerFast(tokenizer_object=raw)
+  assert B.encode_prompts(tok, texts) == [
+      tuple(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+  assert B.encode_prompts(tok, []) == []
