@@ -99,13 +99,11 @@ def run_data(config, workdir: str) -> dict:
            "duplicate_titles_resolved": ds.duplicate_titles,
            "num_candidates": int(config.data.num_candidates), "splits": {},
            "tokenizer": {"kind": config.tokenizer.kind, "vocab_size": len(tok)}}
-  templates = prompts.templates_for(config.prompt, ds.name)
   for split in ("train", "val", "test"):
     examples = ds.examples(split)
     split_stats = dataset_lib.split_stats(examples)
-    lengths = np.array([len(ids) for ids in encode_prompts(tok, [
-        prompts.render_prompt(prompts.choose_template(templates, config.data.seed, split, ex.index),
-                              ex.history_titles, ex.candidate_titles) for ex in examples])])
+    lengths = np.array([len(ids) for ids in encode_prompts(
+        tok, [example_prompt(config, ds, split, ex) for ex in examples])])
     if len(lengths):
       split_stats["prompt_tokens"] = {"p50": float(np.percentile(lengths, 50)),
                                       "p95": float(np.percentile(lengths, 95)),
@@ -130,11 +128,8 @@ def encoded_examples(config, ds, tok, split: str, limit: int = 0):
   cached = ds._cache.get(("encoded", split))  # pylint: disable=protected-access
   encoded = cached[1] if cached is not None and cached[0] is tok else []
   if len(encoded) < len(examples):
-    templates = prompts.templates_for(config.prompt, ds.name)
     todo = examples[len(encoded):]
-    prompt_ids = encode_prompts(tok, [
-        prompts.render_prompt(prompts.choose_template(templates, config.data.seed, split, ex.index),
-                              ex.history_titles, ex.candidate_titles) for ex in todo])
+    prompt_ids = encode_prompts(tok, [example_prompt(config, ds, split, ex) for ex in todo])
     encoded = encoded + [(p, encode_response(tok, ex.target_title))
                          for p, ex in zip(prompt_ids, todo)]
     ds._cache[("encoded", split)] = (tok, encoded)  # pylint: disable=protected-access
