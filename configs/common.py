@@ -44,6 +44,8 @@ def training(steps_sft: int = 300, steps_preference: int = 100) -> dict:
           init="scratch",  # or a .gguf file, pkg:NAME, an HF folder or an orbax model dir
           preset="tiny", seed=0, dtype="float32", param_dtype="float32", remat=False,
           lora_rank=0, lora_alpha=16.0,
+          # From scratch: layers whose attention starts as copy heads (model.init_copy_heads).
+          copy_init_layers=(), copy_init_gain=1.0,
           overrides=dict(hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4,
                          num_kv_heads=2, head_dim=32, max_position_embeddings=512,
                          tie_word_embeddings=True))),

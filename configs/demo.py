@@ -23,6 +23,7 @@ def get_config():
   c.tokenizer = ml_collections.ConfigDict(dict(kind="bpe", vocab_size=1024, path=""))
   c.update(common.training(steps_sft=2000, steps_preference=150))
   c.model.overrides.update(num_layers=2, num_kv_heads=4)
+  c.model.copy_init_layers = (-1,)  # the last layer starts as copy heads (model.init_copy_heads)
   c.methods = ("sft", "dpo", "rosepo")
   c.sft.update(batch_size=32, log_every=50, eval_every=500, checkpoint_every=250,
                eval_examples=256,

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import flax.struct
 from flax import nnx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rosepo_jax.sharding import shard
 
@@ -458,6 +460,47 @@ class Decoder(nnx.Module):
 def init_model(cfg: ModelConfig, seed: int = 0) -> Decoder:
   """A randomly initialised model (normal(0.02) weights, unit norms, zero biases)."""
   return Decoder(cfg, rngs=nnx.Rngs(params=seed))
+
+
+def init_copy_heads(model: Decoder, layers: Sequence[int], gain: float = 1.0,
+                    seed: int = 0) -> Decoder:
+  """Copy-head initialisation of the attention value/output maps of `layers` (in place).
+
+  A mimetic initialisation (Trockman & Kolter, 2023, "Mimetic initialization of self-attention
+  layers"; the value-output half, with the positive sign that later layers of pretrained language
+  models show): W_V [D, K*H] = sqrt(gain) * A and W_O [N*H, D] so that the layer's value->output
+  map summed over its heads is W_V W_O = gain * A A^T, where A [D, K*H] is a random (seeded)
+  orthonormal frame: gain * identity when K*H >= D, else gain times the projection onto a random
+  K*H-dimensional subspace. With tied embeddings, a head that attends to a token then adds that
+  token's (normalised) embedding to the residual, i.e. raises its logit: the layer can copy from
+  the prompt from step 0 and training only has to learn where to attend. Queries, keys and the MLP
+  keep their random init. `layers` may be negative (-1 = last layer).
+  """
+  cfg = model.cfg
+  d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+  if gain <= 0:
+    raise ValueError(f"init_copy_heads: gain={gain} must be positive")
+  picked = []
+  for layer in layers:
+    if not -cfg.num_layers <= layer < cfg.num_layers:
+      raise ValueError(f"init_copy_heads: layer {layer} is out of range for a "
+                       f"{cfg.num_layers}-layer model")
+    picked.append(layer % cfg.num_layers)
+  rng = np.random.default_rng(seed)
+  for layer in sorted(set(picked)):
+    gauss = rng.standard_normal((max(d, k * h), min(d, k * h)))
+    frame, _ = np.linalg.qr(gauss)  # orthonormal columns
+    a_DxKH = frame if d >= k * h else frame.T  # A^T A = I (K*H <= D) or A A^T = I (K*H >= D)
+    heads_per_kv = n // k
+    # Query head j reads KV head j // heads_per_kv; each of a KV head's g query heads writes
+    # 1/g of the copy, so the heads' sum is gain * A A^T.
+    o_NHxD = np.concatenate([a_DxKH[:, (j // heads_per_kv) * h:(j // heads_per_kv + 1) * h].T
+                             for j in range(n)], axis=0) / heads_per_kv
+    attn = model.layers[layer].attn
+    dtype = attn.v_proj.kernel[...].dtype
+    attn.v_proj.kernel[...] = jnp.asarray(np.sqrt(gain) * a_DxKH, jnp.float32).astype(dtype)
+    attn.o_proj.kernel[...] = jnp.asarray(np.sqrt(gain) * o_NHxD, jnp.float32).astype(dtype)
+  return model
 
 
 def abstract_model(cfg: ModelConfig) -> Decoder:

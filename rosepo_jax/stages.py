@@ -36,8 +36,15 @@ def make_mesh(config):
 
 
 def build_model(config, tok) -> model_lib.Decoder:
-  """The SFT starting point: a preset trained from scratch, or a pretrained checkpoint."""
+  """The SFT starting point: a preset trained from scratch, or a pretrained checkpoint.
+
+  From scratch, `model.copy_init_layers` (e.g. ``(-1,)``) gives those layers copy heads at
+  init (`model_lib.init_copy_heads`, with `model.copy_init_gain`).
+  """
   m = config.model
+  if m.get("copy_init_layers") and m.init != "scratch":
+    raise ValueError(f"config.model.copy_init_layers={tuple(m.copy_init_layers)} applies only to "
+                     f"a model trained from scratch, not to config.model.init={m.init!r}")
   dtypes = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=bool(m.remat))
   if m.init == "scratch":
     vocab = -(-len(tok) // 64) * 64
@@ -46,6 +53,9 @@ def build_model(config, tok) -> model_lib.Decoder:
                                eos_token_ids=(tok.eos_token_id,), pad_token_id=tok.pad_token_id,
                                **overrides, **dtypes)
     model = model_lib.init_model(cfg, seed=int(m.seed))
+    if m.get("copy_init_layers"):
+      model = model_lib.init_copy_heads(model, tuple(m.copy_init_layers),
+                                        float(m.get("copy_init_gain", 1.0)), seed=int(m.seed))
   else:
     model = checkpoints.load_model(m.init, **dtypes)
     if model.cfg.vocab_size < len(tok):

@@ -144,3 +144,58 @@ def test_config_validation_and_dict_round_trip():
                                            ("llama2_7b", 6_738_415_616)])
 def test_preset_param_counts_match_published(name, expected):
   assert M.get_config(name).num_params == expected
+
+
+def _value_output_map(attn, num_heads, num_kv_heads, head_dim):
+  """sum over query heads j of W_V[:, kv(j)] @ W_O[j]: the head-summed value->output map [D, D]."""
+  wv, wo = np.asarray(attn.v_proj.kernel[...], np.float64), np.asarray(attn.o_proj.kernel[...],
+                                                                       np.float64)
+  g = num_heads // num_kv_heads
+  return sum(wv[:, (j // g) * head_dim:(j // g + 1) * head_dim]
+             @ wo[j * head_dim:(j + 1) * head_dim] for j in range(num_heads))
+
+
+@pytest.mark.parametrize("num_kv_heads", [4, 2])  # K*H = D (identity), K*H = D/2 (projection)
+def test_init_copy_heads_sets_value_output_map(num_kv_heads):
+  cfg = M.get_config("tiny", num_kv_heads=num_kv_heads, num_layers=3)
+  fresh = M.init_model(cfg, seed=0)
+  m = M.init_copy_heads(M.init_model(cfg, seed=0), layers=(-1, 0), gain=2.5, seed=3)
+  d, kh = cfg.hidden_size, num_kv_heads * cfg.head_dim
+  for layer in (0, 2):
+    ov = _value_output_map(m.layers[layer].attn, cfg.num_heads, num_kv_heads, cfg.head_dim)
+    p = ov / 2.5  # gain * (a projection of rank min(D, K*H))
+    assert_close(p, p.T)
+    assert_close(p @ p, p)
+    assert round(np.trace(p)) == min(d, kh)
+    if kh == d:
+      assert_close(p, np.eye(d))
+  # Untouched: layer 1, the queries/keys/MLP of the copy layers, the embedding.
+  for a, b in ((m.layers[1], fresh.layers[1]), (m.layers[0].mlp, fresh.layers[0].mlp),
+               (m.layers[2].attn.q_proj, fresh.layers[2].attn.q_proj),
+               (m.layers[2].attn.k_proj, fresh.layers[2].attn.k_proj)):
+    for x, y in zip(jax.tree.leaves(nnx.state(a)), jax.tree.leaves(nnx.state(b))):
+      np.testing.assert_array_equal(x, y)
+  np.testing.assert_array_equal(m.embed[...], fresh.embed[...])
+
+
+def test_copy_head_with_uniform_attention_outputs_the_mean_of_its_inputs():
+  """Zero queries make attention uniform over the causal prefix: a copy head with gain g then
+  outputs g * the mean of its (normed) inputs, position by position (float64 numpy reference)."""
+  cfg = M.get_config("tiny", num_kv_heads=4)
+  m = M.init_copy_heads(M.init_model(cfg, seed=0), layers=(1,), gain=1.5)
+  attn = m.layers[1].attn
+  attn.q_proj.kernel[...] = jnp.zeros_like(attn.q_proj.kernel[...])
+  x_BxTxD = jax.random.normal(jax.random.key(0), (2, 6, cfg.hidden_size))
+  valid = jnp.ones((2, 6), bool)
+  sin, cos = M.rope_sin_cos(cfg, M.positions_from_mask(valid))
+  out_BxTxD, _ = attn(x_BxTxD, sin, cos, M.causal_mask(valid))
+  x = np.asarray(x_BxTxD, np.float64)
+  want = 1.5 * np.cumsum(x, axis=1) / np.arange(1, 7)[None, :, None]
+  assert_close(out_BxTxD, want)
+
+
+def test_init_copy_heads_rejects_bad_layers_and_gain(tiny):
+  with pytest.raises(ValueError, match="layer 2 is out of range for a 2-layer model"):
+    M.init_copy_heads(tiny, layers=(2,))
+  with pytest.raises(ValueError, match="gain=0"):
+    M.init_copy_heads(tiny, layers=(0,), gain=0.0)

