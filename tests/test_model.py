@@ -179,8 +179,8 @@ def test_init_copy_heads_sets_value_output_map(num_kv_heads):
 
 
 def test_copy_head_with_uniform_attention_outputs_the_mean_of_its_inputs():
-  """Zero queries make attention uniform over the causal prefix: a copy head with gain g then
-  outputs g * the mean of its (normed) inputs, position by position (float64 numpy reference)."""
+  """Zero queries make attention uniform over the causal prefix: a copy layer with gain g then
+  outputs g * the mean of its inputs so far, position by position (float64 numpy reference)."""
   cfg = M.get_config("tiny", num_kv_heads=4)
   m = M.init_copy_heads(M.init_model(cfg, seed=0), layers=(1,), gain=1.5)
   attn = m.layers[1].attn
