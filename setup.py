@@ -35,5 +35,8 @@ setuptools.setup(
         # torch is installed separately as exactly torch==2.13.0 (CPU build); see .ci/run.
         "test": ["pytest>=8", "accelerate>=1.0", "gguf>=0.10"],
         "gguf": ["gguf>=0.10"],
+        # The peers of benchmarks/ (docs/benchmarks.md): trl's DPOTrainer (with its datasets
+        # dependency) for preference_step.py; torch==2.13.0 is installed separately as above.
+        "bench": ["trl>=1.16", "datasets>=3.0"],
     },
 )

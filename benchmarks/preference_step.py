@@ -1,6 +1,6 @@
 r"""Preference train-step throughput: ours vs trl's DPOTrainer, same model, data and batch.
 
-  pip install trl      # benchmark-only dependency
+  pip install -e ".[bench]"      # benchmark-only dependencies (trl)
   python benchmarks/preference_step.py [--prompts_per_step=8] [--steps=12]
 
 Both sides train the same Llama-shaped model (ours, exported to an HF folder for trl) on the same
@@ -58,7 +58,7 @@ def _train_bpe(raw):
 def bench_ours(model_cfg, rows, tok, k, steps):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from rosepo_jax import model as model_lib, train  # pylint: disable=g-import-not-at-top
+  from rosepo_jax import methods, model as model_lib, train  # pylint: disable=g-import-not-at-top
   from rosepo_jax.data import batching  # pylint: disable=g-import-not-at-top
 
   encoded = [batching.EncodedRow(
@@ -67,7 +67,8 @@ def bench_ours(model_cfg, rows, tok, k, steps):
              for p, c, rej in rows]
   method = "dpo" if k == 1 else "sdpo"
   trainer = train.Trainer(model_lib.init_model(model_cfg, seed=0),
-                          train.preference_loss_fn(method, k, beta=0.1, vocab_chunk=8192),
+                          train.preference_loss_fn(methods.get(method).objective, k, beta=0.1,
+                                                   vocab_chunk=8192),
                           train.make_optimizer(train.OptimConfig(learning_rate=1e-6), 1000))
   n = FLAGS.prompts_per_step
   sampler = batching.StepSampler(len(encoded), n, seed=0)

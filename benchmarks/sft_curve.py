@@ -34,8 +34,20 @@ import time
 
 from absl import app, flags
 from ml_collections import config_flags
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from rosepo_jax import backbone, checkpoints, generate, train
+from rosepo_jax import config as config_lib
+from rosepo_jax.data import candidates
+from rosepo_jax.data.batching import EncodedRow, encode_response
+from rosepo_jax.stages import data as data_stage
+from rosepo_jax.stages import eval as eval_stage
+from rosepo_jax.stages import sft
+from rosepo_jax.workdir import Context
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 flags.DEFINE_integer("steps", 900, "SFT steps.")
@@ -53,60 +65,55 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  from rosepo_jax import checkpoints, evaluation, pipeline, stages, train  # pylint: disable=g-import-not-at-top
-  from rosepo_jax.data import candidates  # pylint: disable=g-import-not-at-top
-  from rosepo_jax.data.batching import EncodedRow, encode_response  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-
-  c = FLAGS.config
-  c.eval.ranking = False
-  workdir = FLAGS.workdir or tempfile.mkdtemp(prefix="sft_curve_")
-  pipeline.run_data(c, workdir)
-  ds, tok = pipeline.open_dataset(c, workdir), pipeline.load_tokenizer(c, workdir)
-  encoded = pipeline.encoded_examples(c, ds, tok, "train")
+  FLAGS.config.eval.ranking = False
+  ctx = Context(config_lib.parse(FLAGS.config),
+                FLAGS.workdir or tempfile.mkdtemp(prefix="sft_curve_"))
+  c = ctx.config
+  data_stage.run(ctx)
+  ds, tok = ctx.dataset, ctx.tokenizer
+  encoded = ctx.encoded_examples("train")
   rows = [EncodedRow(p, (r,)) for p, r in encoded]
   copy_rows = []  # built only when asked for: it encodes a response per training example
   if FLAGS.random_target_steps > 0:
-    rng = np.random.default_rng(int(c.data.seed))
+    rng = np.random.default_rng(c.data.seed)
     copy_rows = [EncodedRow(p, (encode_response(tok, rng.choice(ex.candidate_titles)),))
                  for (p, _), ex in zip(encoded, ds.examples("train"))]
   model = (checkpoints.load_orbax(FLAGS.init_model) if FLAGS.init_model
-           else stages.build_model(c, tok))
+           else backbone.build_model(c.model, tok))
   start = FLAGS.start_step
   if start >= FLAGS.steps:
     raise ValueError(f"--start_step={start} must be below --steps={FLAGS.steps}")
-  trainer = train.Trainer(model, train.sft_loss_fn(int(c.vocab_chunk)),
-                          train.make_optimizer(stages.optim_config(c.sft), FLAGS.steps - start))
-  phases = stages.curriculum_phases(c, ds, tok)  # config.sft.candidate_curriculum
-  sampler = stages._sampler(len(rows), c.sft, int(c.data.seed) + start)  # pylint: disable=protected-access
-  shape = stages.batch_shape(c)
+  trainer = train.Trainer(model, train.sft_loss_fn(c.vocab_chunk),
+                          train.make_optimizer(c.sft.optim, FLAGS.steps - start))
+  phases = sft.curriculum_phases(ctx)  # config.sft.candidate_curriculum
+  sampler = train.step_sampler(len(rows), c.sft.batch_size, c.data.seed + start)
   examples = ds.examples("test", FLAGS.examples)
   shown_sets = {}  # k -> (prompt ids, shown titles) per test example
   for k in map(int, FLAGS.eval_shown):
     subsets = [candidates.curriculum_subset(ex.candidate_titles, ex.target_title, k,
-                                            int(c.data.seed), "test", ex.index) for ex in examples]
-    shown_sets[k] = ([tok(pipeline.example_prompt(c, ds, "test", ex, candidate_titles=sub),
+                                            c.data.seed, "test", ex.index) for ex in examples]
+    shown_sets[k] = ([tok(ctx.example_prompt("test", ex, candidate_titles=sub),
                           add_special_tokens=False)["input_ids"]
                       for ex, sub in zip(examples, subsets)], subsets)
 
   def evaluate(state, loss):
     model = trainer.model(state.params)
-    figures, predictions = evaluation.evaluate_model(c, model, tok, ds, "test", FLAGS.examples)
+    figures, predictions = eval_stage.evaluate_model(ctx, model, "test", FLAGS.examples)
     from_history = sum(not p["valid"] and p["answer"] in ex.history_titles
                        for p, ex in zip(predictions, examples))
     line = (f"step {state.step + start} loss {loss:.3f} valid {figures['valid_ratio']:.3f} hit@1 "
             f"{figures['hit_ratio@1']:.3f} head {figures['head_ratio']:.2f} history_answers "
             f"{from_history / len(examples):.3f}")
     for k, (prompt_ids, subsets) in shown_sets.items():
-      answers = evaluation.greedy_answers(model, tok, prompt_ids, int(c.eval.batch_size),
-                                          int(c.eval.max_new_tokens))
+      answers = generate.greedy_answers(model, tok, prompt_ids, c.eval.batch_size,
+                                        c.eval.max_new_tokens)
       valid = np.mean([a in sub for a, sub in zip(answers, subsets)])
       hit = np.mean([a == ex.target_title for a, ex in zip(answers, examples)])
       history = np.mean([a in ex.history_titles for a, ex in zip(answers, examples)])
       line += f" | shown {k}: valid {valid:.3f} hit@1 {hit:.3f} history_answers {history:.3f}"
     print(f"{line} ({time.time() - t0:.0f} s)", flush=True)
     if FLAGS.positions:
-      counts = np.zeros(int(c.data.num_candidates), int)
+      counts = np.zeros(c.data.num_candidates, int)
       for p in predictions:
         if p["valid"]:
           counts[p["candidates"].index(p["answer"])] += 1
@@ -118,14 +125,14 @@ def main(argv):
   while state.step + start < FLAGS.steps:
     step = state.step + start
     source = (copy_rows if step < FLAGS.random_target_steps
-              else stages.rows_at_step(phases, rows, step))
-    batch = stages._local_batch(source, sampler, state.step, shape, 1)[1]  # pylint: disable=protected-access
+              else sft.rows_at_step(phases, rows, step))
+    batch = sampler.local_batch(source, state.step, ctx.batch_shape, 1)[1]
     state, metrics = trainer.step(state, batch)
     loss = float(metrics["loss"])
     if (state.step + start) % FLAGS.every == 0 or state.step + start == FLAGS.steps:
       evaluate(state, loss)
   if FLAGS.save_model:
-    stages.save_model(trainer.model(state.params), FLAGS.save_model, tok)
+    train.save_trained(trainer, state, FLAGS.save_model, tok)
 
 
 if __name__ == "__main__":

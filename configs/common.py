@@ -1,6 +1,7 @@
 """Sections shared by the configs: the datasets' data/prompt sections, and training sections (a
-small Llama from scratch, SFT, negatives, oracle, preference, eval, export) sized for CPU. Each
-config file takes these and overrides what differs."""
+small Llama from scratch, SFT, negatives, oracle, smoothing, preference, eval, export) sized for
+CPU. Each config file takes these and overrides what differs. `rosepo_jax/config.py` types and
+validates every key."""
 
 import ml_collections
 
@@ -54,21 +55,24 @@ def training(steps_sft: int = 300, steps_preference: int = 100) -> dict:
       methods=("sft", "dpo"),
       negatives=ml_collections.ConfigDict(dict(
           strategies=("random", "self_hard", "semantic", "popularity"), popularity_alpha=1.0,
-          semantic_eps=0.0, max_prompts=0, max_new_tokens=32, batch_size=32)),
+          max_prompts=0, max_new_tokens=32, batch_size=32)),
       oracle=ml_collections.ConfigDict(dict(
           dim=64, num_blocks=2, num_heads=1, dropout=0.2, max_len=10, learning_rate=1e-3,
-          batch_size=256, max_epochs=200, patience=10, seed=0,
-          lam=1.0, tau=1.0, eps_min=0.0, eps_max=0.45)),
+          batch_size=256, max_epochs=200, patience=10, seed=0)),
+      # The smoothing factor (METHOD.md section 4) and cDPO's constant eps: changing them
+      # re-scores the negatives stage's pairs without retraining the oracle.
+      smoothing=ml_collections.ConfigDict(dict(
+          lam=1.0, tau=1.0, eps_min=0.0, eps_max=0.45, semantic_eps=0.0,
+          cdpo_eps=-1.0)),  # < 0: RosePO's mean eps (from the negatives stage's pairs)
       sft=ml_collections.ConfigDict(dict(
           steps=steps_sft, batch_size=32, accum_steps=1, log_every=10, eval_every=100,
           checkpoint_every=100, keep_checkpoints=2, eval_examples=128,
-          candidate_curriculum=(),  # ((end_step, shown), ...): stages.curriculum_phases
+          candidate_curriculum=(),  # ((end_step, shown), ...): stages/sft.py curriculum_phases
           optim=dict(learning_rate=1e-3, warmup_steps=30, decay="cosine", min_lr_ratio=0.1,
                      weight_decay=0.01, max_grad_norm=1.0))),
       preference=ml_collections.ConfigDict(dict(
           steps=steps_preference, batch_size=16, accum_steps=1, log_every=10, eval_every=0,
           checkpoint_every=50, keep_checkpoints=2, beta=1.0, sdpo_k=3,
-          cdpo_eps=-1.0,  # < 0: RosePO's mean eps (from the negatives stage's pairs)
           rosepo_form="conservative", sft_weight=0.0, max_prompts=0,
           reference="precomputed",  # or "online": the frozen SFT model runs in every step
           optim=dict(learning_rate=1e-5, warmup_steps=10, decay="linear", min_lr_ratio=0.0,

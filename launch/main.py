@@ -5,7 +5,11 @@ r"""The one launcher: runs pipeline stages for a config.
 """
 
 from absl import app, flags
+from absl import logging
+import jax
 from ml_collections import config_flags
+
+from rosepo_jax import pipeline
 
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory: every stage writes under it.")
@@ -22,10 +26,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  from absl import logging  # pylint: disable=g-import-not-at-top
-  from rosepo_jax import pipeline  # pylint: disable=g-import-not-at-top
   if FLAGS.distributed:
-    import jax  # pylint: disable=g-import-not-at-top
     jax.distributed.initialize()
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every file at INFO; -v 0 shows them

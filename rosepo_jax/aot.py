@@ -1,5 +1,5 @@
-"""The compile stage: lower and compile the SFT and preference train steps ahead of time for the
-configured model, mesh and batch sizes, without weights or data, and report per-device memory.
+"""Ahead-of-time compilation of a train step for a model, mesh and batch size, without weights or
+data, and its per-device memory (used by the compile stage, `rosepo_jax.stages.compile`).
 
 For each step it prints (per device): parameter bytes, optimizer-state bytes, the compiled program's
 argument / output / temporary bytes (`compiled.memory_analysis()`), their peak estimate
@@ -13,36 +13,15 @@ TPU-pod layout can be checked on a laptop.
 
 from __future__ import annotations
 
-import os
-
 from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rosepo_jax import checkpoints, flops as flops_lib, sharding, train
+from rosepo_jax import flops as flops_lib, sharding, train
 from rosepo_jax import model as model_lib
 
 GIB = 1024 ** 3
-
-
-def model_config(config) -> model_lib.ModelConfig:
-  """The configured model's architecture without loading weights: read from the checkpoint's
-  config when `model.init` exists on this machine, else the `model.preset` (+ overrides)."""
-  m = config.model
-  dtypes = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=bool(m.remat))
-  overrides = dict(m.get("overrides") or {})
-  init = checkpoints.resolve_model_path(m.init) if m.init != "scratch" else ""
-  if init and os.path.exists(init):
-    cfg = checkpoints.read_model_config(init).replace(**dtypes)
-  else:
-    if not m.get("preset"):
-      raise ValueError(f"config.model.init={m.init!r} is not on this machine and config.model "
-                       "has no preset to compile from")
-    cfg = model_lib.get_config(m.preset, **overrides, **dtypes)
-  if m.get("lora_rank"):
-    cfg = cfg.replace(lora_rank=int(m.lora_rank), lora_alpha=float(m.lora_alpha))
-  return cfg
 
 
 def _abstract_batch(batch_size: int, seq_len: int, num_responses: int, preference: bool) -> dict:
@@ -113,49 +92,6 @@ def compile_step(cfg: model_lib.ModelConfig, loss_fn, optimizer, mesh, batch_siz
     out["peak_bytes"] = (out["argument_bytes"] + out["output_bytes"] - out["alias_bytes"]
                          + out["temp_bytes"])
   return out
-
-
-def run_compile(config, workdir: str) -> dict:
-  """Compiles the SFT and preference steps; prints the memory table; checks the HBM budget."""
-  del workdir
-  from rosepo_jax import stages  # pylint: disable=g-import-not-at-top
-  cfg = model_config(config)
-  mesh = stages.make_mesh(config) or sharding.make_mesh(data=1)
-  section = config.get("compile") or {}
-  seq_len = int(section.get("seq_len") or config.data.max_seq_len)
-  budget = float(section.get("hbm_gib") or 0.0)
-  methods = [m for m in config.methods if m != "sft"]
-  k = 1
-  for m in methods:
-    if m == "sdpo":
-      k = max(k, int(config.preference.sdpo_k))
-    if m.startswith("rosepo"):
-      k = max(k, len(config.negatives.strategies) + 1)  # + a hallucination pair
-  online = config.preference.get("reference", "precomputed") == "online"
-  steps = {"sft": (train.sft_loss_fn(int(config.vocab_chunk)), config.sft, 1, False, False)}
-  if methods:
-    steps["preference"] = (
-        train.preference_loss_fn("rosepo", k, float(config.preference.beta),
-                                 int(config.vocab_chunk)),
-        config.preference, k + 1, True, online)
-  report = {"mesh": dict(mesh.shape), "devices": jax.device_count(),
-            "device_kind": jax.devices()[0].device_kind, "params": cfg.num_params,
-            "seq_len": seq_len, "steps": {}}
-  for name, (loss_fn, sec, responses, preference, online_ref) in steps.items():
-    optimizer = train.make_optimizer(stages.optim_config(sec), int(sec.steps))
-    report["steps"][name] = compile_step(cfg, loss_fn, optimizer, mesh, int(sec.batch_size),
-                                         seq_len, responses, preference,
-                                         int(sec.accum_steps), online_ref)
-  print(format_report(report, budget), flush=True)
-  over = {n: s["peak_bytes"] / GIB for n, s in report["steps"].items()
-          if budget and s.get("peak_bytes", 0) / GIB > budget}
-  if over:
-    raise MemoryError(
-        "compile: per-device memory exceeds config.compile.hbm_gib="
-        f"{budget:g} GiB for " + ", ".join(f"{n} ({g:.2f} GiB)" for n, g in over.items())
-        + "; use more devices (config.mesh.fsdp), a smaller batch or accum_steps, "
-        "model.remat=True or LoRA")
-  return report
 
 
 def format_report(report: dict, budget_gib: float = 0.0) -> str:

@@ -1,5 +1,5 @@
 """Decoding with the KV cache (greedy, sampled, beam search), each one jitted function with a
-`lax.while_loop`, and candidate scoring in one prefix-shared forward.
+`lax.while_loop`, and `greedy_answers`: batched greedy answers to tokenized prompts as text.
 
 Prompts are LEFT-padded [B, P] with a validity mask, so every row's last prompt token sits in the
 last column and generated tokens share cache slots P, P+1, ... across the batch. Positions restart
@@ -238,32 +238,21 @@ def trim_at_eos(tokens: Sequence[int], eos_ids: Sequence[int]) -> list[int]:
   return out
 
 
-def score_responses(model: Decoder, rows, batch_size: int = 16, shape=None,
-                    vocab_chunk: int = 8192) -> np.ndarray:
-  """Summed log pi(response | prompt) [N, C] for rows ``EncodedRow(prompt, C responses)``.
+def greedy_answers(model: Decoder, tok, prompt_ids: Sequence[Sequence[int]], batch_size: int,
+                   max_new_tokens: int) -> list[str]:
+  """Greedy answers (decoded up to EOS, stripped) of `model` to each prompt.
 
-  Each prompt and all its C responses (e.g. the 20 candidate titles + EOS) go through ONE
-  prefix-shared forward; rows are batched, padded to length buckets and jitted.
+  Prompts are left-padded to a multiple of 32 tokens and chunks are filled up to `batch_size`
+  (repeating the last prompt), so few shapes are ever compiled.
   """
-  from rosepo_jax.data import batching  # pylint: disable=g-import-not-at-top
-
-  if not rows:
-    return np.zeros((0, 0), np.float32)
-  num = len(rows[0].responses)
-  shape = shape or batching.BatchShape()
-  graphdef, state = nnx.split(model)
-  fn = _score_fn(graphdef, num, vocab_chunk)
-  out = np.zeros((len(rows), num), np.float32)
-  for idx in batching.eval_batches(len(rows), batch_size):
-    real = [int(i) for i in idx if i >= 0]
-    batch = batching.make_batch([rows[i] if i >= 0 else None for i in idx], shape, num,
-                                bucket_rows=[rows[i] for i in real])
-    out[real] = np.asarray(fn(state, batch))[:len(real)]
-  return out
-
-
-@functools.lru_cache(maxsize=16)
-def _score_fn(graphdef, num_responses: int, vocab_chunk: int):
-  from rosepo_jax import scoring  # pylint: disable=g-import-not-at-top
-  return jax.jit(lambda state, batch: scoring.response_logps(
-      nnx.merge(graphdef, state), batch, num_responses, vocab_chunk)[0])
+  answers = []
+  eos = model.cfg.eos_token_ids
+  for start in range(0, len(prompt_ids), batch_size):
+    chunk = list(prompt_ids[start:start + batch_size])
+    real = len(chunk)
+    chunk += [chunk[-1]] * (batch_size - real)
+    length = -(-max(len(p) for p in chunk) // 32) * 32
+    tokens, valid = left_pad(chunk, tok.pad_token_id, length)
+    out = greedy_generate(model, tokens, valid, max_new_tokens)
+    answers += [tok.decode(trim_at_eos(row.tolist(), eos)).strip() for row in out[:real]]
+  return answers

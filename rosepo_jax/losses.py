@@ -5,17 +5,22 @@ Preference inputs, per prompt b and rejected response j (K rejected per prompt, 
   policy_rejected_BxK, ref_rejected_BxK  the same for each rejected y_l,j
   eps_BxK                                per-pair smoothing factor (cdpo: a constant; rosepo: oracle)
   rejected_valid_BxK                     False for padding pairs
-All functions return (loss_B, metrics): a per-prompt loss (pairwise losses averaged over the
-prompt's valid pairs; sdpo is one listwise term) and a dict of per-prompt metric vectors.
+
+An objective maps (h_BxK, eps_BxK, valid_BxK, beta) to a per-prompt loss [B], where
+h = beta * [(log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l))]. Pairwise objectives
+are written per pair and averaged over the prompt's valid pairs by `pairwise`; sdpo is one
+listwise term. `rosepo_jax.methods` names which objective each preference method trains with.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 
-PAIRWISE = ("dpo", "cdpo", "rdpo", "ipo", "rosepo")
-METHODS = PAIRWISE + ("sdpo",)
+# (h_BxK, eps_BxK, valid_BxK, beta) -> loss_B
+Objective = Callable[[jax.Array, jax.Array, jax.Array, float], jax.Array]
 
 
 def sft_loss(token_logps_BxR: jax.Array, valid_BxR: jax.Array) -> jax.Array:
@@ -24,48 +29,71 @@ def sft_loss(token_logps_BxR: jax.Array, valid_BxR: jax.Array) -> jax.Array:
   return -(token_logps_BxR * valid).sum() / jnp.maximum(valid.sum(), 1.0)
 
 
-def _pair_logits(beta, policy_chosen_B, ref_chosen_B, policy_rejected_BxK, ref_rejected_BxK):
-  chosen_B = beta * (policy_chosen_B - ref_chosen_B)
-  rejected_BxK = beta * (policy_rejected_BxK - ref_rejected_BxK)
-  return chosen_B, rejected_BxK, chosen_B[:, None] - rejected_BxK
+def pairwise(pair_loss: Callable[[jax.Array, jax.Array, float], jax.Array]) -> Objective:
+  """An objective from a per-pair loss (h_BxK, eps_BxK, beta) -> loss_BxK: the mean over each
+  prompt's valid pairs."""
+  def objective(h_BxK, eps_BxK, valid_BxK, beta):
+    valid = valid_BxK.astype(jnp.float32)
+    return (pair_loss(h_BxK, eps_BxK, beta) * valid).sum(axis=1) / jnp.maximum(
+        valid.sum(axis=1), 1.0)
+  objective.__name__ = objective.__qualname__ = pair_loss.__name__
+  objective.__doc__ = pair_loss.__doc__
+  return objective
 
 
-def pairwise_loss(h_BxK: jax.Array, eps_BxK: jax.Array, method: str, beta: float) -> jax.Array:
-  """Per-pair loss [B, K] of a pairwise method, given h = beta * (chosen - rejected log-ratio)."""
-  log_sig, log_sig_neg = jax.nn.log_sigmoid(h_BxK), jax.nn.log_sigmoid(-h_BxK)
-  if method == "dpo":
-    return -log_sig
-  if method in ("cdpo", "rosepo"):
-    return -(1 - eps_BxK) * log_sig - eps_BxK * log_sig_neg
-  if method == "rdpo":
-    return (-(1 - eps_BxK) * log_sig + eps_BxK * log_sig_neg) / (1 - 2 * eps_BxK)
-  if method == "ipo":
-    return (h_BxK / beta - 1 / (2 * beta)) ** 2
-  raise ValueError(f"unknown pairwise method {method!r}; expected one of {PAIRWISE}")
+@pairwise
+def dpo(h_BxK, eps_BxK, beta):
+  """DPO: -log sigmoid(h)."""
+  del eps_BxK, beta
+  return -jax.nn.log_sigmoid(h_BxK)
 
 
-def preference_loss(method: str, policy_chosen_B, ref_chosen_B, policy_rejected_BxK,
-                    ref_rejected_BxK, eps_BxK, rejected_valid_BxK, beta: float = 1.0,
-                    rosepo_form: str = "conservative"):
-  """Loss per prompt [B] and metrics for any method of METHOD.md section 5.
+@pairwise
+def cdpo(h_BxK, eps_BxK, beta):
+  """Conservative DPO: -(1 - eps) log sigmoid(h) - eps log sigmoid(-h)."""
+  del beta
+  return -(1 - eps_BxK) * jax.nn.log_sigmoid(h_BxK) - eps_BxK * jax.nn.log_sigmoid(-h_BxK)
 
-  rosepo uses the cdpo form with per-pair eps; ``rosepo_form="robust"`` switches it to rdpo.
-  """
-  if method not in METHODS:
-    raise ValueError(f"unknown preference method {method!r}; expected one of {METHODS}")
+
+@pairwise
+def rdpo(h_BxK, eps_BxK, beta):
+  """Robust DPO: [-(1 - eps) log sigmoid(h) + eps log sigmoid(-h)] / (1 - 2 eps)."""
+  del beta
+  return ((-(1 - eps_BxK) * jax.nn.log_sigmoid(h_BxK) + eps_BxK * jax.nn.log_sigmoid(-h_BxK))
+          / (1 - 2 * eps_BxK))
+
+
+@pairwise
+def ipo(h_BxK, eps_BxK, beta):
+  """IPO: (h / beta - 1 / (2 beta))^2."""
+  del eps_BxK
+  return (h_BxK / beta - 1 / (2 * beta)) ** 2
+
+
+@pairwise
+def slic(h_BxK, eps_BxK, beta):
+  """SLiC's calibration hinge on the reference-normalised margin: max(0, 1 - h) (Zhao et al.
+  2023, in the normalised form under which Liu et al. 2023, RSO, read it next to DPO)."""
+  del eps_BxK, beta
+  return jax.nn.relu(1.0 - h_BxK)
+
+
+def sdpo(h_BxK, eps_BxK, valid_BxK, beta):
+  """S-DPO (listwise): -log sigmoid(-logsumexp_j h'_j), h'_j = -h_j over the valid pairs."""
+  del eps_BxK, beta
+  neg_h = jnp.where(valid_BxK, -h_BxK, -jnp.inf)
+  return -jax.nn.log_sigmoid(-jax.nn.logsumexp(neg_h, axis=1))
+
+
+def preference_loss(objective: Objective, policy_chosen_B, ref_chosen_B, policy_rejected_BxK,
+                    ref_rejected_BxK, eps_BxK, rejected_valid_BxK, beta: float = 1.0):
+  """Loss per prompt [B] under `objective` and the logged metrics (dict of [B] vectors)."""
   valid = rejected_valid_BxK.astype(jnp.float32)
   num_pairs_B = jnp.maximum(valid.sum(axis=1), 1.0)
-  chosen_B, rejected_BxK, h_BxK = _pair_logits(beta, policy_chosen_B, ref_chosen_B,
-                                               policy_rejected_BxK, ref_rejected_BxK)
-  if method == "sdpo":
-    # -log sigmoid(-logsumexp_j h'_j), h'_j = beta*(rejected_j - chosen log-ratio) = -h_j.
-    neg_h = jnp.where(rejected_valid_BxK, -h_BxK, -jnp.inf)
-    loss_B = -jax.nn.log_sigmoid(-jax.nn.logsumexp(neg_h, axis=1))
-  else:
-    form = "rdpo" if method == "rosepo" and rosepo_form == "robust" else method
-    if method == "rosepo" and rosepo_form not in ("conservative", "robust"):
-      raise ValueError(f"rosepo_form={rosepo_form!r}; expected conservative or robust")
-    loss_B = (pairwise_loss(h_BxK, eps_BxK, form, beta) * valid).sum(axis=1) / num_pairs_B
+  chosen_B = beta * (policy_chosen_B - ref_chosen_B)
+  rejected_BxK = beta * (policy_rejected_BxK - ref_rejected_BxK)
+  h_BxK = chosen_B[:, None] - rejected_BxK
+  loss_B = objective(h_BxK, eps_BxK, rejected_valid_BxK, beta)
 
   def mean_pairs(x_BxK):
     return (x_BxK * valid).sum(axis=1) / num_pairs_B

@@ -9,18 +9,23 @@ Strategies, each a pure function of its inputs and a seeded per-example RNG:
               candidate: a plausible but invalid answer.
   self_hard   the SFT model's own mistake: its greedy answer when that is a valid non-target
               candidate, else the non-target candidate it scores highest (see `self_hard_choice`).
+
+`STRATEGIES` is the table the negatives stage reads: per strategy its choice function over one
+example and its `Evidence`, what evidence it needs, whether its rejected item is a candidate (then
+the oracle gives the pair's eps; otherwise smoothing.semantic_eps), and whether the SFT model's
+real hallucinations are paired too. A new strategy is one function and one row.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+import dataclasses
 
 import numpy as np
 
 from rosepo_jax.data.candidates import example_rng
 
 RANDOM_PURPOSE, POPULARITY_PURPOSE = 2, 3  # rng stream ids (the rest: data/candidates.py)
-STRATEGIES = ("random", "self_hard", "semantic", "popularity")
 
 
 def random_rejected(candidates: Sequence[int], target: int, k: int, seed: int, split: str,
@@ -76,3 +81,49 @@ def self_hard_choice(answer_item: int | None, candidates: Sequence[int], target:
     if item != target and logp > best_logp:
       best, best_logp = item, logp
   return best
+
+
+@dataclasses.dataclass(frozen=True)
+class Evidence:
+  """What the strategies may use for one training example."""
+  seed: int
+  popularity: np.ndarray  # [num_items] training interaction counts
+  popularity_alpha: float
+  unit_embeddings: np.ndarray | None = None  # [num_items, D], L2-normalised ("embeddings")
+  answer_item: int | None = None  # the SFT model's greedy answer as a candidate id ("answers")
+  candidate_logps: Sequence[float] | None = None  # pi_ref log-lik. per candidate ("candidate_logps")
+
+
+@dataclasses.dataclass(frozen=True)
+class Strategy:
+  choose: Callable[..., int]  # (example, Evidence) -> rejected item id
+  needs: frozenset[str] = frozenset()  # of "answers", "candidate_logps", "embeddings"
+  in_candidates: bool = True  # False: an invalid answer, its eps is smoothing.semantic_eps
+  hallucinations: bool = False  # also pair each real SFT hallucination ("hallucination" pairs)
+
+
+def _random(ex, ev: Evidence) -> int:
+  return random_rejected(ex.candidates, ex.target, 1, ev.seed, "train", ex.index)[0]
+
+
+def _popularity(ex, ev: Evidence) -> int:
+  return popularity_rejected(ex.candidates, ex.target, ev.popularity, ev.popularity_alpha,
+                             ev.seed, "train", ex.index)
+
+
+def _semantic(ex, ev: Evidence) -> int:
+  return semantic_rejected(ex.candidates, ex.target, ev.unit_embeddings)
+
+
+def _self_hard(ex, ev: Evidence) -> int:
+  logps = ev.candidate_logps if ev.candidate_logps is not None else np.zeros(len(ex.candidates))
+  return self_hard_choice(ev.answer_item, ex.candidates, ex.target, logps)
+
+
+STRATEGIES: dict[str, Strategy] = {
+    "random": Strategy(_random),
+    "self_hard": Strategy(_self_hard, needs=frozenset({"answers", "candidate_logps"})),
+    "semantic": Strategy(_semantic, needs=frozenset({"answers", "embeddings"}),
+                         in_candidates=False, hallucinations=True),
+    "popularity": Strategy(_popularity),
+}

@@ -43,11 +43,17 @@ class OracleConfig:
   max_epochs: int = 200
   patience: int = 10  # epochs without a better validation HitRatio@1
   seed: int = 0
-  # smoothing factor (METHOD.md section 4)
+
+
+@dataclasses.dataclass(frozen=True)
+class SmoothingConfig:
+  """The smoothing factor's settings (METHOD.md section 4) and cDPO's constant eps."""
   lam: float = 1.0
   tau: float = 1.0
   eps_min: float = 0.0
   eps_max: float = 0.45
+  semantic_eps: float = 0.0  # pairs whose rejected item is not a candidate (no oracle score)
+  cdpo_eps: float = -1.0  # cdpo / rdpo; < 0: the mean oracle eps of the negatives stage's pairs
 
 
 class SASRec(nnx.Module):
@@ -89,7 +95,7 @@ class SASRec(nnx.Module):
     return self.user_state(history_BxL) @ self.item_embed[...][:self.num_items].T
 
 
-def smoothing_factor(score_rejected, score_chosen, cfg: OracleConfig):
+def smoothing_factor(score_rejected, score_chosen, cfg: SmoothingConfig):
   """eps of a pair: the Bradley-Terry probability that its label is wrong, scaled and clipped."""
   z = (np.asarray(score_rejected, np.float64) - np.asarray(score_chosen, np.float64)) / cfg.tau
   return np.clip(cfg.lam / (1.0 + np.exp(-z)), cfg.eps_min, cfg.eps_max)

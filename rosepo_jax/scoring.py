@@ -8,9 +8,16 @@ O(B x R x chunk) instead of O(B x T x V). All log-probs are fp32.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+import functools
+
+from flax import nnx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from rosepo_jax.data import batching
+from rosepo_jax.data.batching import EncodedRow
 from rosepo_jax.model import Decoder, prefix_shared_mask
 
 
@@ -65,3 +72,46 @@ def response_logps(model: Decoder, batch: dict, num_responses: int,
   onehot_BxRxK = jax.nn.one_hot(batch["score_seg"], num_responses, dtype=jnp.float32)
   # An elementwise sum, not an einsum: exact fp32 on every backend (TPU einsums default to bf16).
   return (logps_BxR[:, :, None] * onehot_BxRxK).sum(axis=1), onehot_BxRxK.sum(axis=1)
+
+
+def score_responses(model: Decoder, rows: Sequence[EncodedRow], batch_size: int = 16,
+                    shape: batching.BatchShape | None = None,
+                    vocab_chunk: int = 8192) -> np.ndarray:
+  """Summed log pi(response | prompt) [N, C] for rows ``EncodedRow(prompt, C responses)``.
+
+  Each prompt and all its C responses (e.g. the 20 candidate titles + EOS) go through ONE
+  prefix-shared forward; rows are batched, padded to length buckets and jitted.
+  """
+  if not rows:
+    return np.zeros((0, 0), np.float32)
+  num = len(rows[0].responses)
+  shape = shape or batching.BatchShape()
+  graphdef, state = nnx.split(model)
+  fn = _score_fn(graphdef, num, vocab_chunk)
+  out = np.zeros((len(rows), num), np.float32)
+  for idx in batching.eval_batches(len(rows), batch_size):
+    real = [int(i) for i in idx if i >= 0]
+    batch = batching.make_batch([rows[i] if i >= 0 else None for i in idx], shape, num,
+                                bucket_rows=[rows[i] for i in real])
+    out[real] = np.asarray(fn(state, batch))[:len(real)]
+  return out
+
+
+@functools.lru_cache(maxsize=16)
+def _score_fn(graphdef, num_responses: int, vocab_chunk: int):
+  return jax.jit(lambda state, batch: response_logps(
+      nnx.merge(graphdef, state), batch, num_responses, vocab_chunk)[0])
+
+
+def candidate_rows(tok, prompt_ids: Sequence[Sequence[int]], candidates: Sequence[Sequence[int]],
+                   titles: Sequence[str]) -> list[EncodedRow]:
+  """One row per prompt: its ids and every candidate's response ids (title + EOS), for scoring
+  all candidates of a prompt in one forward; `candidates[n]` are prompt n's item ids."""
+  title_ids: dict[int, tuple[int, ...]] = {}
+  rows = []
+  for prompt, items in zip(prompt_ids, candidates):
+    for c in items:
+      if c not in title_ids:
+        title_ids[c] = batching.encode_response(tok, titles[c])
+    rows.append(EncodedRow(tuple(prompt), tuple(title_ids[c] for c in items)))
+  return rows

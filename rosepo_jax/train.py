@@ -13,7 +13,7 @@ clear error on a non-finite loss, leaving the last good checkpoint.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 import dataclasses
 import json
 import math
@@ -29,9 +29,11 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from rosepo_jax import checkpoints
 from rosepo_jax import flops as flops_lib
 from rosepo_jax import losses, scoring, sharding
-from rosepo_jax.model import Decoder, LoRAParam
+from rosepo_jax.data.batching import BatchShape, EncodedRow, StepSampler, eval_batches, make_batch
+from rosepo_jax.model import Decoder, LoRAParam, merge_lora
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,10 +103,12 @@ def sft_loss_fn(vocab_chunk: int) -> LossFn:
   return fn
 
 
-def preference_loss_fn(method: str, num_rejected: int, beta: float, vocab_chunk: int,
-                       rosepo_form: str = "conservative", sft_weight: float = 0.0) -> LossFn:
-  """Preference loss. Reference log-probs come from ``batch["ref_logps"]`` [B, K+1] when
-  precomputed, else from `ref_model` (online, no gradient)."""
+def preference_loss_fn(objective: losses.Objective, num_rejected: int, beta: float,
+                       vocab_chunk: int, sft_weight: float = 0.0) -> LossFn:
+  """Preference loss under `objective` (`rosepo_jax.losses`), plus `sft_weight` times the chosen
+  response's per-token NLL. Reference log-probs come from ``batch["ref_logps"]`` [B, K+1] when
+  precomputed, else from `ref_model` (online, no gradient); ``batch["eps"]`` [B, K] is each
+  pair's smoothing factor."""
   def fn(model, batch, ref_model=None):
     k1 = num_rejected + 1
     policy, counts = scoring.response_logps(model, batch, k1, vocab_chunk)
@@ -116,8 +120,8 @@ def preference_loss_fn(method: str, num_rejected: int, beta: float, vocab_chunk:
       raise ValueError("preference loss: no batch['ref_logps'] and no reference model")
     rejected_valid = (counts[:, 1:] > 0) & batch["row_valid"][:, None]
     loss_B, metrics = losses.preference_loss(
-        method, policy[:, 0], ref[:, 0], policy[:, 1:], ref[:, 1:], batch["eps"],
-        rejected_valid, beta=beta, rosepo_form=rosepo_form)
+        objective, policy[:, 0], ref[:, 0], policy[:, 1:], ref[:, 1:], batch["eps"],
+        rejected_valid, beta=beta)
     row = batch["row_valid"].astype(jnp.float32)
     if sft_weight:
       loss_B = loss_B + sft_weight * (-policy[:, 0] / jnp.maximum(counts[:, 0], 1.0))
@@ -340,6 +344,9 @@ def train_loop(trainer: Trainer, batch_fn: Callable[[int], dict], cfg: LoopConfi
                batch_flops: Callable[[dict], float] | None = None) -> tuple[TrainState, dict]:
   """Runs steps ``state.step .. cfg.num_steps - 1``; `batch_fn(step)` gives step's batch.
 
+  A step's metrics are read from the device only after the next step has been dispatched, so
+  the host builds and sends batch n+1 while the device still runs step n; before an eval or a
+  checkpoint the pending metrics are read first (a non-finite loss never reaches a checkpoint).
   Writes ``workdir/checkpoints`` (orbax), ``workdir/tb`` (TensorBoard) and the same training
   scalars as JSON lines in ``workdir/metrics.jsonl`` (after a resume a step may appear twice: the
   last line wins). Returns the final state and the last eval metrics.
@@ -357,46 +364,61 @@ def train_loop(trainer: Trainer, batch_fn: Callable[[int], dict], cfg: LoopConfi
   bar = tqdm.tqdm(total=cfg.num_steps, initial=state.step, disable=not cfg.progress,
                   desc=os.path.basename(workdir.rstrip("/")), unit="step", dynamic_ncols=True)
   eval_metrics: dict = {}
-  window_tokens, window_flops, window_start = 0.0, 0.0, time.time()
+  window = {"tokens": 0.0, "flops": 0.0, "start": time.time()}
   device = jax.devices()[0]
+
+  def report(step: int, device_metrics: dict, batch: dict) -> None:
+    """Reads step `step`'s metrics (blocking), checks the loss, logs them."""
+    metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+    if not math.isfinite(metrics["loss"]):
+      raise NonFiniteLossError(
+          f"{workdir}: non-finite loss {metrics['loss']} at step {step}; stopping. The "
+          f"last good checkpoint is in {ckpt_dir} (step {manager.latest_step()}). Lower the "
+          "learning rate or check the data of this step.")
+    window["tokens"] += metrics.get("tokens", 0.0)
+    if batch_flops:
+      window["flops"] += batch_flops(batch)
+    bar.update(1)
+    if step % cfg.log_every and step != cfg.num_steps:
+      return
+    elapsed = max(time.time() - window["start"], 1e-9)
+    metrics["tokens_per_s"] = window["tokens"] / elapsed
+    if batch_flops:
+      metrics["model_flops_per_s"] = window["flops"] / elapsed
+      utilisation = flops_lib.mfu(window["flops"] / elapsed, device.device_kind,
+                                  jax.device_count())
+      if utilisation is not None:
+        metrics["mfu"] = utilisation
+    window.update(tokens=0.0, flops=0.0, start=time.time())
+    bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+    if writer:
+      for k, v in metrics.items():
+        writer.add_scalar(f"train/{k}", v, step)
+      with open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8") as f:
+        f.write(json.dumps({"step": int(step), **metrics}) + "\n")
+
+  pending = None  # (step, device metrics, batch) of the last dispatched step, not yet read
   try:
     while state.step < cfg.num_steps:
       batch = batch_fn(state.step)
       state, metrics = trainer.step(state, batch)
-      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      if not math.isfinite(metrics["loss"]):
-        raise NonFiniteLossError(
-            f"{workdir}: non-finite loss {metrics['loss']} at step {state.step}; stopping. The "
-            f"last good checkpoint is in {ckpt_dir} (step {manager.latest_step()}). Lower the "
-            "learning rate or check the data of this step.")
-      window_tokens += metrics.get("tokens", 0.0)
-      if batch_flops:
-        window_flops += batch_flops(batch)
-      bar.update(1)
+      if pending:
+        report(*pending)
+      pending = (state.step, metrics, batch)
       done = state.step == cfg.num_steps
-      if state.step % cfg.log_every == 0 or done:
-        elapsed = max(time.time() - window_start, 1e-9)
-        metrics["tokens_per_s"] = window_tokens / elapsed
-        if batch_flops:
-          metrics["model_flops_per_s"] = window_flops / elapsed
-          utilisation = flops_lib.mfu(window_flops / elapsed, device.device_kind,
-                                      jax.device_count())
-          if utilisation is not None:
-            metrics["mfu"] = utilisation
-        window_tokens, window_flops, window_start = 0.0, 0.0, time.time()
-        bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
-        if writer:
-          for k, v in metrics.items():
-            writer.add_scalar(f"train/{k}", v, state.step)
-          with open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": int(state.step), **metrics}) + "\n")
-      if eval_fn and ((cfg.eval_every and state.step % cfg.eval_every == 0) or done):
+      evaluate = eval_fn and ((cfg.eval_every and state.step % cfg.eval_every == 0) or done)
+      save = state.step % cfg.checkpoint_every == 0 or done
+      if not (evaluate or save):
+        continue
+      report(*pending)
+      pending = None
+      if evaluate:
         eval_metrics = eval_fn(state)
         if writer:
           for k, v in eval_metrics.items():
             writer.add_scalar(f"eval/{k}", v, state.step)
         logging.info("step %d eval %s", state.step, json.dumps(eval_metrics))
-      if state.step % cfg.checkpoint_every == 0 or done:
+      if save:
         _save(manager, state, eval_metrics if cfg.best_metric and eval_metrics else None)
   finally:
     manager.wait_until_finished()
@@ -405,3 +427,51 @@ def train_loop(trainer: Trainer, batch_fn: Callable[[int], dict], cfg: LoopConfi
     if writer:
       writer.close()
   return state, eval_metrics
+
+
+# ------------------------------------------------------------------------------------------------
+# What the training stages share: data order, validation loss, FLOPs accounting, saving.
+
+
+def step_sampler(num_examples: int, global_batch: int, seed: int) -> StepSampler:
+  """The deterministic data order of a training run, this process's share of each batch."""
+  return StepSampler(num_examples, global_batch, seed, jax.process_index(), jax.process_count())
+
+
+def loss_evaluator(trainer: Trainer, loss_fn: LossFn, rows: Sequence[EncodedRow],
+                   shape: BatchShape, num_responses: int, batch_size: int):
+  """`evaluate(state) -> {"loss": mean loss over rows}` (e.g. validation), batched and jitted."""
+  @jax.jit
+  def eval_step(params, frozen, batch):
+    total, denom, _ = loss_fn(nnx.merge(trainer.graphdef, params, frozen["rest"]), batch)
+    return total, denom
+
+  def evaluate(state: TrainState) -> dict:
+    total, denom = 0.0, 0.0
+    for idx in eval_batches(len(rows), batch_size):
+      batch = make_batch([rows[i] if i >= 0 else None for i in idx], shape, num_responses,
+                         bucket_rows=[rows[i] for i in idx if i >= 0])
+      t, d = eval_step(state.params, trainer.frozen, batch)
+      total, denom = total + float(t), denom + float(d)
+    return {"loss": total / max(denom, 1.0)}
+  return evaluate
+
+
+def batch_flops_fn(cfg, lora: bool, online_reference: bool = False):
+  """Model FLOPs of a train step from this process's batch (LM head at scored tokens only; an
+  online reference adds its forward)."""
+  def fn(batch) -> float:
+    tokens = float((batch["segments"] > 0).sum())
+    scored = float((batch["score_seg"] >= 0).sum())
+    seq = batch["tokens"].shape[1]
+    total = flops_lib.train_flops(cfg, tokens, seq, scored, 0.0 if lora else 1.0)
+    if online_reference:
+      total += flops_lib.train_flops(cfg, tokens, seq, scored) / 3.0
+    return jax.process_count() * total
+  return fn
+
+
+def save_trained(trainer: Trainer, state: TrainState, folder: str, tok) -> None:
+  """The trained model (LoRA merged into the weights) as an orbax model dir with its tokenizer."""
+  if jax.process_index() == 0:
+    checkpoints.save_orbax(merge_lora(trainer.model(state.params)), folder, tokenizer=tok)

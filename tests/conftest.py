@@ -60,3 +60,9 @@ def naive_response_logp(model, prompt, response) -> float:
   logits, _ = model(seq, model_lib.positions_from_mask(valid), model_lib.causal_mask(valid))
   logp = jax.nn.log_softmax(logits[0, len(prompt) - 1:-1], axis=-1)
   return float(logp[jnp.arange(len(response)), jnp.asarray(response)].sum())
+
+
+def context(config, workdir):
+  """The stages' shared context for a ConfigDict (parsed and validated) and a run folder."""
+  from rosepo_jax import config as config_lib, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  return workdir_lib.Context(config_lib.parse(config), str(workdir))

@@ -29,6 +29,7 @@ if num_processes > 1:
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from rosepo_jax import losses  # pylint: disable=g-import-not-at-top,wrong-import-position
 from rosepo_jax import model as M  # pylint: disable=g-import-not-at-top,wrong-import-position
 from rosepo_jax import sharding as S  # pylint: disable=g-import-not-at-top,wrong-import-position
 from rosepo_jax import train as T  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -56,7 +57,7 @@ def main():
 
   mesh = S.make_mesh(data=1, fsdp=2)
   trainer = T.Trainer(M.init_model(M.get_config("tiny"), seed=2),
-                      T.preference_loss_fn("dpo", 1, 1.0, 64),
+                      T.preference_loss_fn(losses.dpo, 1, 1.0, 64),
                       T.make_optimizer(T.OptimConfig(learning_rate=1e-2, warmup_steps=1), STEPS),
                       mesh=mesh)
   cfg = T.LoopConfig(num_steps=STEPS, log_every=1, checkpoint_every=STEPS, progress=False)

@@ -3,7 +3,9 @@ a too-small HBM budget is a clear error."""
 
 import pytest
 
-from rosepo_jax import aot, pipeline
+from conftest import context
+from rosepo_jax import pipeline
+from rosepo_jax.stages import compile as compile_stage
 from test_data_pipeline import _config
 
 
@@ -20,7 +22,7 @@ def _small_pod_config():
 
 def test_compile_reports_memory_for_the_pod_mesh(capsys):
   config = _small_pod_config()
-  report = aot.run_compile(config, "")
+  report = compile_stage.run(context(config, ""))
   assert report["devices"] == 8 and report["mesh"]["fsdp"] == 8
   for step in ("sft", "preference"):
     s = report["steps"][step]
@@ -32,7 +34,7 @@ def test_compile_reports_memory_for_the_pod_mesh(capsys):
 def test_compile_shards_adam_state_like_the_parameters():
   config = _small_pod_config()
   config.model.lora_rank = 0  # full fine-tuning: Adam's two moments are the size of the params
-  s = aot.run_compile(config, "")["steps"]["sft"]
+  s = compile_stage.run(context(config, ""))["steps"]["sft"]
   assert s["opt_state_bytes"] == pytest.approx(2 * s["params_bytes"], rel=0.01)
 
 
@@ -52,7 +54,7 @@ def test_pod_config_compiles_at_the_real_8b_widths(capsys):
   config.model.overrides = dict(num_layers=2)
   config.sft.batch_size = config.preference.batch_size = 8
   config.compile.seq_len = 256
-  report = aot.run_compile(config, "")
+  report = compile_stage.run(context(config, ""))
   v, d, kv, f = 128256, 4096, 8 * 128, 14336  # Llama-3-8B's published shapes, written out
   layer = 2 * d * d + 2 * d * kv + 3 * d * f + 2 * d
   assert report["params"] == 2 * v * d + 2 * layer + d

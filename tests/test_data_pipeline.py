@@ -6,11 +6,11 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO
+from conftest import REPO, context
 import numpy as np
 import pytest
 
-from rosepo_jax import pipeline
+from rosepo_jax.stages import data as data_stage
 from rosepo_jax.data import prompts
 from test_data_records import SHARED, needs_shared
 
@@ -56,7 +56,7 @@ def test_synthetic_world_has_learnable_signal(tmp_path):
 
 
 def test_data_stage_writes_stats_and_tokenizer(tmp_path):
-  stats = pipeline.run_data(_demo(), str(tmp_path))
+  stats = data_stage.run(context(_demo(), str(tmp_path)))
   on_disk = json.load(open(tmp_path / "data" / "stats.json"))
   assert on_disk == json.loads(json.dumps(stats))
   for split in ("train", "val", "test"):
@@ -74,32 +74,32 @@ def test_data_stage_writes_stats_and_tokenizer(tmp_path):
 def test_prefix_reads_equal_full_reads(tmp_path):
   """examples/encoded_examples with a limit read only a prefix, and extend it on a later call."""
   config = _demo()
-  pipeline.run_data(config, str(tmp_path))
-  tok = pipeline.load_tokenizer(config, str(tmp_path))
-  ds = pipeline.open_dataset(config, str(tmp_path))
+  data_stage.run(context(config, tmp_path))
+  ctx = context(config, tmp_path)
+  ds = ctx.dataset
   first = ds.examples("train", 7)
   assert len(first) == 7 and len(ds._cache["train"]) == 7  # pylint: disable=protected-access
-  head = pipeline.encoded_examples(config, ds, tok, "train", 5)
-  more = pipeline.encoded_examples(config, ds, tok, "train", 30)
-  full_ds = pipeline.open_dataset(config, str(tmp_path))
-  full = pipeline.encoded_examples(config, full_ds, tok, "train")
+  head = ctx.encoded_examples("train", 5)
+  more = ctx.encoded_examples("train", 30)
+  full_ctx = context(config, tmp_path)
+  full_ds = full_ctx.dataset
+  full = full_ctx.encoded_examples("train")
   assert ds.examples("train") == full_ds.examples("train") and first == full_ds.examples("train")[:7]
   assert head == full[:5] and more == full[:30] and len(full) == len(ds.examples("train"))
-  assert pipeline.encoded_examples(config, ds, tok, "train") == full
+  assert ctx.encoded_examples("train") == full
   assert ds.examples("val", 10 ** 9) == full_ds.examples("val")
 
 
 def test_prompt_templates_sampled_per_example(tmp_path):
   config = _demo()
   config.prompt.templates = ["A {history} B {candidates} Answer:", "C {history} D {candidates} Answer:"]
-  ds = pipeline.open_dataset(config, str(tmp_path))
-  texts = [pipeline.example_prompt(config, ds, "train", ex) for ex in ds.examples("train")[:40]]
+  ctx = context(config, tmp_path)
+  texts = [ctx.example_prompt("train", ex) for ex in ctx.dataset.examples("train")[:40]]
   assert {t[0] for t in texts} == {"A", "C"}
-  assert texts == [pipeline.example_prompt(config, ds, "train", ex)
-                   for ex in ds.examples("train")[:40]]
+  assert texts == [ctx.example_prompt("train", ex) for ex in ctx.dataset.examples("train")[:40]]
   config.prompt.templates = ["no placeholders Answer:"]
   with pytest.raises(ValueError, match="lacks {history}"):
-    prompts.templates_for(config.prompt, "synthetic")
+    prompts.templates_for(context(config, tmp_path).config.prompt, "synthetic")
 
 
 def test_launcher_data_stage_and_missing_files_error(tmp_path):
@@ -122,11 +122,11 @@ def test_launcher_data_stage_and_missing_files_error(tmp_path):
 @needs_shared
 def test_lastfm_data_stage_matches_sdpo(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("lastfm"))
-  stats = pipeline.run_data(_config("lastfm.py"), workdir)
+  stats = data_stage.run(context(_config("lastfm.py"), workdir))
   assert [stats["splits"][s]["examples"] for s in ("train", "val", "test")] == [47872, 2767, 2495]
   assert stats["catalogue_size"] == 4606
   assert stats["tokenizer"]["kind"] == "bpe" and stats["splits"]["test"]["prompt_tokens"]["max"] > 0
-  ds = pipeline.open_dataset(_config("lastfm.py"), workdir)
+  ds = context(_config("lastfm.py"), workdir).dataset
   for split in ("val", "test"):
     records = json.load(open(os.path.join(SHARED, "sdpo_lastfm", f"lastfm-{split}.json")))
     examples = ds.examples(split)

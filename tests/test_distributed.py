@@ -10,6 +10,7 @@ import sys
 from conftest import REPO
 import numpy as np
 
+from rosepo_jax import losses
 from rosepo_jax import model as M
 from rosepo_jax import train as T
 
@@ -58,7 +59,7 @@ def test_two_processes_match_one_and_checkpoint_restores_in_one(tmp_path):
   moved = max(np.abs(a[k] - init[k]).max() for k in a.files)
   assert moved > 1e-3
   # The 2-process (sharded, multi-host) checkpoint restores here, in one process.
-  trainer = T.Trainer(initial, T.preference_loss_fn("dpo", 1, 1.0, 64),
+  trainer = T.Trainer(initial, T.preference_loss_fn(losses.dpo, 1, 1.0, 64),
                       T.make_optimizer(T.OptimConfig(learning_rate=1e-2, warmup_steps=1), 3))
   state = T.restore_latest(os.path.join(two, "checkpoints"), trainer.initial)
   assert state is not None and state.step == 3

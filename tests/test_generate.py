@@ -7,6 +7,7 @@ import pytest
 
 from rosepo_jax import generate as G
 from rosepo_jax import model as M
+from rosepo_jax import scoring
 
 
 def _argmax_decode(model, prompt, n):
@@ -66,7 +67,7 @@ def test_candidate_scoring_equals_separate_forwards():
   rows = [batching.EncodedRow(tuple(rs.randint(3, 256, rs.randint(20, 40)).tolist()),
                               tuple(tuple(rs.randint(3, 256, rs.randint(1, 5)).tolist()) + (2,)
                                     for _ in range(20))) for _ in range(3)]
-  scores = G.score_responses(model, rows, batch_size=2)
+  scores = scoring.score_responses(model, rows, batch_size=2)
   assert scores.shape == (3, 20)
   for i, row in enumerate(rows):
     for j, resp in enumerate(row.responses):

@@ -8,12 +8,13 @@ import pytest
 from flax import nnx
 
 from rosepo_jax import oracle as O
+from conftest import context
 from rosepo_jax import pipeline
 from test_data_pipeline import _config
 
 
 def test_smoothing_factor_formula_bounds_and_direction():
-  cfg = O.OracleConfig(lam=0.8, tau=2.0, eps_min=0.05, eps_max=0.45)
+  cfg = O.SmoothingConfig(lam=0.8, tau=2.0, eps_min=0.05, eps_max=0.45)
   s_w = np.array([3.0, 0.0, -1.0, 5.0])
   s_l = np.array([-2.0, 0.0, 4.0, 5.5])
   want = np.clip(0.8 / (1 + np.exp(-(s_l - s_w) / 2.0)), 0.05, 0.45)
@@ -49,5 +50,5 @@ def test_oracle_stage_learns_beyond_baselines_and_reloads(tmp_path):
   assert metrics["random"]["hit_ratio@1"] < 0.12
   assert {"hit_ratio@1", "ndcg@10", "epochs", "seconds"} <= set(metrics)
   reloaded = O.load_oracle(str(tmp_path / "oracle" / "model"))
-  ds = pipeline.open_dataset(config, str(tmp_path))
+  ds = context(config, tmp_path).dataset
   assert reloaded.evaluate(ds.examples("test"))["hit_ratio@1"] == metrics["hit_ratio@1"]

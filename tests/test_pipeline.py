@@ -9,11 +9,17 @@ import subprocess
 import sys
 import time
 
-from conftest import REPO
+from conftest import REPO, context
+import jax
 import numpy as np
 import pytest
 
-from rosepo_jax import checkpoints, evaluation, pipeline
+from rosepo_jax import checkpoints, generate, losses, methods, pipeline, scoring
+from rosepo_jax import oracle as O
+from rosepo_jax.data.batching import encode_prompts
+from rosepo_jax.stages import eval as eval_stage
+from rosepo_jax.stages import preference
+from rosepo_jax.workdir import Unit, read_records
 from test_stages import _tiny
 
 EVAL_KEYS = ("hit_ratio@1", "valid_ratio", "valid_ratio_substring", "hit_ratio@1_valid",
@@ -65,11 +71,10 @@ def test_all_stages_write_their_outputs(finished_run):
 
 def test_eval_subset_figures_are_the_figures_of_their_rows(finished_run):
   workdir, _ = finished_run
-  config = _config()
-  ds, tok = pipeline.open_dataset(config, workdir), pipeline.load_tokenizer(config, workdir)
-  ds.eval_subsets = {"test": {"every": list(range(24)), "some": [1, 5, 7, 30]}}  # 30: not evaluated
-  model = checkpoints.load_orbax(evaluation.model_dir(workdir, "sft"))
-  figures, predictions = evaluation.evaluate_model(config, model, tok, ds, "test", 24)
+  ctx = context(_config(), workdir)
+  ctx.dataset.eval_subsets = {"test": {"every": list(range(24)), "some": [1, 5, 7, 30]}}  # 30: not evaluated
+  model = checkpoints.load_orbax(ctx.paths.model("sft"))
+  figures, predictions = eval_stage.evaluate_model(ctx, model, "test", 24)
   every, some = figures["subsets"]["every"], figures["subsets"]["some"]
   assert every == {k: v for k, v in figures.items() if k != "subsets"}
   rows = [p for p in predictions if p["index"] in (1, 5, 7)]
@@ -80,7 +85,6 @@ def test_eval_subset_figures_are_the_figures_of_their_rows(finished_run):
 
 
 def test_rerun_is_up_to_date_and_changes_rerun_downstream(finished_run, tmp_path):
-  import shutil  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path / "copy")
   shutil.copytree(finished_run[0], workdir)
   config = _config()
@@ -102,14 +106,14 @@ def test_export_loads_in_transformers_and_answers_like_ours(finished_run):
   import torch  # pylint: disable=g-import-not-at-top
   from transformers import AutoModelForCausalLM, AutoTokenizer  # pylint: disable=g-import-not-at-top
   workdir, _ = finished_run
-  config = _config()
   folder = os.path.join(workdir, "export", "rosepo")
   theirs = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
   tok = AutoTokenizer.from_pretrained(folder)
   ours = checkpoints.load_orbax(os.path.join(workdir, "rosepo", "model"))
-  ds = pipeline.open_dataset(config, workdir)
-  prompt_ids = [p for p, _ in pipeline.encoded_examples(config, ds, tok, "test")[:20]]
-  answers = evaluation.greedy_answers(ours, tok, prompt_ids, 8, 6)
+  ctx = context(_config(), workdir)  # prompts encoded by the exported tokenizer
+  prompt_ids = encode_prompts(tok, [ctx.example_prompt("test", ex)
+                                    for ex in ctx.dataset.examples("test", 20)])
+  answers = generate.greedy_answers(ours, tok, prompt_ids, 8, 6)
   for ids, answer in zip(prompt_ids, answers):
     out = theirs.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False,
                           eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
@@ -139,9 +143,10 @@ def test_sigterm_during_preference_training_resumes_to_the_same_result(tmp_path)
   # oracle: up to date there) without the dpo unit, so it spends its time in preference training.
   killed = str(tmp_path / "killed")
   shutil.copytree(straight, killed)
-  dpo = pipeline.Unit("dpo", "dpo")
-  shutil.rmtree(os.path.join(killed, "dpo"))
-  for path in evaluation.eval_paths(killed, "dpo") + (pipeline.marker_path(killed, dpo),):
+  dpo = Unit("dpo", "dpo")
+  paths = context(_resume_config(), killed).paths
+  shutil.rmtree(paths.run("dpo"))
+  for path in (paths.eval_summary("dpo"), paths.eval_predictions("dpo"), paths.marker(dpo)):
     os.remove(path)
   env = dict(os.environ, PYTHONPATH=REPO)
   proc = subprocess.Popen(
@@ -158,7 +163,7 @@ def test_sigterm_during_preference_training_resumes_to_the_same_result(tmp_path)
   assert proc.poll() is None, "the run ended before it could be interrupted"
   proc.send_signal(signal.SIGTERM)
   proc.wait(timeout=60)
-  assert pipeline.read_marker(killed, dpo)["status"] == "running"
+  assert pipeline.read_marker(context(_resume_config(), killed), dpo)["status"] == "running"
   outcome = pipeline.run(_resume_config(), killed, ["all"])
   assert outcome["sft"] == "up to date" and outcome["dpo/dpo"] == outcome["eval/dpo"] == "ran"
   metrics = [json.loads(line) for line in open(os.path.join(killed, "dpo", "metrics.jsonl"))]
@@ -170,3 +175,82 @@ def test_sigterm_during_preference_training_resumes_to_the_same_result(tmp_path)
   pa = checkpoints.load_orbax(os.path.join(straight, "dpo", "model"))
   pb = checkpoints.load_orbax(os.path.join(killed, "dpo", "model"))
   np.testing.assert_array_equal(np.asarray(pa.embed[...]), np.asarray(pb.embed[...]))
+
+
+def _copy(finished_run, tmp_path, name="copy") -> str:
+  workdir = str(tmp_path / name)
+  shutil.copytree(finished_run[0], workdir)
+  return workdir
+
+
+def test_a_new_method_is_one_row_and_its_loss(finished_run, tmp_path, monkeypatch):
+  """SLiC's hinge max(0, 1 - h), written here, becomes a method with one row of the table; no
+  stage module changes. At the first step the policy is pi_ref (h = 0), so its loss is 1."""
+  def hinge(h_BxK, eps_BxK, beta):
+    del eps_BxK, beta
+    return jax.nn.relu(1.0 - h_BxK)
+
+  monkeypatch.setitem(methods.METHODS, "hinge_added", methods.Method(losses.pairwise(hinge)))
+  workdir = _copy(finished_run, tmp_path)
+  config = _config()
+  config.methods = ("sft", "dpo", "rosepo", "hinge_added")
+  config.preference.steps = 2
+  outcome = pipeline.run(config, workdir, ["dpo"])
+  assert outcome == {"dpo/dpo": "ran", "dpo/rosepo": "ran", "dpo/hinge_added": "ran"}  # steps
+  log = [json.loads(line) for line in open(os.path.join(workdir, "hinge_added", "metrics.jsonl"))]
+  assert [r["step"] for r in log] == [1, 2]
+  assert log[0]["loss"] == pytest.approx(1.0, abs=1e-4)
+  assert os.path.isdir(os.path.join(workdir, "hinge_added", "model"))
+
+
+def test_sft_rerun_gives_dpo_the_new_reference(finished_run, tmp_path):
+  """After SFT reruns (another learning rate), dpo's reference log-probs are the new SFT model's:
+  its unit owns them (DIR/dpo/reference.npz) and reruns clean."""
+  workdir = _copy(finished_run, tmp_path)
+  config = _config()
+  config.methods = ("sft", "dpo")
+  config.sft.optim.learning_rate = 3e-3
+  outcome = pipeline.run(config, workdir, ["sft", "dpo"])
+  assert outcome == {"sft": "ran", "dpo/dpo": "ran"}
+  ctx = context(config, workdir)
+  rows, _ = preference.random_pairs(ctx, "dpo", 1, with_reference=False)
+  fresh = scoring.score_responses(checkpoints.load_orbax(ctx.paths.model("sft")), rows,
+                                  batch_size=4, shape=ctx.batch_shape, vocab_chunk=64)
+  stored = np.load(ctx.paths.reference("dpo"))["ref_logps"]
+  np.testing.assert_allclose(stored, fresh, rtol=1e-5)
+  old = np.load(os.path.join(finished_run[0], "dpo", "reference.npz"))["ref_logps"]
+  assert np.abs(stored - old).max() > 1e-3  # the old SFT model's would differ
+
+  # rosepo configured, negatives not asked for: its pairs are the old SFT model's, so stop.
+  config.methods = ("sft", "dpo", "rosepo")
+  with pytest.raises(pipeline.StaleInputError, match=r"dpo/rosepo would read negatives, which is "
+                     r"out of date .*add negatives to --stages"):
+    pipeline.run(config, workdir, ["sft", "dpo"])
+  assert pipeline.run(config, workdir, ["negatives", "dpo"]) == {
+      "negatives": "ran", "dpo/dpo": "up to date", "dpo/rosepo": "ran"}
+
+
+def test_changing_tau_rescores_pairs_without_retraining_the_oracle(finished_run, tmp_path):
+  workdir = _copy(finished_run, tmp_path)
+  config = _config()
+  ctx = context(config, workdir)
+  before = read_records(ctx.paths.pairs)
+  oracle_files = {f: os.path.getmtime(os.path.join(ctx.paths.oracle_model, f))
+                  for f in os.listdir(ctx.paths.oracle_model)}
+  config.smoothing.tau = 0.25
+  outcome = pipeline.run(config, workdir, ["oracle", "negatives"])
+  assert outcome == {"oracle": "up to date", "negatives": "ran"}
+  assert oracle_files == {f: os.path.getmtime(os.path.join(ctx.paths.oracle_model, f))
+                          for f in os.listdir(ctx.paths.oracle_model)}
+  after = read_records(ctx.paths.pairs)
+  assert [(p["example"], p["strategy"], p["rejected"]) for p in before] == \
+      [(p["example"], p["strategy"], p["rejected"]) for p in after]
+  # eps is the formula of METHOD.md section 4 at the new tau, over the same oracle's scores.
+  oracle = O.load_oracle(ctx.paths.oracle_model)
+  examples = {e.index: e for e in ctx.dataset.examples("train")}
+  scored = [p for p in after if p["strategy"] in ("random", "popularity", "self_hard")]
+  s = oracle.scores([examples[p["example"]].history for p in scored],
+                    np.array([[examples[p["example"]].target, p["rejected_item"]] for p in scored]))
+  want = np.clip(1.0 / (1.0 + np.exp(-(s[:, 1].astype(np.float64) - s[:, 0]) / 0.25)), 0.0, 0.45)
+  np.testing.assert_allclose([p["eps"] for p in scored], want, rtol=1e-5, atol=1e-7)
+  assert any(abs(a["eps"] - b["eps"]) > 1e-4 for a, b in zip(before, after))

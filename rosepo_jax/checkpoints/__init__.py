@@ -6,11 +6,16 @@ matching tokenizer. Every writer is atomic (temp dir, then rename).
 
 from __future__ import annotations
 
+import json
 import os
 
+from rosepo_jax.checkpoints import gguf as gguf_lib
+from rosepo_jax.checkpoints import hf as hf_lib
+from rosepo_jax.checkpoints import orbax_io
 from rosepo_jax.checkpoints.gguf import load_gguf, tokenizer_from_gguf
 from rosepo_jax.checkpoints.hf import TOKENIZER_FILES, load_hf, save_hf
 from rosepo_jax.checkpoints.orbax_io import is_orbax_model_dir, load_orbax, save_orbax
+from rosepo_jax.model import config_from_dict
 
 
 def resolve_model_path(path: str) -> str:
@@ -56,11 +61,6 @@ def load_model(path: str, mesh=None, **overrides):
 
 def read_model_config(path: str):
   """The ModelConfig of a GGUF file, HF folder or orbax directory, without reading weights."""
-  import json  # pylint: disable=g-import-not-at-top
-  from rosepo_jax.checkpoints import gguf as gguf_lib  # pylint: disable=g-import-not-at-top
-  from rosepo_jax.checkpoints import hf as hf_lib  # pylint: disable=g-import-not-at-top
-  from rosepo_jax.checkpoints import orbax_io  # pylint: disable=g-import-not-at-top
-  from rosepo_jax.model import config_from_dict  # pylint: disable=g-import-not-at-top
   path = resolve_model_path(path)
   fmt = source_format(path)
   if fmt == "gguf":

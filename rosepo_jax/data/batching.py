@@ -172,8 +172,13 @@ class StepSampler:
     per = self.global_batch // self.process_count
     return self.global_indices(step)[self.process_index * per:(self.process_index + 1) * per]
 
-  def epoch_of(self, step: int) -> float:
-    return step * self.global_batch / self.num_examples
+  def local_batch(self, rows: Sequence[EncodedRow], step: int, shape: BatchShape,
+                  num_responses: int) -> tuple[np.ndarray, dict]:
+    """(this process's row indices, its batch) of global batch `step` over `rows`, padded to the
+    global batch's length buckets so every process builds the same shapes."""
+    local = self.local_indices(step)
+    return local, make_batch([rows[i] for i in local], shape, num_responses,
+                             bucket_rows=[rows[i] for i in self.global_indices(step)])
 
 
 def eval_batches(num_examples: int, batch_size: int):

@@ -82,33 +82,27 @@ def resolve_path(path: str | None) -> str | None:
 
 
 def builder_params(data_cfg) -> dict:
-  """The parameters that determine the data (hashed into the TFDS config name)."""
+  """The parameters that determine the data (hashed into the TFDS config name), from the typed
+  `config.data` section (`rosepo_jax.config.DataConfig`)."""
   name = data_cfg.name
-  p = {"seed": int(data_cfg.seed), "num_candidates": int(data_cfg.num_candidates),
-       "max_history": int(data_cfg.max_history), "min_history": int(data_cfg.min_history)}
-  if p["min_history"] < 1 or p["max_history"] < p["min_history"]:
-    raise ValueError(f"config.data: need 1 <= min_history <= max_history, got "
-                     f"{p['min_history']}, {p['max_history']}")
-  if p["num_candidates"] < 2:
-    raise ValueError(f"config.data.num_candidates={p['num_candidates']} must be >= 2")
-  get = lambda k: data_cfg.get(k) or None  # pylint: disable=unnecessary-lambda-assignment
+  p = {"seed": data_cfg.seed, "num_candidates": data_cfg.num_candidates,
+       "max_history": data_cfg.max_history, "min_history": data_cfg.min_history}
   if name == "lastfm":
     p["reader"] = records.LASTFM_READER_VERSION  # a changed reader is a different dataset
-    if get("candidates_dir"):
-      p["candidates_dir"] = resolve_path(get("candidates_dir"))
+    if data_cfg.candidates_dir:
+      p["candidates_dir"] = resolve_path(data_cfg.candidates_dir)
   if name == "movielens100k":
     for key in ("split_file", "eval_rows_dir"):
-      if get(key):
-        p[key] = resolve_path(get(key))
+      if getattr(data_cfg, key):
+        p[key] = resolve_path(getattr(data_cfg, key))
   if name == "synthetic":
-    world = data_cfg.get("world")
-    p["world"] = dict(world.to_dict() if hasattr(world, "to_dict") else world or {})
+    p["world"] = dataclasses.asdict(data_cfg.world)
     p["generator"] = synthetic.GENERATOR_VERSION  # a changed generator is a different dataset
   return p
 
 
 def manual_dir_of(data_cfg) -> str | None:
-  return resolve_path(data_cfg.get("manual_dir") or DEFAULT_MANUAL_DIRS.get(data_cfg.name))
+  return resolve_path(data_cfg.manual_dir or DEFAULT_MANUAL_DIRS.get(data_cfg.name))
 
 
 def load_dataset(data_cfg, data_dir: str) -> RecDataset:

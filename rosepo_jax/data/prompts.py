@@ -45,7 +45,7 @@ def choose_template(templates: Sequence[str], seed: int, split: str, index: int)
 
 def templates_for(prompt_cfg, dataset_name: str) -> list[str]:
   """Templates from config (``prompt.templates``) or the dataset's domain default."""
-  templates = list(prompt_cfg.get("templates") or [])
+  templates = list(prompt_cfg.templates)
   if templates:
     for t in templates:
       for key in ("{history}", "{candidates}"):
@@ -54,7 +54,7 @@ def templates_for(prompt_cfg, dataset_name: str) -> list[str]:
       if not t.rstrip().endswith("Answer:"):
         raise ValueError(f"prompt template must end with 'Answer:': {t[-40:]!r}")
     return templates
-  domain = prompt_cfg.get("domain") or DATASET_DOMAINS.get(dataset_name, "items")
+  domain = prompt_cfg.domain or DATASET_DOMAINS.get(dataset_name, "items")
   if domain not in DEFAULT_TEMPLATES:
     raise ValueError(f"prompt.domain={domain!r}; expected one of {sorted(DEFAULT_TEMPLATES)}")
   return [DEFAULT_TEMPLATES[domain]]

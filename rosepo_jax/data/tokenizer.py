@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 import os
 
+from rosepo_jax import checkpoints
+
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<unk>")
 
 
@@ -32,7 +34,6 @@ def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2):
 
 def load_pretrained_tokenizer(path: str):
   """The tokenizer of a backbone; pad defaults to EOS when the tokenizer has none."""
-  from rosepo_jax import checkpoints  # pylint: disable=g-import-not-at-top
   tok = checkpoints.load_tokenizer(path)
   if tok.eos_token_id is None:
     raise ValueError(f"{path}: the tokenizer defines no EOS token; responses need one")

@@ -1,7 +1,10 @@
-"""The report stage: DIR/report.md (one table: rows = runs, columns = METHOD.md section 6 figures;
-one more per eval subset of the split, e.g. LastFM's llara_last) and DIR/plots/*.png, from what
-the earlier stages wrote:
+"""The report stage: DIR/report.md and DIR/plots/*.png from what the earlier units wrote.
 
+Reads config: methods (and data through the dataset, for the popularity percentiles).
+Consumes: data, eval/<run> and the model unit of every run (its metrics.jsonl), and negatives
+when configured (eps per strategy).
+Writes: DIR/report.md (one table: rows = runs, columns = METHOD.md section 6 figures; one more
+per eval subset of the split, e.g. LastFM's llara_last) and DIR/plots/:
   popularity.png  popularity percentile of the recommended (valid) items per run, against the
                   test targets'
   eps.png         the smoothing factor eps per rejected-sampling strategy (negatives stage)
@@ -10,30 +13,24 @@ the earlier stages wrote:
 
 from __future__ import annotations
 
-import json
 import os
 
+import jax
+import matplotlib
 import numpy as np
 
-from rosepo_jax import metrics, pipeline
+from rosepo_jax import metrics
+from rosepo_jax.workdir import (Context, Paths, Stage, Unit, model_unit, read_json, read_jsonl,
+                                read_records, write_text)
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # Columns of the table, in METHOD.md section 6 order.
 COLUMNS = ("hit_ratio@1", "valid_ratio", "valid_ratio_substring", "hit_ratio@1_valid",
            "pop_mean_percentile", "head_ratio", "coverage", "hit_ratio@1_tercile_low",
            "hit_ratio@1_tercile_mid", "hit_ratio@1_tercile_high", "rank_hit_ratio@1",
            "rank_hit_ratio@5", "rank_hit_ratio@10", "rank_ndcg@5", "rank_ndcg@10")
-
-
-def read_eval(workdir: str, run: str) -> tuple[dict, list[dict]]:
-  from rosepo_jax import evaluation  # pylint: disable=g-import-not-at-top
-  summary_path, predictions_path = evaluation.eval_paths(workdir, run)
-  if not os.path.isfile(summary_path):
-    raise FileNotFoundError(f"report: {summary_path} not found; run the eval stage first")
-  with open(summary_path, encoding="utf-8") as f:
-    summary = json.load(f)
-  with open(predictions_path, encoding="utf-8") as f:
-    predictions = [json.loads(line) for line in f]
-  return summary, predictions
 
 
 def _fmt(value) -> str:
@@ -55,15 +52,12 @@ def method_table(summaries: dict[str, dict]) -> str:
   return "\n".join(lines)
 
 
-def _training_curves(workdir: str, run: str) -> dict[str, list[tuple[int, float]]]:
-  path = os.path.join(workdir, run, "metrics.jsonl")
+def training_curves(path: str) -> dict[str, list[tuple[int, float]]]:
+  """{metric: [(step, value)]} from a run's metrics.jsonl (after a resume the last line of a
+  step wins); {} when the file is missing."""
   if not os.path.isfile(path):
     return {}
-  by_step = {}
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      row = json.loads(line)
-      by_step[row["step"]] = row  # after a resume the last line of a step wins
+  by_step = {row["step"]: row for row in read_jsonl(path)}
   curves = {}
   for step in sorted(by_step):
     for k, v in by_step[step].items():
@@ -72,17 +66,19 @@ def _training_curves(workdir: str, run: str) -> dict[str, list[tuple[int, float]
   return curves
 
 
-def make_plots(config, workdir: str, predictions: dict[str, list[dict]]) -> list[str]:
-  """Writes DIR/plots/*.png; returns their paths."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  from rosepo_jax import stages  # pylint: disable=g-import-not-at-top
+def _save(fig, path: str) -> str:
+  fig.tight_layout()
+  fig.savefig(path + ".tmp.png", dpi=110)
+  plt.close(fig)
+  os.replace(path + ".tmp.png", path)
+  return path
 
-  folder = os.path.join(workdir, "plots")
+
+def make_plots(ctx: Context, predictions: dict[str, list[dict]]) -> list[str]:
+  """Writes DIR/plots/*.png; returns their paths."""
+  folder = ctx.paths.plots
   os.makedirs(folder, exist_ok=True)
-  ds = pipeline.open_dataset(config, workdir)
-  pct = metrics.popularity_percentiles(ds.train_popularity)
+  pct = metrics.popularity_percentiles(ctx.dataset.train_popularity)
   written = []
 
   fig, ax = plt.subplots(figsize=(7, 4))
@@ -100,10 +96,9 @@ def make_plots(config, workdir: str, predictions: dict[str, list[dict]]) -> list
   ax.legend(fontsize=8)
   written.append(_save(fig, os.path.join(folder, "popularity.png")))
 
-  pairs_path = os.path.join(workdir, "preference", stages.PAIRS_FILE)
-  if os.path.isfile(pairs_path):
+  if any(ctx.config.uses_negatives(m) for m in ctx.config.methods):
     eps = {}
-    for pair in stages.read_pairs(workdir):
+    for pair in read_records(ctx.paths.pairs):
       eps.setdefault(pair["strategy"], []).append(pair["eps"])
     fig, ax = plt.subplots(figsize=(7, 4))
     names = sorted(eps)
@@ -114,8 +109,8 @@ def make_plots(config, workdir: str, predictions: dict[str, list[dict]]) -> list
 
   panels = ("loss", "rewards/margin", "rewards/accuracy")
   fig, axes = plt.subplots(1, len(panels), figsize=(13, 3.6))
-  for run in list(config.methods):
-    curves = _training_curves(workdir, run)
+  for run in ctx.config.methods:
+    curves = training_curves(ctx.paths.metrics_log(run))
     for ax, name in zip(axes, panels):
       if name in curves and (run != "sft" or name == "loss"):
         steps, values = zip(*curves[name])
@@ -127,21 +122,13 @@ def make_plots(config, workdir: str, predictions: dict[str, list[dict]]) -> list
   return written
 
 
-def _save(fig, path: str) -> str:
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig.tight_layout()
-  fig.savefig(path + ".tmp.png", dpi=110)
-  plt.close(fig)
-  os.replace(path + ".tmp.png", path)
-  return path
-
-
-def run_report(config, workdir: str) -> str:
+def run(ctx: Context, unit: Unit | None = None) -> str:
   """Writes DIR/report.md and DIR/plots; prints the table; returns the markdown."""
-  import jax  # pylint: disable=g-import-not-at-top
+  del unit
   summaries, predictions = {}, {}
-  for run in config.methods:
-    summaries[run], predictions[run] = read_eval(workdir, run)
+  for name in ctx.config.methods:
+    summaries[name] = read_json(ctx.paths.eval_summary(name), "run the eval stage first")
+    predictions[name] = read_jsonl(ctx.paths.eval_predictions(name))
   table = method_table(summaries)
   subsets = sorted({name for s in summaries.values() for name in s.get("subsets", {})})
   for name in subsets:
@@ -150,16 +137,29 @@ def run_report(config, workdir: str) -> str:
   print(table, flush=True)
   if jax.process_index() != 0:
     return table
-  plots = make_plots(config, workdir, predictions)
+  plots = make_plots(ctx, predictions)
   split = next(iter(summaries.values()))["split"]
   text = "\n".join([
-      f"# Report: {os.path.abspath(workdir)}", "",
-      f"Dataset `{config.data.name}`, {split} split; greedy answers (METHOD.md section 6). "
+      f"# Report: {os.path.abspath(ctx.paths.root)}", "",
+      f"Dataset `{ctx.config.data.name}`, {split} split; greedy answers (METHOD.md section 6). "
       "Columns are the keys of DIR/eval/<run>.json; the last row gives the same popularity "
       "figures for the targets.", "", table, "",
       *[f"![{os.path.basename(p)}](plots/{os.path.basename(p)})" for p in plots], ""])
-  path = os.path.join(workdir, "report.md")
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    f.write(text)
-  os.replace(path + ".tmp", path)
+  write_text(ctx.paths.report, text)
   return text
+
+
+def _inputs(config, unit: Unit) -> list[Unit]:
+  del unit
+  negatives = [Unit("negatives")] if any(config.uses_negatives(m) for m in config.methods) else []
+  return ([Unit("data")] + [Unit("eval", m) for m in config.methods]
+          + [model_unit(m) for m in config.methods] + negatives)
+
+
+def _outputs(paths: Paths, unit: Unit) -> list[str]:
+  del unit
+  return [paths.report, paths.plots]
+
+
+STAGE = Stage(name="report", sections=("methods",), units=lambda config: [Unit("report")],
+              inputs=_inputs, outputs=_outputs, run=run)

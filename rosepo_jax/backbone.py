@@ -1,0 +1,65 @@
+"""What `config.model` means: the architecture it names and the model SFT starts from.
+
+`config.model.init` is "scratch" (the `preset` with `overrides`, sized to the tokenizer) or a
+pretrained checkpoint (a .gguf file, pkg:NAME, a Hugging Face folder or an orbax model dir).
+`lora_rank > 0` adds LoRA adapters; from scratch, `copy_init_layers` start as copy heads.
+"""
+
+from __future__ import annotations
+
+import os
+
+from rosepo_jax import checkpoints
+from rosepo_jax import model as model_lib
+from rosepo_jax.config import ModelSection
+
+
+def _dtypes(m: ModelSection) -> dict:
+  return dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat)
+
+
+def scratch_vocab_size(tokenizer_size: int) -> int:
+  """A from-scratch model's vocabulary: the tokenizer's, rounded up to a multiple of 64."""
+  return -(-tokenizer_size // 64) * 64
+
+
+def architecture(m: ModelSection) -> model_lib.ModelConfig:
+  """The configured architecture without loading weights: the checkpoint's config when
+  `m.init` exists on this machine, else the `m.preset` with `m.overrides` (LoRA included)."""
+  init = checkpoints.resolve_model_path(m.init) if m.init != "scratch" else ""
+  if init and os.path.exists(init):
+    cfg = checkpoints.read_model_config(init).replace(**_dtypes(m))
+  else:
+    if m.init != "scratch" and not m.preset:
+      raise ValueError(f"config.model.init={m.init!r} is not on this machine and config.model "
+                       "has no preset to describe it")
+    cfg = model_lib.get_config(m.preset, **m.overrides, **_dtypes(m))
+  if m.lora_rank:
+    cfg = cfg.replace(lora_rank=m.lora_rank, lora_alpha=m.lora_alpha)
+  return cfg
+
+
+def build_model(m: ModelSection, tok) -> model_lib.Decoder:
+  """The SFT starting point: the preset initialised from scratch (with copy heads in
+  `m.copy_init_layers`), or the pretrained checkpoint; LoRA adapters added when configured."""
+  if m.init == "scratch":
+    cfg = model_lib.get_config(m.preset, vocab_size=scratch_vocab_size(len(tok)),
+                               bos_token_id=None, eos_token_ids=(tok.eos_token_id,),
+                               pad_token_id=tok.pad_token_id, **m.overrides, **_dtypes(m))
+    model = model_lib.init_model(cfg, seed=m.seed)
+    if m.copy_init_layers:
+      model = model_lib.init_copy_heads(model, m.copy_init_layers, m.copy_init_gain, seed=m.seed)
+  else:
+    if m.copy_init_layers:
+      raise ValueError(f"config.model.copy_init_layers={m.copy_init_layers} applies only to a "
+                       f"model trained from scratch, not to config.model.init={m.init!r}")
+    model = checkpoints.load_model(m.init, **_dtypes(m))
+    if model.cfg.vocab_size < len(tok):
+      raise ValueError(f"config.model.init={m.init}: vocabulary {model.cfg.vocab_size} is "
+                       f"smaller than the tokenizer's {len(tok)}")
+  return add_lora(m, model)
+
+
+def add_lora(m: ModelSection, model: model_lib.Decoder) -> model_lib.Decoder:
+  """`model` with the configured LoRA adapters (unchanged when lora_rank is 0)."""
+  return model_lib.add_lora(model, m.lora_rank, m.lora_alpha, seed=m.seed) if m.lora_rank else model

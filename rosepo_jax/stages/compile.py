@@ -1,0 +1,52 @@
+"""The compile stage (a check, not part of "all"; never skipped, writes nothing): lowers and
+compiles the SFT and preference train steps for the configured model, mesh and batch sizes
+without weights or data, prints per-device memory and FLOPs (`rosepo_jax.aot`), and fails when a
+step's peak exceeds `config.compile.hbm_gib`.
+
+Reads config: model, mesh, sft, preference, methods (with their rows of `rosepo_jax.methods`),
+negatives.strategies, vocab_chunk, data.max_seq_len, compile.
+Consumes: nothing. Writes: nothing.
+"""
+
+from __future__ import annotations
+
+import jax
+
+from rosepo_jax import aot, backbone, methods, sharding, train
+from rosepo_jax.workdir import Context
+
+
+def run(ctx: Context) -> dict:
+  """Compiles the steps; prints the memory table; checks the HBM budget; returns the report."""
+  config = ctx.config
+  cfg = backbone.architecture(config.model)
+  mesh = ctx.mesh() or sharding.make_mesh(data=1)
+  seq_len = config.compile.seq_len or config.data.max_seq_len
+  budget = config.compile.hbm_gib
+  online = config.preference.reference == "online"
+  steps = {"sft": (train.sft_loss_fn(config.vocab_chunk), config.sft, 1, False, False)}
+  if config.trained_runs:  # the preference step with the most rejected responses per prompt
+    run_name = max(config.trained_runs, key=config.num_rejected)
+    k = config.num_rejected(run_name)
+    objective = methods.objective(config.method(run_name), config.preference.rosepo_form)
+    steps["preference"] = (train.preference_loss_fn(objective, k, config.preference.beta,
+                                                    config.vocab_chunk),
+                           config.preference, k + 1, True, online)
+  report = {"mesh": dict(mesh.shape), "devices": jax.device_count(),
+            "device_kind": jax.devices()[0].device_kind, "params": cfg.num_params,
+            "seq_len": seq_len, "steps": {}}
+  for name, (loss_fn, section, responses, preference, online_ref) in steps.items():
+    optimizer = train.make_optimizer(section.optim, section.steps)
+    report["steps"][name] = aot.compile_step(cfg, loss_fn, optimizer, mesh, section.batch_size,
+                                             seq_len, responses, preference, section.accum_steps,
+                                             online_ref)
+  print(aot.format_report(report, budget), flush=True)
+  over = {n: s["peak_bytes"] / aot.GIB for n, s in report["steps"].items()
+          if budget and s.get("peak_bytes", 0) / aot.GIB > budget}
+  if over:
+    raise MemoryError(
+        "compile: per-device memory exceeds config.compile.hbm_gib="
+        f"{budget:g} GiB for " + ", ".join(f"{n} ({g:.2f} GiB)" for n, g in over.items())
+        + "; use more devices (config.mesh.fsdp), a smaller batch or accum_steps, "
+        "model.remat=True or LoRA")
+  return report

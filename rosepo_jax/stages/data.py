@@ -1,0 +1,71 @@
+"""The data stage: the TFDS dataset, the tokenizer and the data statistics.
+
+Reads config: data, prompt, tokenizer.
+Consumes: nothing (the raw files of config.data, or the synthetic world).
+Writes: DIR/data/tfds (TFDS, array_record), DIR/data/tokenizer (a BPE trained here; nothing for a
+pretrained tokenizer), DIR/data/stats.json.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from rosepo_jax.data import dataset as dataset_lib
+from rosepo_jax.data import prompts
+from rosepo_jax.data import tokenizer as tokenizer_lib
+from rosepo_jax.data.batching import encode_prompts
+from rosepo_jax.workdir import Context, Paths, Stage, Unit, single_unit, write_json
+
+
+def build_tokenizer(ctx: Context):
+  """Trains the BPE on the training prompts and titles (kind "bpe") and saves it, or loads the
+  backbone's tokenizer (kind "pretrained")."""
+  t = ctx.config.tokenizer
+  if t.kind == "pretrained":
+    return tokenizer_lib.load_pretrained_tokenizer(t.path)
+  ds = ctx.dataset
+  texts = [ctx.example_prompt("train", ex) for ex in ds.examples("train")]
+  texts += [prompts.response_text(title) for title in ds.titles]
+  tok = tokenizer_lib.train_bpe(texts, t.vocab_size)
+  tokenizer_lib.save_tokenizer(tok, ctx.paths.tokenizer)
+  return tok
+
+
+def run(ctx: Context, unit: Unit | None = None) -> dict:
+  """Prepares the dataset and tokenizer; writes DIR/data/stats.json and returns the stats."""
+  del unit
+  t0 = time.time()
+  ds = ctx.dataset
+  tok = build_tokenizer(ctx)
+  ctx.set_tokenizer(tok)
+  stats = {"dataset": ds.name, "catalogue_size": ds.num_items,
+           "duplicate_titles_resolved": ds.duplicate_titles,
+           "num_candidates": ctx.config.data.num_candidates, "splits": {},
+           "tokenizer": {"kind": ctx.config.tokenizer.kind, "vocab_size": len(tok)}}
+  for split in ("train", "val", "test"):
+    examples = ds.examples(split)
+    split_stats = dataset_lib.split_stats(examples)
+    lengths = np.array([len(ids) for ids in encode_prompts(
+        tok, [ctx.example_prompt(split, ex) for ex in examples])])
+    if len(lengths):
+      split_stats["prompt_tokens"] = {"p50": float(np.percentile(lengths, 50)),
+                                      "p95": float(np.percentile(lengths, 95)),
+                                      "max": int(lengths.max())}
+    stats["splits"][split] = split_stats
+  stats["reader"] = {k: v for k, v in ds.info.items() if k != "item_genre"}
+  stats["seconds"] = round(time.time() - t0, 1)
+  write_json(ctx.paths.data_stats, stats)
+  print(f"data: {ds.name}, {ds.num_items} items, "
+        + ", ".join(f"{k} {v['examples']}" for k, v in stats["splits"].items()), flush=True)
+  return stats
+
+
+def _outputs(paths: Paths, unit: Unit) -> list[str]:
+  del unit
+  return [paths.data]
+
+
+STAGE = Stage(name="data", sections=("data", "prompt", "tokenizer"), units=single_unit("data"),
+              inputs=lambda config, unit: [], outputs=_outputs, run=run)

@@ -1,0 +1,94 @@
+"""The eval stage (METHOD.md section 6): greedy answers and candidate ranking, one unit per run.
+
+Reads config: eval, vocab_chunk (and data.max_seq_len for the scoring rows).
+Consumes: data, and the run's model unit (sft, or dpo/<method>).
+Writes, for every run in config.methods (``sft`` = DIR/sft/model, others DIR/<method>/model):
+  DIR/eval/<run>.json              the aggregate figures (metrics.generation_metrics keys plus
+                                   metrics.ranking_metrics keys), split, seconds, and the same
+                                   figures per eval subset of the split ("subsets", e.g. LastFM's
+                                   llara_last: LLaRA's 122 one-row-per-user rows)
+  DIR/eval/<run>.predictions.jsonl one line per example: prompt (the exact text fed to the model),
+                                   candidates, target, answer (decoded, stripped), valid, hit
+                                   (plus valid_substring and the item ids answer_item, target_item)
+so anyone can audit or recompute the figures from the predictions alone.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from rosepo_jax import checkpoints, generate, metrics, scoring
+from rosepo_jax.workdir import Context, Paths, Stage, Unit, model_unit, write_json, write_jsonl
+
+
+def _figures(answers, examples, scores_NxC, popularity) -> tuple[dict, list[dict]]:
+  """METHOD.md section 6 figures (+ ranking when `scores_NxC` is given) and per-example records."""
+  figures, records = metrics.generation_metrics(
+      answers, [ex.candidate_titles for ex in examples], [ex.candidates for ex in examples],
+      [ex.target for ex in examples], popularity)
+  if scores_NxC is not None:
+    target_pos = np.array([ex.candidates.index(ex.target) for ex in examples])
+    figures.update(metrics.ranking_metrics(scores_NxC, target_pos))
+  return figures, records
+
+
+def evaluate_model(ctx: Context, model, split: str, limit: int = 0) -> tuple[dict, list[dict]]:
+  """Figures and per-example predictions of `model` on `split` (first `limit` examples if > 0).
+
+  When the dataset defines eval subsets of `split` (e.g. LLaRA's one-row-per-user rows),
+  ``figures["subsets"][name]`` holds the same figures over the subset's evaluated examples.
+  """
+  section, ds, tok = ctx.config.eval, ctx.dataset, ctx.tokenizer
+  examples = ds.examples(split, limit)
+  prompt_ids = [p for p, _ in ctx.encoded_examples(split, limit)]
+  answers = generate.greedy_answers(model, tok, prompt_ids, section.batch_size,
+                                    section.max_new_tokens)
+  scores = None
+  if section.ranking:
+    scores = scoring.score_responses(
+        model, scoring.candidate_rows(tok, prompt_ids, [ex.candidates for ex in examples],
+                                      ds.titles),
+        batch_size=max(section.batch_size // 4, 1), shape=ctx.batch_shape,
+        vocab_chunk=ctx.config.vocab_chunk)
+  figures, records = _figures(answers, examples, scores, ds.train_popularity)
+  position = {ex.index: k for k, ex in enumerate(examples)}
+  for name, indices in ds.eval_subsets.get(split, {}).items():
+    rows = [position[i] for i in indices if i in position]
+    if rows:
+      figures.setdefault("subsets", {})[name] = _figures(
+          [answers[k] for k in rows], [examples[k] for k in rows],
+          None if scores is None else scores[rows], ds.train_popularity)[0]
+  predictions = [
+      {"index": ex.index, "prompt": ctx.example_prompt(split, ex),
+       "candidates": list(ex.candidate_titles), "target": ex.target_title, "answer": answer,
+       "valid": rec["valid"], "hit": rec["hit"], "valid_substring": rec["valid_substring"],
+       "answer_item": rec["answer_item"], "target_item": ex.target}
+      for ex, answer, rec in zip(examples, answers, records)]
+  return figures, predictions
+
+
+def run(ctx: Context, unit: Unit) -> dict:
+  """Evaluates run `unit.run`'s model on config.eval.split; writes and returns its figures."""
+  t0, name, section = time.time(), unit.run, ctx.config.eval
+  model = checkpoints.load_orbax(ctx.paths.model(name))
+  figures, predictions = evaluate_model(ctx, model, section.split, section.max_examples)
+  figures = {"run": name, "split": section.split, **figures,
+             "seconds": round(time.time() - t0, 1)}
+  write_jsonl(ctx.paths.eval_predictions(name), predictions)
+  write_json(ctx.paths.eval_summary(name), figures)
+  print(f"eval {name}: hit_ratio@1 {figures['hit_ratio@1']:.4f} valid_ratio "
+        f"{figures['valid_ratio']:.4f} head_ratio {figures['head_ratio']:.4f} "
+        f"({figures['num_examples']} {section.split} examples, {figures['seconds']} s)", flush=True)
+  return figures
+
+
+def _outputs(paths: Paths, unit: Unit) -> list[str]:
+  return [paths.eval_summary(unit.run), paths.eval_predictions(unit.run)]
+
+
+STAGE = Stage(name="eval", sections=("eval", "vocab_chunk"),
+              units=lambda config: [Unit("eval", m) for m in config.methods],
+              inputs=lambda config, unit: [Unit("data"), model_unit(unit.run)],
+              outputs=_outputs, run=run)

@@ -1,0 +1,134 @@
+"""The negatives stage: RosePO's preference pairs (METHOD.md sections 3 and 4).
+
+Reads config: negatives, smoothing (lam, tau, eps_min, eps_max, semantic_eps), vocab_chunk.
+Consumes: data (dataset, tokenizer), sft (pi_ref: answers, candidate scores, title embeddings,
+reference log-probs), oracle (each pair's eps).
+Writes: DIR/preference/pairs.array_record (one JSON record per pair) and DIR/preference/stats.json.
+
+One pair per configured strategy per prompt (chosen = the target title; the strategies are the
+table `rosepo_jax.negatives.STRATEGIES`), plus one for each SFT answer that matches no candidate
+(a real hallucination) when a strategy asks for them. Each pair stores the prompt ids, the chosen
+and rejected token ids, its strategy, the rejected item (-1 for a hallucination), eps (the oracle's
+for candidates; smoothing.semantic_eps for invalid answers) and the reference log-probs of chosen
+and rejected under the SFT model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rosepo_jax import checkpoints, generate, metrics, negatives, scoring
+from rosepo_jax import oracle as oracle_lib
+from rosepo_jax.data.batching import EncodedRow, encode_response
+from rosepo_jax.workdir import Context, Paths, Stage, Unit, write_json, write_records
+
+HALLUCINATION = "hallucination"  # the strategy name of pairs whose rejected is a real SFT answer
+
+
+def sft_answers(ctx: Context, reference, examples, encoded) -> tuple[list[str], list[int | None]]:
+  """The SFT model's greedy answers and the candidate each one names (None: no candidate)."""
+  section = ctx.config.negatives
+  answers = generate.greedy_answers(reference, ctx.tokenizer, [p for p, _ in encoded],
+                                    section.batch_size, section.max_new_tokens)
+  items = []
+  for ex, answer in zip(examples, answers):
+    pos = metrics.match_exact(answer, ex.candidate_titles)
+    items.append(None if pos is None else ex.candidates[pos])
+  return answers, items
+
+
+def run(ctx: Context, unit: Unit | None = None) -> dict:
+  """Builds and writes the pairs; returns the stats."""
+  del unit
+  config, section, tok, ds = ctx.config, ctx.config.negatives, ctx.tokenizer, ctx.dataset
+  strategies = {name: negatives.STRATEGIES[name] for name in section.strategies}
+  needs = set().union(*(s.needs for s in strategies.values())) if strategies else set()
+  examples = ds.examples("train", section.max_prompts)
+  encoded = ctx.encoded_examples("train", section.max_prompts)
+  reference = checkpoints.load_orbax(ctx.paths.model("sft"))
+  oracle = oracle_lib.load_oracle(ctx.paths.oracle_model)
+  eos = tok.eos_token_id
+
+  answers, answer_items = ([""] * len(examples), [None] * len(examples))
+  if "answers" in needs:
+    answers, answer_items = sft_answers(ctx, reference, examples, encoded)
+  cand_logps = {}
+  if "candidate_logps" in needs:  # where the answer is not already a valid mistake
+    todo = [i for i, (ex, item) in enumerate(zip(examples, answer_items))
+            if item is None or item == ex.target]
+    rows = scoring.candidate_rows(tok, [encoded[i][0] for i in todo],
+                                  [examples[i].candidates for i in todo], ds.titles)
+    scores = scoring.score_responses(reference, rows, batch_size=max(section.batch_size // 4, 1),
+                                     shape=ctx.batch_shape, vocab_chunk=config.vocab_chunk)
+    cand_logps = dict(zip(todo, scores))
+  title_ids = [encode_response(tok, t)[:-1] or (eos,) for t in ds.titles]
+  embeddings = None
+  if "embeddings" in needs:
+    embeddings = negatives.title_embeddings(title_ids, np.asarray(reference.embed[...], np.float32))
+
+  pairs = []  # (example position, strategy, rejected item or -1, rejected token ids)
+  for i, ex in enumerate(examples):
+    evidence = negatives.Evidence(
+        seed=config.data.seed, popularity=ds.train_popularity,
+        popularity_alpha=section.popularity_alpha, unit_embeddings=embeddings,
+        answer_item=answer_items[i], candidate_logps=cand_logps.get(i))
+    for name, strategy in strategies.items():
+      item = strategy.choose(ex, evidence)
+      pairs.append((i, name, item, title_ids[item] + (eos,)))
+    if (any(s.hallucinations for s in strategies.values()) and answer_items[i] is None
+        and answers[i]):
+      hallucination = tuple(tok(" " + answers[i], add_special_tokens=False)["input_ids"])
+      pairs.append((i, HALLUCINATION, -1, hallucination + (eos,)))
+
+  # Smoothing factors: the oracle's s(u, y_l) vs s(u, y_w) for candidates, a fixed eps otherwise.
+  eps = np.full(len(pairs), config.smoothing.semantic_eps, np.float32)
+  scored = [k for k, p in enumerate(pairs)
+            if p[1] != HALLUCINATION and strategies[p[1]].in_candidates]
+  if scored:
+    hist = [examples[pairs[k][0]].history for k in scored]
+    items = np.array([[examples[pairs[k][0]].target, pairs[k][2]] for k in scored])
+    s = oracle.scores(hist, items)
+    eps[scored] = oracle_lib.smoothing_factor(s[:, 1], s[:, 0], config.smoothing)
+  # Reference log-probs of chosen and rejected, once.
+  rows = [EncodedRow(encoded[i][0], (encoded[i][1], rejected)) for i, _, _, rejected in pairs]
+  ref = scoring.score_responses(reference, rows, batch_size=section.batch_size,
+                                shape=ctx.batch_shape, vocab_chunk=config.vocab_chunk)
+  write_records(ctx.paths.pairs, [
+      {"example": int(examples[i].index), "strategy": name, "prompt": list(encoded[i][0]),
+       "chosen": list(encoded[i][1]), "rejected": list(rejected), "rejected_item": int(item),
+       "eps": float(eps[k]), "ref_logps": [float(ref[k, 0]), float(ref[k, 1])]}
+      for k, (i, name, item, rejected) in enumerate(pairs)])
+
+  kinds = {"hit": 0, "valid_miss": 0, "hallucination": 0}
+  for ex, item in zip(examples, answer_items):
+    kinds["hallucination" if item is None else "hit" if item == ex.target else "valid_miss"] += 1
+  names = [p[1] for p in pairs]
+  stats = {"prompts": len(examples), "pairs": len(pairs), "per_strategy": {},
+           "sft_answers": {k: v / max(len(examples), 1) for k, v in kinds.items()}}
+  for name in sorted(set(names)):
+    e = eps[[k for k, n in enumerate(names) if n == name]]
+    stats["per_strategy"][name] = {
+        "pairs": int(len(e)), "eps_mean": float(e.mean()),
+        **{f"eps_p{q}": float(np.percentile(e, q)) for q in (10, 50, 90)}}
+  write_json(ctx.paths.negatives_stats, stats)
+  print(f"negatives: {len(pairs)} pairs for {len(examples)} prompts; SFT answers "
+        + ", ".join(f"{k} {v:.2f}" for k, v in stats["sft_answers"].items()), flush=True)
+  return stats
+
+
+def _units(config) -> list[Unit]:
+  """One unit when a configured method reads the pairs, else none."""
+  return [Unit("negatives")] if any(config.uses_negatives(m) for m in config.methods) else []
+
+
+def _outputs(paths: Paths, unit: Unit) -> list[str]:
+  del unit
+  return [paths.negatives]
+
+
+STAGE = Stage(
+    name="negatives",
+    sections=("negatives", "smoothing.lam", "smoothing.tau", "smoothing.eps_min",
+              "smoothing.eps_max", "smoothing.semantic_eps", "vocab_chunk"),
+    units=_units, inputs=lambda config, unit: [Unit("data"), Unit("sft"), Unit("oracle")],
+    outputs=_outputs, run=run)

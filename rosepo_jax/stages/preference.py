@@ -1,0 +1,143 @@
+"""The preference stage ("dpo"): one unit per method of config.methods, each trained from pi_ref.
+
+Reads config: preference, model.lora_rank, model.lora_alpha, model.seed, smoothing.cdpo_eps,
+vocab_chunk; the method's row of `rosepo_jax.methods.METHODS`.
+Consumes: data, sft (the starting point and pi_ref), and negatives for a method that reads its
+pairs (`methods.uses_negatives`).
+Writes: DIR/<method>/reference.npz (random-pairs methods with a precomputed reference: the
+rejected ids and pi_ref log-probs, made by this unit), DIR/<method>/{checkpoints,tb,metrics.jsonl}
+and DIR/<method>/model (orbax model dir, LoRA merged).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rosepo_jax import backbone, checkpoints, methods, negatives, scoring, train
+from rosepo_jax.data.batching import EncodedRow, encode_response
+from rosepo_jax.workdir import Context, Paths, Stage, Unit, read_records, save_npz
+
+_PAIRS_HINT = "run the negatives stage first"
+
+
+def random_pairs(ctx: Context, method: str, num_rejected: int, with_reference: bool):
+  """Rows (prompt, chosen, k random rejected) and reference log-probs [N, k+1] by the SFT model
+  (None without reference), saved in DIR/<method>/reference.npz and reused on a resume."""
+  section = ctx.config.preference
+  examples = ctx.dataset.examples("train", section.max_prompts)
+  seed = ctx.config.data.seed
+  rejected = np.array([negatives.random_rejected(ex.candidates, ex.target, num_rejected, seed,
+                                                 "train", ex.index) for ex in examples])
+  rows = [EncodedRow(p, (r,) + tuple(encode_response(ctx.tokenizer, ctx.dataset.titles[j])
+                                     for j in rej))
+          for (p, r), rej in zip(ctx.encoded_examples("train", section.max_prompts), rejected)]
+  if not with_reference:
+    return rows, None
+  path = ctx.paths.reference(method)
+  try:
+    cached = np.load(path)
+    if np.array_equal(cached["rejected"], rejected):
+      return rows, cached["ref_logps"]
+  except FileNotFoundError:
+    pass
+  reference = checkpoints.load_orbax(ctx.paths.model("sft"))
+  ref = scoring.score_responses(reference, rows, batch_size=section.batch_size,
+                                shape=ctx.batch_shape, vocab_chunk=ctx.config.vocab_chunk)
+  save_npz(path, rejected=rejected, ref_logps=ref)
+  return rows, ref
+
+
+def negatives_pairs(ctx: Context, method: methods.Method):
+  """Rows (prompt, chosen, that prompt's rejected responses), reference log-probs [N, K+1] and
+  eps [N, K] from the negatives stage's pairs, without the method's dropped strategies; eps is 0
+  unless the method takes it from the pairs."""
+  groups: dict[int, list[dict]] = {}
+  for pair in read_records(ctx.paths.pairs, _PAIRS_HINT):
+    if pair["strategy"] not in method.dropped:
+      groups.setdefault(pair["example"], []).append(pair)
+  if not groups:
+    raise ValueError(f"{ctx.paths.pairs}: no preference pairs left (the negatives stage's output "
+                     "is empty, or every strategy is dropped)")
+  k = max(len(g) for g in groups.values())
+  rows, ref = [], np.zeros((len(groups), k + 1), np.float32)
+  eps = np.zeros((len(groups), k), np.float32)
+  for n, pairs in enumerate(groups.values()):
+    rejected = tuple(tuple(p["rejected"]) for p in pairs) + ((),) * (k - len(pairs))
+    rows.append(EncodedRow(tuple(pairs[0]["prompt"]), (tuple(pairs[0]["chosen"]),) + rejected))
+    ref[n, 0] = pairs[0]["ref_logps"][0]
+    ref[n, 1:len(pairs) + 1] = [p["ref_logps"][1] for p in pairs]
+    if method.eps == "pairs":
+      eps[n, :len(pairs)] = [p["eps"] for p in pairs]
+  return rows, ref, eps
+
+
+def constant_eps(ctx: Context) -> float:
+  """cDPO's constant eps: config.smoothing.cdpo_eps, or with a negative value the mean oracle eps
+  over the negatives stage's pairs (the comparison METHOD.md's results ask for)."""
+  value = ctx.config.smoothing.cdpo_eps
+  if value >= 0:
+    return value
+  return float(np.mean([p["eps"] for p in read_records(ctx.paths.pairs, _PAIRS_HINT)]))
+
+
+def run(ctx: Context, unit: Unit) -> int:
+  """Trains method `unit.run` from DIR/sft/model; returns the number of steps trained."""
+  config, section, name = ctx.config, ctx.config.preference, unit.run
+  method = config.method(name)
+  online = section.reference == "online"
+  if method.pairs == "negatives":
+    rows, ref, eps_table = negatives_pairs(ctx, method)
+    k = len(rows[0].responses) - 1
+  else:
+    k = config.num_rejected(name)
+    rows, ref = random_pairs(ctx, name, k, with_reference=not online)
+    eps_table = np.full((len(rows), k), constant_eps(ctx) if method.eps == "constant" else 0.0,
+                        np.float32)
+  loss_fn = train.preference_loss_fn(methods.objective(method, section.rosepo_form), k,
+                                     section.beta, config.vocab_chunk,
+                                     sft_weight=section.sft_weight)
+  model = backbone.add_lora(config.model, checkpoints.load_orbax(ctx.paths.model("sft")))
+  lora = bool(config.model.lora_rank)
+  # With LoRA the frozen base is the reference; otherwise a second copy runs in each step.
+  reference = checkpoints.load_orbax(ctx.paths.model("sft")) if online and not lora else None
+  trainer = train.Trainer(model, loss_fn, train.make_optimizer(section.optim, section.steps),
+                          mesh=ctx.mesh(), accum_steps=section.accum_steps,
+                          reference_model=reference, online_reference=online and lora)
+  sampler = train.step_sampler(len(rows), section.batch_size, config.data.seed + 1)
+
+  def batch_fn(step):
+    idx, batch = sampler.local_batch(rows, step, ctx.batch_shape, k + 1)
+    if not online:
+      batch["ref_logps"] = ref[idx]
+    batch["eps"] = eps_table[idx]
+    return batch
+
+  state, _ = train.train_loop(trainer, batch_fn, section.loop(), ctx.paths.run(name),
+                              batch_flops=train.batch_flops_fn(trainer.model_cfg, lora, online))
+  train.save_trained(trainer, state, ctx.paths.model(name), ctx.tokenizer)
+  print(f"{name}: {state.step} steps on {len(rows)} prompts (k={k})", flush=True)
+  return int(state.step)
+
+
+def _inputs(config, unit: Unit) -> list[Unit]:
+  return [Unit("data"), Unit("sft")] + ([Unit("negatives")] if config.uses_negatives(unit.run)
+                                        else [])
+
+
+def _outputs(paths: Paths, unit: Unit) -> list[str]:
+  return [paths.run(unit.run)]
+
+
+def _method_row(config, unit: Unit) -> dict:
+  """The method's row of the table, as part of its unit's key."""
+  method = config.method(unit.run)
+  return {"objective": method.objective.__name__, "rejected": method.rejected,
+          "pairs": method.pairs, "eps": method.eps, "dropped": sorted(method.dropped)}
+
+
+STAGE = Stage(
+    name="dpo",
+    sections=("preference", "model.lora_rank", "model.lora_alpha", "model.seed",
+              "smoothing.cdpo_eps", "vocab_chunk"),
+    units=lambda config: [Unit("dpo", m) for m in config.trained_runs],
+    inputs=_inputs, outputs=_outputs, run=run, key_extra=_method_row)

@@ -1,0 +1,85 @@
+"""The sft stage: supervised fine-tuning on (prompt, target title + EOS); the result is pi_ref.
+
+Reads config: model, sft, vocab_chunk (and data through its unit).
+Consumes: data (dataset, tokenizer).
+Writes: DIR/sft/{checkpoints,tb,metrics.jsonl} and DIR/sft/model (orbax model dir + tokenizer).
+
+With `config.sft.candidate_curriculum`, the first steps train on prompts that show fewer
+candidates (`curriculum_phases`).
+"""
+
+from __future__ import annotations
+
+from rosepo_jax import backbone, train
+from rosepo_jax.data import batching
+from rosepo_jax.data import candidates as candidates_lib
+from rosepo_jax.data.batching import EncodedRow
+from rosepo_jax.workdir import Context, Paths, Stage, Unit, single_unit
+
+
+def training_rows(ctx: Context, split: str) -> list[EncodedRow]:
+  """One row (prompt, (target response,)) per example of `split`."""
+  return [EncodedRow(p, (r,)) for p, r in ctx.encoded_examples(split)]
+
+
+def curriculum_phases(ctx: Context) -> list[tuple[int, list[EncodedRow]]]:
+  """(end step, training rows) for each phase of `config.sft.candidate_curriculum`.
+
+  The curriculum is a tuple of (end_step, shown) pairs (validated by `rosepo_jax.config`):
+  before `end_step`, each training prompt shows `shown` of its candidates (the target among
+  them, `candidates.curriculum_subset`) and says so ("which one of these {n}"); from the last end
+  step on, the full prompts. Few candidates make copying a candidate's title easy to discover; a
+  from-scratch model learns it several times faster this way than from the full prompts
+  (docs/findings.md).
+  """
+  seed = ctx.config.data.seed
+  examples = ctx.dataset.examples("train")
+  responses = [r for _, r in ctx.encoded_examples("train")]
+  out = []
+  for end, shown in ctx.config.sft.candidate_curriculum:
+    texts = [ctx.example_prompt("train", ex, candidate_titles=(
+        candidates_lib.curriculum_subset(ex.candidate_titles, ex.target_title, shown, seed,
+                                         "train", ex.index))) for ex in examples]
+    out.append((end, [EncodedRow(p, (r,))
+                      for p, r in zip(batching.encode_prompts(ctx.tokenizer, texts), responses)]))
+  return out
+
+
+def rows_at_step(phases: list[tuple[int, list[EncodedRow]]], rows: list[EncodedRow],
+                 step: int) -> list[EncodedRow]:
+  """The training rows of `step`: its curriculum phase's, or the full `rows` after the last."""
+  return next((phase_rows for end, phase_rows in phases if step < end), rows)
+
+
+def run(ctx: Context, unit: Unit | None = None) -> dict:
+  """Trains the SFT model; returns the last validation metrics."""
+  del unit
+  config, section = ctx.config, ctx.config.sft
+  rows = training_rows(ctx, "train")
+  phases = curriculum_phases(ctx)
+  val = training_rows(ctx, "val")[:section.eval_examples]
+  loss_fn = train.sft_loss_fn(config.vocab_chunk)
+  trainer = train.Trainer(backbone.build_model(config.model, ctx.tokenizer), loss_fn,
+                          train.make_optimizer(section.optim, section.steps),
+                          mesh=ctx.mesh(), accum_steps=section.accum_steps)
+  sampler = train.step_sampler(len(rows), section.batch_size, config.data.seed)
+  evaluate = train.loss_evaluator(trainer, loss_fn, val, ctx.batch_shape, 1,
+                                  section.batch_size) if val else None
+  state, metrics = train.train_loop(
+      trainer,
+      lambda step: sampler.local_batch(rows_at_step(phases, rows, step), step, ctx.batch_shape,
+                                       1)[1],
+      section.loop(best_metric="loss" if evaluate else ""), ctx.paths.run("sft"), evaluate,
+      batch_flops=train.batch_flops_fn(trainer.model_cfg, bool(config.model.lora_rank)))
+  train.save_trained(trainer, state, ctx.paths.model("sft"), ctx.tokenizer)
+  print(f"sft: {state.step} steps, validation {metrics}", flush=True)
+  return metrics
+
+
+def _outputs(paths: Paths, unit: Unit) -> list[str]:
+  del unit
+  return [paths.run("sft")]
+
+
+STAGE = Stage(name="sft", sections=("model", "sft", "vocab_chunk"), units=single_unit("sft"),
+              inputs=lambda config, unit: [Unit("data")], outputs=_outputs, run=run)

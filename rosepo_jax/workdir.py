@@ -1,0 +1,309 @@
+"""The run folder: every path under DIR, named once; the units of work; the context stages share.
+
+Layout (owner unit in brackets; a unit that reruns removes what it owns first):
+  DIR/data/{tfds,tokenizer,stats.json}                      [data]
+  DIR/sft/{checkpoints,tb,metrics.jsonl,model}              [sft]
+  DIR/oracle/{model,metrics.json}                           [oracle]
+  DIR/preference/{pairs.array_record,stats.json}            [negatives]
+  DIR/<method>/{reference.npz,checkpoints,tb,metrics.jsonl,model}   [dpo/<method>]
+  DIR/eval/<run>.json, DIR/eval/<run>.predictions.jsonl     [eval/<run>]
+  DIR/export/<run>/                                         [export/<run>]
+  DIR/report.md, DIR/plots/                                 [report]
+  DIR/stages/<unit>.json                                    the runner's markers
+
+A `Stage` is what the runner (`rosepo_jax.pipeline`) knows of a stage module: the config keys it
+reads, its units, the units each consumes, the paths each writes, and its `run`. `Context` holds
+the typed config, the paths and what stages share, each opened once: the dataset, the tokenizer,
+the exact prompt of an example and the encoded (prompt, response) ids of a split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+import dataclasses
+import json
+import os
+import shutil
+from typing import Any
+
+import jax
+import numpy as np
+
+from rosepo_jax import sharding
+from rosepo_jax.config import Config
+from rosepo_jax.data import dataset as dataset_lib
+from rosepo_jax.data import prompts
+from rosepo_jax.data import tokenizer as tokenizer_lib
+from rosepo_jax.data.batching import BatchShape, encode_prompts, encode_response
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+  """A piece of work with its own marker: a stage, or a stage for one run ("dpo/rosepo")."""
+  stage: str
+  run: str = ""
+
+  @property
+  def name(self) -> str:
+    return f"{self.stage}/{self.run}" if self.run else self.stage
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """A stage as the runner sees it. `sections`: dotted config keys hashed into each unit's key;
+  `units(config)`, `inputs(config, unit)`, `outputs(paths, unit)`, `run(context, unit)`;
+  `key_extra(config, unit)`: more of what a unit's result depends on (JSON-able), if any."""
+  name: str
+  sections: tuple[str, ...]
+  units: Callable[[Config], list[Unit]]
+  inputs: Callable[[Config, Unit], list[Unit]]
+  outputs: Callable[["Paths", Unit], list[str]]
+  run: Callable[["Context", Unit], Any]
+  key_extra: Callable[[Config, Unit], Any] | None = None
+
+
+def single_unit(stage: str) -> Callable[[Config], list[Unit]]:
+  return lambda config: [Unit(stage)]
+
+
+def model_unit(run: str) -> Unit:
+  """The unit that trains run `run`'s model: sft, or the preference unit of a method."""
+  return Unit("sft") if run == "sft" else Unit("dpo", run)
+
+
+class Paths:
+  """Every path under the run folder DIR."""
+
+  def __init__(self, root: str):
+    self.root = root
+
+  def _join(self, *parts: str) -> str:
+    return os.path.join(self.root, *parts)
+
+  # data
+  @property
+  def data(self) -> str:
+    return self._join("data")
+
+  @property
+  def tfds(self) -> str:
+    return self._join("data", "tfds")
+
+  @property
+  def tokenizer(self) -> str:
+    return self._join("data", "tokenizer")
+
+  @property
+  def data_stats(self) -> str:
+    return self._join("data", "stats.json")
+
+  # training runs: "sft" and each preference method
+  def run(self, run: str) -> str:
+    return self._join(run)
+
+  def model(self, run: str) -> str:
+    return self._join(run, "model")
+
+  def metrics_log(self, run: str) -> str:
+    return self._join(run, "metrics.jsonl")
+
+  def reference(self, run: str) -> str:
+    """Rejected ids and pi_ref log-probs of a random-pairs method, made by its own unit."""
+    return self._join(run, "reference.npz")
+
+  # oracle
+  @property
+  def oracle(self) -> str:
+    return self._join("oracle")
+
+  @property
+  def oracle_model(self) -> str:
+    return self._join("oracle", "model")
+
+  @property
+  def oracle_metrics(self) -> str:
+    return self._join("oracle", "metrics.json")
+
+  # negatives
+  @property
+  def negatives(self) -> str:
+    return self._join("preference")
+
+  @property
+  def pairs(self) -> str:
+    return self._join("preference", "pairs.array_record")
+
+  @property
+  def negatives_stats(self) -> str:
+    return self._join("preference", "stats.json")
+
+  # eval, export, report
+  def eval_summary(self, run: str) -> str:
+    return self._join("eval", f"{run}.json")
+
+  def eval_predictions(self, run: str) -> str:
+    return self._join("eval", f"{run}.predictions.jsonl")
+
+  def export(self, run: str) -> str:
+    return self._join("export", run)
+
+  @property
+  def report(self) -> str:
+    return self._join("report.md")
+
+  @property
+  def plots(self) -> str:
+    return self._join("plots")
+
+  def marker(self, unit: Unit) -> str:
+    return self._join("stages", unit.name.replace("/", ".") + ".json")
+
+
+# ------------------------------------------------------------------------------------------------
+# Files: atomic writes (temp, then rename) from process 0; reads.
+
+
+def write_json(path: str, obj) -> None:
+  write_text(path, json.dumps(obj, indent=2, ensure_ascii=False))
+
+
+def write_text(path: str, text: str) -> None:
+  if jax.process_index() != 0:
+    return
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def write_jsonl(path: str, rows: Sequence[dict]) -> None:
+  write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def read_json(path: str, what: str = "") -> Any:
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path} not found{'; ' + what if what else ''}")
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def read_jsonl(path: str) -> list[dict]:
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def write_records(path: str, rows: Sequence[dict]) -> None:
+  """JSON records in an array_record file, atomically."""
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+  if jax.process_index() != 0:
+    return
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  writer = array_record_module.ArrayRecordWriter(path + ".tmp", "group_size:1")
+  for row in rows:
+    writer.write(json.dumps(row).encode())
+  writer.close()
+  os.replace(path + ".tmp", path)
+
+
+def read_records(path: str, what: str = "") -> list[dict]:
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path} not found{'; ' + what if what else ''}")
+  reader = array_record_module.ArrayRecordReader(path)
+  try:
+    return [json.loads(r) for r in reader.read_all()]
+  finally:
+    reader.close()
+
+
+def save_npz(path: str, **arrays) -> None:
+  if jax.process_index() != 0:
+    return
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  np.savez(path + ".tmp.npz", **arrays)
+  os.replace(path + ".tmp.npz", path)
+
+
+def remove(paths: Sequence[str]) -> None:
+  """Removes files and folders (process 0)."""
+  if jax.process_index() != 0:
+    return
+  for path in paths:
+    if os.path.isdir(path):
+      shutil.rmtree(path)
+    elif os.path.exists(path):
+      os.remove(path)
+
+
+# ------------------------------------------------------------------------------------------------
+# The shared context.
+
+
+class Context:
+  """The typed config, the run folder's paths, and the dataset / tokenizer / encoded examples,
+  each opened once and shared by the stages of one `pipeline.run`."""
+
+  def __init__(self, config: Config, workdir: str):
+    self.config = config
+    self.paths = Paths(workdir)
+    self._dataset: dataset_lib.RecDataset | None = None
+    self._tokenizer = None
+    self._encoded: dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]] = {}
+
+  @property
+  def dataset(self) -> dataset_lib.RecDataset:
+    """The TFDS dataset under DIR/data/tfds (prepared on first use: the data stage)."""
+    if self._dataset is None:
+      self._dataset = dataset_lib.load_dataset(self.config.data, self.paths.tfds)
+    return self._dataset
+
+  @property
+  def tokenizer(self):
+    """The backbone's tokenizer (kind pretrained) or the BPE of DIR/data/tokenizer."""
+    if self._tokenizer is None:
+      t = self.config.tokenizer
+      self._tokenizer = (tokenizer_lib.load_pretrained_tokenizer(t.path) if t.kind == "pretrained"
+                         else tokenizer_lib.load_saved_tokenizer(self.paths.tokenizer))
+    return self._tokenizer
+
+  def set_tokenizer(self, tok) -> None:
+    """The data stage's freshly built tokenizer (encoded examples of another one are dropped)."""
+    self._tokenizer, self._encoded = tok, {}
+
+  @property
+  def batch_shape(self) -> BatchShape:
+    return BatchShape(max_seq_len=self.config.data.max_seq_len)
+
+  def mesh(self):
+    """The configured mesh, or None on a single device (then everything runs unsharded)."""
+    if jax.device_count() == 1:
+      return None
+    m = self.config.mesh
+    return sharding.make_mesh(data=m.data, fsdp=m.fsdp, tensor=m.tensor)
+
+  def example_prompt(self, split: str, ex, candidate_titles: Sequence[str] | None = None) -> str:
+    """The exact prompt text of an example (template chosen per example when several); with
+    `candidate_titles`, the same prompt showing those candidates instead of all of the example's."""
+    templates = prompts.templates_for(self.config.prompt, self.dataset.name)
+    template = prompts.choose_template(templates, self.config.data.seed, split, ex.index)
+    return prompts.render_prompt(template, ex.history_titles,
+                                 ex.candidate_titles if candidate_titles is None
+                                 else candidate_titles)
+
+  def encoded_examples(self, split: str, limit: int = 0
+                       ) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """(prompt ids, target response ids) of every example of `split` (the first `limit` if > 0).
+
+    A prefix is encoded once and extended when a later call asks for more.
+    """
+    examples = self.dataset.examples(split, limit)
+    encoded = self._encoded.get(split, [])
+    if len(encoded) < len(examples):
+      todo = examples[len(encoded):]
+      tok = self.tokenizer
+      prompt_ids = encode_prompts(tok, [self.example_prompt(split, ex) for ex in todo])
+      encoded = encoded + [(p, encode_response(tok, ex.target_title))
+                           for p, ex in zip(prompt_ids, todo)]
+      self._encoded[split] = encoded
+    return encoded[:len(examples)]

@@ -1,0 +1,85 @@
+"""Typed config: every shipped config parses; unknown keys, wrong types and out-of-range values
+fail before any stage runs, naming the dotted key."""
+
+import os
+
+from conftest import REPO
+import ml_collections
+import pytest
+
+from rosepo_jax import config as config_lib
+from rosepo_jax import pipeline
+from test_data_pipeline import _config
+
+CONFIGS = sorted(f for f in os.listdir(os.path.join(REPO, "configs"))
+                 if f.endswith(".py") and f not in ("__init__.py", "common.py"))
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_config_parses(name):
+  config = config_lib.parse(_config(name))
+  assert config.methods and config.sft.steps > 0 and config.smoothing.eps_max < 0.5
+
+
+def test_values_are_typed_and_defaults_filled():
+  c = config_lib.parse(ml_collections.ConfigDict(
+      {"preference": {"beta": 2, "optim": {"learning_rate": 1e-3}}, "methods": ["sft", "dpo"]}))
+  assert c.preference.beta == 2.0 and isinstance(c.preference.beta, float)
+  assert c.methods == ("sft", "dpo") and c.preference.optim.learning_rate == 1e-3
+  assert c.sft == config_lib.SFTConfig()  # an absent section takes its defaults
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("preference.beta", -1.0, r"config.preference.beta=-1.0: expected > 0"),
+    ("preference.beta", 0.0, r"config.preference.beta=0.0: expected > 0"),
+    ("smoothing.eps_max", 0.5, r"config.smoothing.eps_max=0.5: expected in \[0, 0.5\)"),
+    ("smoothing.cdpo_eps", 0.6, r"config.smoothing.cdpo_eps=0.6: expected < 0.5"),
+    ("sft.optim.learning_rate", 0.0, r"config.sft.optim.learning_rate=0.0: expected > 0"),
+    ("sft.steps", -5, r"config.sft.steps=-5: expected >= 0"),
+    ("sft.steps", "10", r"config.sft.steps='10': expected an integer, got str"),
+    ("eval.split", "dev", r"config.eval.split='dev': expected one of \['train', 'val', 'test'\]"),
+    ("preference.reference", "live", r"config.preference.reference='live': expected one of"),
+    ("methods", ("sft", "kto"), r"config.methods\[1\]='kto': unknown method"),
+    ("negatives.strategies", ("random", "hard"), r"config.negatives.strategies\[1\]='hard'"),
+    ("model.overrides", {"hidden": 8}, r"config.model.overrides.hidden: unknown model field"),
+])
+def test_bad_values_name_the_key(tmp_path, key, value, message):
+  config = _config("synthetic_scratch.py")
+  *parents, leaf = key.split(".")
+  node = config
+  for p in parents:
+    node = node[p]
+  with node.ignore_type():
+    node[leaf] = value
+  workdir = tmp_path / "w"
+  with pytest.raises(config_lib.ConfigError, match=message):
+    pipeline.run(config, str(workdir), ["all"])
+  assert not workdir.exists()  # nothing ran
+
+
+def test_unknown_and_moved_keys_are_rejected_not_dropped(tmp_path):
+  config = _config("synthetic_scratch.py")
+  config.sft.stepz = 3
+  with pytest.raises(config_lib.ConfigError, match=r"config.sft.stepz: unknown key; config.sft "
+                     r"takes \[.*'steps'"):
+    pipeline.run(config, str(tmp_path / "w"), ["all"])
+  config = _config("synthetic_scratch.py")
+  config.oracle.tau = 2.0
+  with pytest.raises(config_lib.ConfigError, match="config.oracle.tau: unknown key; it moved to "
+                     "config.smoothing.tau"):
+    config_lib.parse(config)
+  with pytest.raises(config_lib.ConfigError, match="config.bogus: unknown key"):
+    config_lib.parse(ml_collections.ConfigDict({"bogus": 1}))
+
+
+def test_cross_key_checks():
+  config = _config("synthetic_scratch.py")
+  config.data.min_history = 12
+  with pytest.raises(config_lib.ConfigError, match="config.data.min_history=12 > "
+                     "config.data.max_history=10"):
+    config_lib.parse(config)
+  config = _config("synthetic_scratch.py")
+  config.oracle.max_len = 5
+  with pytest.raises(config_lib.ConfigError, match="config.oracle.max_len=5: expected >= "
+                     "config.data.max_history=10"):
+    config_lib.parse(config)
