@@ -20,6 +20,9 @@ flags.DEFINE_string("tokenizer", None, "Tokenizer folder to write with the model
 flags.DEFINE_enum("param_dtype", "float32", ["float32", "bfloat16", "float16"],
                   "Parameter dtype of the converted model.")
 flags.DEFINE_integer("max_shard_mb", 4096, "HF export: largest safetensors shard, in MiB.")
+flags.DEFINE_bool("overwrite", False, "Replace --dst when it holds an earlier output of "
+                  "rosepo-jax. Any other existing file or folder is never replaced, nor the "
+                  "current directory, the repository or a folder holding the source.")
 FLAGS = flags.FLAGS
 
 
@@ -27,6 +30,9 @@ def main(argv):
   del argv
   from rosepo_jax import checkpoints  # pylint: disable=g-import-not-at-top
   src = checkpoints.resolve_model_path(FLAGS.src)
+  protect = [src] + ([FLAGS.tokenizer] if FLAGS.tokenizer else [])
+  # Before the (possibly slow) load: a destination we may not replace is refused at once.
+  checkpoints.atomic.check_destination(FLAGS.dst, FLAGS.overwrite, protect)
   fmt = checkpoints.source_format(src)
   model = checkpoints.load_model(src, param_dtype=FLAGS.param_dtype)
   if FLAGS.tokenizer:
@@ -38,9 +44,11 @@ def main(argv):
       tokenizer = None
   if FLAGS.dst_format == "hf":
     summary = checkpoints.save_hf(model, FLAGS.dst, tokenizer=tokenizer,
-                                  max_shard_bytes=FLAGS.max_shard_mb << 20)
+                                  max_shard_bytes=FLAGS.max_shard_mb << 20,
+                                  overwrite=FLAGS.overwrite, protect=protect)
   else:
-    summary = checkpoints.save_orbax(model, FLAGS.dst, tokenizer=tokenizer)
+    summary = checkpoints.save_orbax(model, FLAGS.dst, tokenizer=tokenizer,
+                                     overwrite=FLAGS.overwrite, protect=protect)
   cfg = model.cfg
   print(f"converted {fmt} {src} -> {FLAGS.dst_format} {FLAGS.dst}: {cfg.architecture}, "
         f"{cfg.num_layers} layers, {cfg.num_params:,} params, {summary['dtype']}, "

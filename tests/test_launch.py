@@ -75,3 +75,46 @@ def test_convert_smollm2_gguf_gives_complete_hf_folder(smollm2_gguf, tmp_path):
   out = _run("launch.generate", f"--model={tmp_path / 'hf'}",
              "--prompt=The capital of France is", "--max_new_tokens=4")
   assert "Paris" in out.split("completion:")[-1]
+
+
+def _tree(folder) -> dict:
+  """{relative path: bytes (files) or None (folders)} of everything under `folder`."""
+  out = {}
+  for root, dirs, files in os.walk(folder):
+    for d in dirs:
+      out[os.path.relpath(os.path.join(root, d), folder)] = None
+    for f in files:
+      with open(os.path.join(root, f), "rb") as fh:
+        out[os.path.relpath(os.path.join(root, f), folder)] = fh.read()
+  return out
+
+
+def test_convert_never_replaces_what_it_did_not_write(tmp_path):
+  """A user folder, a plain file, the source's parent and the current directory are refused
+  (exit code != 0, the path named) and survive byte for byte; an earlier export of ours is
+  replaced only with --overwrite."""
+  work = tmp_path / "work"
+  src = work / "models" / "tiny_hf"
+  C.save_hf(M.init_model(M.get_config("tiny"), seed=3), str(src))
+  (work / "d" / "sub").mkdir(parents=True)
+  (work / "d" / "notes.txt").write_text("keep")
+  (work / "plain.txt").write_text("keep too")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", PYTHONPATH=REPO)
+  before = _tree(work)
+  for dst in ("d", "plain.txt", "models", ".", str(src)):
+    proc = subprocess.run([sys.executable, "-m", "launch.convert", f"--src={src}", f"--dst={dst}",
+                           "--dst_format=hf", "--overwrite"], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0, dst
+    assert f"refusing to write {dst}" in proc.stderr and "nothing was changed" in proc.stderr, \
+        proc.stderr[-2000:]
+    assert _tree(work) == before, dst
+  with pytest.raises(C.atomic.DestinationError, match="refusing to write .*: it is \\(or holds\\)"):
+    C.save_hf(M.init_model(M.get_config("tiny")), REPO)
+  C.save_hf(M.init_model(M.get_config("tiny"), seed=4), str(tmp_path / "ours"))
+  with pytest.raises(C.atomic.DestinationError, match="pass overwrite=True"):
+    C.save_hf(M.init_model(M.get_config("tiny")), str(tmp_path / "ours"), overwrite=False)
+  C.save_hf(M.init_model(M.get_config("tiny"), seed=5), str(tmp_path / "ours"))  # ours: replaced
+  (tmp_path / "empty").mkdir()
+  C.save_orbax(M.init_model(M.get_config("tiny")), str(tmp_path / "empty"), overwrite=False)
+  assert os.path.isfile(tmp_path / "empty" / C.atomic.MARKER)

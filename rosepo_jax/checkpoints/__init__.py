@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 
+from rosepo_jax.checkpoints import atomic
 from rosepo_jax.checkpoints import gguf as gguf_lib
 from rosepo_jax.checkpoints import hf as hf_lib
 from rosepo_jax.checkpoints import orbax_io

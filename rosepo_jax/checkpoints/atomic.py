@@ -1,29 +1,76 @@
-"""Atomic directory writes: build in a temp dir beside the target, then rename into place."""
+"""Atomic directory writes that never delete what they did not write.
+
+`atomic_dir(dst)` builds the new folder in a temp dir beside `dst` (same filesystem) and renames it
+into place when complete, so a reader never sees a half-written folder. Every folder it writes
+holds a marker file (`MARKER`). An existing `dst` is replaced only when it is a folder with that
+marker (an earlier output of ours) and `overwrite` is true, or when it is an empty folder.
+Refused always, whatever `overwrite` says: a plain file, a folder without the marker, the current
+directory or any folder holding it, this repository or any folder holding it, a git checkout, and
+any of the `protect` paths (e.g. a conversion's source) or a folder holding one.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import contextlib
 import os
 import shutil
 import tempfile
 
+MARKER = ".rosepo_jax_output"  # present in every folder atomic_dir wrote
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class DestinationError(FileExistsError):
+  """A destination that atomic_dir refuses to replace."""
+
+
+def _holds(folder: str, path: str) -> bool:
+  """Whether `path` is `folder` or lies inside it (both real paths)."""
+  return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_destination(dst: str, overwrite: bool, protect: Sequence[str] = ()) -> None:
+  """Raises DestinationError unless writing a new folder at `dst` loses nothing of the user's."""
+  real = os.path.realpath(dst)
+  why = ""
+  if _holds(real, os.path.realpath(os.getcwd())):
+    why = "it is (or holds) the current directory"
+  elif _holds(real, os.path.realpath(_REPO)) or os.path.exists(os.path.join(real, ".git")):
+    why = "it is (or holds) a source repository"
+  else:
+    for p in protect:
+      if p and _holds(real, os.path.realpath(p)):
+        why = f"it is (or holds) {p}, which this command reads"
+        break
+  if not why and os.path.lexists(dst):
+    if not os.path.isdir(dst) or os.path.islink(dst):
+      why = "it is a file, not a folder"
+    elif os.listdir(dst) and not os.path.isfile(os.path.join(dst, MARKER)):
+      why = f"it is a folder this project did not write (no {MARKER} marker inside)"
+    elif os.listdir(dst) and not overwrite:
+      why = ("it holds an earlier output of ours; pass overwrite=True (launch.convert: "
+             "--overwrite) to replace it")
+  if why:
+    raise DestinationError(f"refusing to write {dst}: {why}; nothing was changed")
+
 
 @contextlib.contextmanager
-def atomic_dir(dst: str, overwrite: bool = True):
+def atomic_dir(dst: str, overwrite: bool = True, protect: Sequence[str] = ()):
   """Yields a fresh temp dir; on success it becomes `dst`, on any error it is removed.
 
-  The temp dir sits beside `dst` (same filesystem), so the final step is a rename: a reader
-  never sees a half-written `dst`. An existing `dst` is replaced only after the new one is
-  complete (``overwrite=True``) or is an error (``overwrite=False``).
+  `check_destination` decides first whether an existing `dst` may be replaced; it is replaced only
+  after the new folder is complete.
   """
+  check_destination(dst, overwrite, protect)
   dst = os.path.abspath(dst)
   parent = os.path.dirname(dst)
   os.makedirs(parent, exist_ok=True)
-  if os.path.exists(dst) and not overwrite:
-    raise FileExistsError(f"{dst} already exists (pass overwrite=True to replace it)")
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.tmp-", dir=parent)
   try:
     yield tmp
+    with open(os.path.join(tmp, MARKER), "w", encoding="utf-8") as f:
+      f.write("written by rosepo-jax; the folder may be replaced by its next output\n")
     _default_permissions(tmp)
     if os.path.exists(dst):
       old = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.old-", dir=parent)

@@ -219,11 +219,12 @@ def save_tokenizer(tokenizer, folder: str) -> list[str]:
 
 
 def save_hf(model: Decoder, folder: str, tokenizer=None, dtype: str | None = None,
-            max_shard_bytes: int = 4 << 30) -> dict:
+            max_shard_bytes: int = 4 << 30, overwrite: bool = True, protect=()) -> dict:
   """Exports `model` to a Hugging Face folder, atomically. Returns a summary dict.
 
   `dtype` is the saved dtype (default: the parameters' dtype); `tokenizer` is a folder with
   tokenizer files or an object with ``save_pretrained`` (e.g. a PreTrainedTokenizerFast).
+  `overwrite` and `protect`: which existing folder may be replaced (`atomic.check_destination`).
   """
   cfg = model.cfg
   dtype = dtype or cfg.param_dtype
@@ -234,7 +235,7 @@ def save_hf(model: Decoder, folder: str, tokenizer=None, dtype: str | None = Non
     np_dtype = SAFETENSORS_DTYPES[dtype]
   else:
     raise ValueError(f"save_hf: dtype={dtype!r}; expected float32, bfloat16 or float16")
-  with atomic_dir(folder) as tmp:
+  with atomic_dir(folder, overwrite, protect) as tmp:
     shards: list[dict[str, np.ndarray]] = [{}]
     shard_bytes, total = 0, 0
     for name, array in P.iter_tensors(model):

@@ -30,10 +30,12 @@ def is_orbax_model_dir(path: str) -> bool:
       os.path.join(path, PARAMS_DIR))
 
 
-def save_orbax(model: Decoder, folder: str, tokenizer=None) -> dict:
-  """Writes `model` (any sharding) as an orbax model directory, atomically."""
+def save_orbax(model: Decoder, folder: str, tokenizer=None, overwrite: bool = True,
+               protect=()) -> dict:
+  """Writes `model` (any sharding) as an orbax model directory, atomically; `overwrite` and
+  `protect`: which existing folder may be replaced (`atomic.check_destination`)."""
   state = nnx.state(model, nnx.Param).to_pure_dict()
-  with atomic_dir(folder) as tmp:
+  with atomic_dir(folder, overwrite, protect) as tmp:
     with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
       json.dump(config_to_dict(model.cfg), f, indent=2)
     checkpointer = ocp.StandardCheckpointer()
