@@ -261,6 +261,12 @@ MOVED = {"oracle.lam": "smoothing.lam", "oracle.tau": "smoothing.tau",
          "preference.cdpo_eps": "smoothing.cdpo_eps"}
 
 
+# Entries of the run folder that belong to other units (rosepo_jax/workdir.py): no method may
+# be named after one, since a method's outputs live in DIR/<method>.
+RESERVED_RUN_NAMES = frozenset({"data", "oracle", "preference", "eval", "export", "stages",
+                                "plots", "report.md"})
+
+
 def _rule(key: str):
   if key in RANGES:
     return RANGES[key]
@@ -377,6 +383,10 @@ def _check_consistency(c: Config) -> None:
                         f"{sorted(methods_lib.METHODS)}")
   if len(set(c.methods)) != len(c.methods):
     raise ConfigError(f"config.methods={c.methods}: a run is named twice")
+  for i, m in enumerate(c.methods):
+    if m in RESERVED_RUN_NAMES:  # DIR/<method> would collide with another unit's folder
+      raise ConfigError(f"config.methods[{i}]={m!r}: the name of a run folder's entry; a method "
+                        f"may not be named any of {sorted(RESERVED_RUN_NAMES)}")
   for i, s in enumerate(c.negatives.strategies):
     if s not in negatives_lib.STRATEGIES:
       raise ConfigError(f"config.negatives.strategies[{i}]={s!r}: expected one of "
