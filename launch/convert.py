@@ -12,6 +12,8 @@ import json
 
 from absl import app, flags
 
+from launch.errors import run_main
+
 flags.DEFINE_string("src", None, "Source: .gguf file, pkg:NAME, HF folder or orbax model dir.")
 flags.DEFINE_string("dst", None, "Destination folder (written atomically).")
 flags.DEFINE_enum("dst_format", "hf", ["hf", "orbax"], "Destination format.")
@@ -58,4 +60,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["src", "dst"])
-  app.run(main)
+  app.run(run_main(main))

@@ -12,6 +12,8 @@ import json
 
 from absl import app, flags
 
+from launch.errors import run_main
+
 flags.DEFINE_string("model", None, "Model: .gguf file, pkg:NAME, HF folder or orbax model dir.")
 flags.DEFINE_string("tokenizer", None, "Tokenizer folder (default: the model's own).")
 flags.DEFINE_string("prompt", None, "Prompt text (tokenized without added special tokens).")
@@ -59,4 +61,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["model"])
-  app.run(main)
+  app.run(run_main(main))

@@ -9,6 +9,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from launch.errors import run_main
 from rosepo_jax import pipeline
 
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
@@ -35,4 +36,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  app.run(run_main(main))

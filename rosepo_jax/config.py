@@ -20,6 +20,7 @@ import typing
 from typing import Any
 
 from rosepo_jax import methods as methods_lib
+from rosepo_jax.errors import InputError
 from rosepo_jax import model as model_lib
 from rosepo_jax import negatives as negatives_lib
 from rosepo_jax import oracle as oracle_lib
@@ -27,7 +28,7 @@ from rosepo_jax import train
 from rosepo_jax.data import synthetic
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError, ValueError):
   """A config value that is missing, unknown, of the wrong type or out of range."""
 
 

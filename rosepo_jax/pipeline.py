@@ -25,6 +25,7 @@ import time
 import uuid
 
 from rosepo_jax import config as config_lib
+from rosepo_jax.errors import InputError
 from rosepo_jax.stages import compile as compile_stage
 from rosepo_jax.stages import data, eval as eval_stage, export, negatives, oracle, preference
 from rosepo_jax.stages import report, sft
@@ -36,12 +37,16 @@ BY_NAME = {s.name: s for s in STAGES}
 STAGE_NAMES = tuple(BY_NAME)
 
 
-class MissingInputError(FileNotFoundError):
+class MissingInputError(InputError, FileNotFoundError):
   """A unit's input has never finished and is not among the stages asked for."""
 
 
-class StaleInputError(RuntimeError):
+class StaleInputError(InputError, RuntimeError):
   """A unit's input is older than its own inputs or config, and is not among the stages asked for."""
+
+
+class WorkdirError(InputError, NotADirectoryError):
+  """A workdir that cannot be a run folder."""
 
 
 def read_marker(ctx: Context, unit: Unit) -> dict | None:
@@ -68,6 +73,9 @@ def why_stale(ctx: Context, unit: Unit) -> str:
   marker = read_marker(ctx, unit)
   if not marker or marker["status"] != "done":
     return "has not finished"
+  missing = _missing_products(ctx, unit)
+  if missing:
+    return f"its output {missing[0]} is missing"
   key = unit_key(ctx, unit)
   if marker["key"]["config"] != key["config"]:
     return "its config changed"
@@ -79,6 +87,11 @@ def why_stale(ctx: Context, unit: Unit) -> str:
     if reason:
       return f"its input {u.name} {reason}"
   return ""
+
+
+def _missing_products(ctx: Context, unit: Unit) -> list[str]:
+  stage = BY_NAME[unit.stage]
+  return [p for p in stage.products(ctx.config, ctx.paths, unit) if not os.path.exists(p)]
 
 
 def _check_inputs(ctx: Context, unit: Unit, asked: set[str]) -> None:
@@ -113,7 +126,7 @@ def run(config, workdir: str, stages, force: bool = False) -> dict:
     raise ValueError(f"unknown stage(s) {unknown}; available: {list(STAGE_NAMES)}, all, or "
                      "compile")
   if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise NotADirectoryError(f"--workdir={workdir} is a file; expected a folder")
+    raise WorkdirError(f"--workdir={workdir} is a file; expected a folder")
   ctx = Context(config, workdir)
   outcome = {}
   if "compile" in stages:
@@ -127,11 +140,15 @@ def run(config, workdir: str, stages, force: bool = False) -> dict:
       _check_inputs(ctx, unit, asked)
       key = unit_key(ctx, unit)
       marker = read_marker(ctx, unit)
-      if not force and marker and marker["status"] == "done" and marker["key"] == key:
+      missing = _missing_products(ctx, unit) if marker else []
+      if (not force and marker and marker["status"] == "done" and marker["key"] == key
+          and not missing):
         print(f"{unit.name}: up to date (finished {marker['finished']}); skipped", flush=True)
         outcome[unit.name] = "up to date"
         continue
-      if force or (marker and marker["key"] != key):
+      if missing and marker["status"] == "done":
+        print(f"{unit.name}: {missing[0]} is missing; running it again", flush=True)
+      if force or (marker and (marker["key"] != key or marker["status"] == "done")):
         remove(stage.outputs(ctx.paths, unit))  # stale results: start clean
       elif marker:
         print(f"{unit.name}: resuming an interrupted run", flush=True)

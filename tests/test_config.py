@@ -2,6 +2,8 @@
 fail before any stage runs, naming the dotted key."""
 
 import os
+import subprocess
+import sys
 
 from conftest import REPO
 import ml_collections
@@ -83,3 +85,18 @@ def test_cross_key_checks():
   with pytest.raises(config_lib.ConfigError, match="config.oracle.max_len=5: expected >= "
                      "config.data.max_history=10"):
     config_lib.parse(config)
+
+
+def test_launcher_prints_an_input_error_as_one_line(tmp_path):
+  """Exit code 2, `error: <message>` naming the key, no traceback; ROSEPO_TRACEBACK=1 shows it."""
+  args = [sys.executable, "-m", "launch.main", "--config=configs/demo.py",
+          "--config.preference.beta=-1.0", f"--workdir={tmp_path / 'w'}"]
+  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert proc.stderr.strip().splitlines()[-1] == (
+      "error: config.preference.beta=-1.0: expected > 0")
+  assert "Traceback" not in proc.stderr and not (tmp_path / "w").exists()
+  proc = subprocess.run(args, cwd=REPO, env=dict(env, ROSEPO_TRACEBACK="1"),
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0 and "Traceback" in proc.stderr

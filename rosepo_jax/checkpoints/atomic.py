@@ -17,11 +17,13 @@ import os
 import shutil
 import tempfile
 
+from rosepo_jax.errors import InputError
+
 MARKER = ".rosepo_jax_output"  # present in every folder atomic_dir wrote
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-class DestinationError(FileExistsError):
+class DestinationError(InputError, FileExistsError):
   """A destination that atomic_dir refuses to replace."""
 
 
