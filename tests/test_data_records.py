@@ -191,3 +191,54 @@ def test_sdpo_record_mismatch_is_named(tmp_path):
   with pytest.raises(R.DataError, match=r"lastfm-test.json: record 0: history/target do not "
                      "match test example 0"):
     R.read_lastfm(str(tmp_path), candidates_dir=str(cands))
+
+
+@pytest.mark.parametrize("id2name,match", [
+    (b"0::A\n1::Caf\xe9\n", r"id2name.txt:2: byte b'\\xe9' at column 7 is not UTF-8"),
+    (b"0::A\n-1::B\n", r"id2name.txt:2: item id -1 is negative"),
+])
+def test_id2name_encoding_and_negative_ids_are_named(tmp_path, id2name, match):
+  folder = _generic(tmp_path)
+  (tmp_path / "id2name.txt").write_bytes(id2name)
+  with pytest.raises(R.DataError, match=match):
+    R.read_generic(folder)
+
+
+def test_utf8_byte_order_mark_is_read_as_utf8(tmp_path):
+  folder = _generic(tmp_path)
+  (tmp_path / "id2name.txt").write_bytes(b"\xef\xbb\xbf0::Alpha\n1::Beta\n2::Gamma\n3::Delta\n")
+  (tmp_path / "train.jsonl").write_bytes(b'\xef\xbb\xbf{"seq": [0, 1, 2], "next": 3}\n')
+  raw = R.read_generic(folder)
+  assert raw.titles[0] == "Alpha" and raw.splits["train"] == [R.Window(0, (0, 1, 2), 3)]
+
+
+@pytest.mark.parametrize("meta,match", [
+    ('{"padding_id": 2', r"meta.json:1: not valid JSON"),
+    ('{"padding_id": 2}', r"meta.json: field 'padding_id' is 2, the id of catalogue item 'Gamma'"),
+    ('{"padding_id": true}', r"meta.json: field 'padding_id' must be an integer, got True"),
+])
+def test_bad_meta_json_is_named(tmp_path, meta, match):
+  folder = _generic(tmp_path)
+  (tmp_path / "meta.json").write_text(meta)
+  with pytest.raises(R.DataError, match=match):
+    R.read_generic(folder)
+
+
+def test_json_true_is_not_an_item_id(tmp_path):
+  with pytest.raises(R.DataError, match=r"train.jsonl:1: field 'seq' has item ids \[True\]"):
+    R.read_generic(_generic(tmp_path, train=['{"seq": [0, true, 2], "next": 3}']))
+
+
+def test_a_split_left_empty_says_why(tmp_path):
+  with pytest.raises(R.DataError, match=r"train.jsonl: no examples left in split 'train': 2 "
+                     r"row\(s\), all with fewer than min_history=3 history items"):
+    R.read_generic(_generic(tmp_path, train=['{"seq": [0], "next": 3}', '{"seq": [1, 2], "next": 3}']))
+  folder = _generic(tmp_path)
+  (tmp_path / "val.jsonl").write_text("\n")
+  with pytest.raises(R.DataError, match=r"val.jsonl: split 'val' has no rows"):
+    R.read_generic(folder)
+
+
+def test_titles_equal_after_disambiguation_are_an_error():
+  with pytest.raises(R.DataError, match=r"titles of items \[.*\] are still equal"):
+    R.unique_titles(["A", "A", "A [#1]"])

@@ -23,6 +23,8 @@ import re
 
 import numpy as np
 
+from rosepo_jax.errors import InputError
+
 SPLITS = ("train", "val", "test")
 
 
@@ -51,29 +53,51 @@ class RawDataset:
     return len(self.titles)
 
 
-class DataError(ValueError):
+class DataError(InputError, ValueError):
   """Malformed input; the message names file, line and field."""
+
+
+class MissingFileError(InputError, FileNotFoundError):
+  """An input file that is not where the config says."""
 
 
 def require_files(folder: str, names: list[str], what: str) -> None:
   missing = [n for n in names if not os.path.isfile(os.path.join(folder, n))]
   if missing:
-    raise FileNotFoundError(f"{what}: missing file(s) {missing} in {os.path.abspath(folder)}; "
+    raise MissingFileError(f"{what}: missing file(s) {missing} in {os.path.abspath(folder)}; "
                             f"expected {names} there")
 
 
-def _jsonl(path: str) -> Iterator[tuple[int, dict]]:
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
+def _lines(path: str) -> Iterator[tuple[int, str]]:
+  """(line number, text) of a UTF-8 text file (a leading byte-order mark is skipped); a byte
+  that is not UTF-8 is a DataError naming the line and column."""
+  with open(path, "rb") as f:
+    for lineno, raw in enumerate(f, 1):
+      if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]  # the UTF-8 BOM some editors write
       try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-      if not isinstance(row, dict):
-        raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-      yield lineno, row
+        yield lineno, raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise DataError(f"{path}:{lineno}: byte {raw[e.start:e.start + 1]!r} at column "
+                        f"{e.start + 1} is not UTF-8 (save the file as UTF-8)") from None
+
+
+def _jsonl(path: str) -> Iterator[tuple[int, dict]]:
+  for lineno, line in _lines(path):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(row, dict):
+      raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+    yield lineno, row
+
+
+def _is_id(x) -> bool:
+  """An item id is a JSON integer; true/false are not ids."""
+  return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _field(row: dict, name: str, path: str, lineno: int, kind):
@@ -88,7 +112,7 @@ def _field(row: dict, name: str, path: str, lineno: int, kind):
 
 
 def _check_ids(ids, num_items: int, path: str, lineno: int, name: str, allowed=()) -> None:
-  bad = [i for i in ids if not (isinstance(i, int) and (0 <= i < num_items or i in allowed))]
+  bad = [i for i in ids if not (_is_id(i) and (0 <= i < num_items or i in allowed))]
   if bad:
     extra = f" or padding {sorted(allowed)}" if allowed else ""
     raise DataError(f"{path}:{lineno}: field {name!r} has item ids {bad[:5]} outside the "
@@ -98,20 +122,21 @@ def _check_ids(ids, num_items: int, path: str, lineno: int, name: str, allowed=(
 def read_id2name(path: str) -> list[str]:
   """``id::title`` lines -> titles indexed by id (ids must be exactly 0..n-1)."""
   titles: dict[int, str] = {}
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
-      line = line.rstrip("\r\n")
-      if not line.strip():
-        continue
-      key, sep, title = line.partition("::")
-      if not sep or not key.strip().lstrip("-").isdigit():
-        raise DataError(f"{path}:{lineno}: expected 'id::title', got {line[:80]!r}")
-      item = int(key)
-      if item in titles:
-        raise DataError(f"{path}:{lineno}: item id {item} appears twice")
-      if not title.strip():
-        raise DataError(f"{path}:{lineno}: item {item} has an empty title")
-      titles[item] = title.strip()
+  for lineno, line in _lines(path):
+    line = line.rstrip("\r\n")
+    if not line.strip():
+      continue
+    key, sep, title = line.partition("::")
+    if not sep or not key.strip().lstrip("-").isdigit():
+      raise DataError(f"{path}:{lineno}: expected 'id::title', got {line[:80]!r}")
+    item = int(key)
+    if item < 0:
+      raise DataError(f"{path}:{lineno}: item id {item} is negative; ids are 0, 1, 2, ...")
+    if item in titles:
+      raise DataError(f"{path}:{lineno}: item id {item} appears twice")
+    if not title.strip():
+      raise DataError(f"{path}:{lineno}: item {item} has an empty title")
+    titles[item] = title.strip()
   if not titles:
     raise DataError(f"{path}: no 'id::title' lines")
   if sorted(titles) != list(range(len(titles))):
@@ -140,7 +165,10 @@ def unique_titles(titles: list[str], years: list[str | None] | None = None) -> t
   for i in dupes(out):
     out[i] = f"{out[i]} [#{i}]"
   changed = sum(a != b for a, b in zip(out, titles))
-  assert not dupes(out)
+  still = sorted(dupes(out))
+  if still:
+    raise DataError(f"titles of items {still[:5]} are still equal after disambiguation "
+                    f"({[out[i] for i in still[:5]]}); rename them in the titles file")
   return out, changed
 
 
@@ -404,15 +432,23 @@ def read_generic(manual_dir: str, min_history: int = 3, max_history: int = 10) -
   pad = None
   meta_path = os.path.join(manual_dir, "meta.json")
   if os.path.isfile(meta_path):
-    with open(meta_path, encoding="utf-8") as f:
-      meta = json.load(f)
+    try:
+      meta = json.loads("".join(line for _, line in _lines(meta_path)))
+    except json.JSONDecodeError as e:
+      raise DataError(f"{meta_path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(meta, dict):
+      raise DataError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
     pad = meta.get("padding_id")
-    if pad is not None and not isinstance(pad, int):
+    if pad is not None and not _is_id(pad):
       raise DataError(f"{meta_path}: field 'padding_id' must be an integer, got {pad!r}")
+    if pad is not None and 0 <= pad < len(titles):
+      raise DataError(f"{meta_path}: field 'padding_id' is {pad}, the id of catalogue item "
+                      f"{titles[pad]!r} in id2name.txt; padding must be an id outside "
+                      f"[0, {len(titles)})")
   splits, popularity = {}, np.zeros(len(titles), np.int64)
   for split in SPLITS:
     path = os.path.join(manual_dir, f"{split}.jsonl")
-    windows = []
+    windows, short = [], 0
     for lineno, row in _jsonl(path):
       seq = _field(row, "seq", path, lineno, list)
       target = _field(row, "next", path, lineno, int)
@@ -424,5 +460,11 @@ def read_generic(manual_dir: str, min_history: int = 3, max_history: int = 10) -
         popularity[target] += 1
       if len(history) >= min_history:
         windows.append(Window(user, tuple(history[-max_history:]), target))
+      else:
+        short += 1
+    if not windows:
+      raise DataError(f"{path}: no examples left in split {split!r}: {short} row(s), all with "
+                      f"fewer than min_history={min_history} history items"
+                      if short else f"{path}: split {split!r} has no rows")
     splits[split] = windows
   return RawDataset(titles, splits, popularity, changed)
