@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -52,7 +53,9 @@ class Unit:
 class Stage:
   """A stage as the runner sees it. `sections`: dotted config keys hashed into each unit's key;
   `units(config)`, `inputs(config, unit)`, `outputs(paths, unit)`, `run(context, unit)`;
-  `key_extra(config, unit)`: more of what a unit's result depends on (JSON-able), if any."""
+  `key_extra(config, unit)`: more of what a unit's result depends on (JSON-able), e.g. the
+  fingerprint of the files it reads from outside DIR; `required`: the outputs whose absence makes
+  a finished unit stale (default: all of `outputs`)."""
   name: str
   sections: tuple[str, ...]
   units: Callable[[Config], list[Unit]]
@@ -60,6 +63,11 @@ class Stage:
   outputs: Callable[["Paths", Unit], list[str]]
   run: Callable[["Context", Unit], Any]
   key_extra: Callable[[Config, Unit], Any] | None = None
+  required: Callable[[Config, "Paths", Unit], list[str]] | None = None  # default: outputs
+
+  def products(self, config: Config, paths: "Paths", unit: Unit) -> list[str]:
+    """What must exist for the unit to count as done (a missing one reruns it)."""
+    return self.required(config, paths, unit) if self.required else self.outputs(paths, unit)
 
 
 def single_unit(stage: str) -> Callable[[Config], list[Unit]]:
@@ -157,6 +165,50 @@ class Paths:
 
   def marker(self, unit: Unit) -> str:
     return self._join("stages", unit.name.replace("/", ".") + ".json")
+
+
+# ------------------------------------------------------------------------------------------------
+# Inputs from outside the run folder: their fingerprint goes into the reading unit's key.
+
+_WHOLE_HASH_BYTES = 256 << 20  # larger files: size, mtime and the first and last MiB
+
+
+def _file_digest(path: str) -> str:
+  h = hashlib.sha256()
+  size = os.path.getsize(path)
+  with open(path, "rb") as f:
+    if size <= _WHOLE_HASH_BYTES:
+      for block in iter(lambda: f.read(1 << 20), b""):
+        h.update(block)
+    else:
+      h.update(f.read(1 << 20))
+      f.seek(size - (1 << 20))
+      h.update(f.read(1 << 20))
+      h.update(str(os.path.getmtime(path)).encode())
+  return f"{size}:{h.hexdigest()[:16]}"
+
+
+def fingerprint(paths: Sequence[str]) -> dict[str, Any]:
+  """{path: {relative file: "size:sha256"}} of files and folders read from outside DIR: a
+  changed, added or removed file changes it (content, not mtime, so a copy of the same data is
+  the same input). A missing path is recorded as None."""
+  out: dict[str, Any] = {}
+  for path in paths:
+    if not path:
+      continue
+    if os.path.isfile(path):
+      out[path] = _file_digest(path)
+    elif os.path.isdir(path):
+      files = {}
+      for root, dirs, names in os.walk(path):
+        dirs.sort()
+        for name in sorted(names):
+          full = os.path.join(root, name)
+          files[os.path.relpath(full, path)] = _file_digest(full)
+      out[path] = files
+    else:
+      out[path] = None
+  return out
 
 
 # ------------------------------------------------------------------------------------------------

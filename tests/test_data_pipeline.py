@@ -150,3 +150,56 @@ def test_movielens_tfds_matches_llara_rows(tmp_path):
     rows = [json.loads(l) for l in open(os.path.join(folder, f"{split.capitalize()}_data.jsonl"))]
     got = [(list(e.history), e.target) for e in ds.examples(split)]
     assert got == [([p[0] for p in r["seq"][:r["len_seq"]]], r["next"][0]) for r in rows]
+
+
+TITLES = ("Alpha", "Beta", "Gamma", "Delta", "Epsilon", "Zeta", "Eta", "Theta", "Iota", "Kappa")
+
+
+def _generic_folder(folder, titles=TITLES):
+  """A small generic dataset: 10 items, users with 4-item histories."""
+  os.makedirs(folder, exist_ok=True)
+  with open(os.path.join(folder, "id2name.txt"), "w") as f:
+    f.writelines(f"{i}::{t}\n" for i, t in enumerate(titles))
+  rows = [{"seq": [(u + k) % 10 for k in range(4)], "next": (u + 4) % 10, "user": u}
+          for u in range(12)]
+  for split, part in (("train", rows[:8]), ("val", rows[8:10]), ("test", rows[10:])):
+    with open(os.path.join(folder, f"{split}.jsonl"), "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in part)
+
+
+def test_edited_inputs_and_missing_outputs_rerun_the_data_stage(tmp_path):
+  from rosepo_jax import pipeline  # pylint: disable=g-import-not-at-top
+  raw = str(tmp_path / "raw")
+  _generic_folder(raw)
+  config = _demo()
+  config.data.update(name="generic", manual_dir=raw, num_candidates=3)
+  workdir = str(tmp_path / "w")
+  assert pipeline.run(config, workdir, ["data"]) == {"data": "ran"}
+  assert pipeline.run(config, workdir, ["data"]) == {"data": "up to date"}
+  _generic_folder(raw, titles=TITLES[:5] + ("Omega",) + TITLES[6:])
+  assert pipeline.run(config, workdir, ["data"]) == {"data": "ran"}  # an edited title
+  assert context(config, workdir).dataset.titles[5] == "Omega"
+  with open(os.path.join(raw, "train.jsonl")) as f:
+    kept = f.readlines()[:5]
+  with open(os.path.join(raw, "train.jsonl"), "w") as f:
+    f.writelines(kept)  # a cut training file
+  assert pipeline.run(config, workdir, ["data"]) == {"data": "ran"}
+  assert json.load(open(os.path.join(workdir, "data", "stats.json")))["splits"]["train"][
+      "examples"] == 5
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.rmtree(os.path.join(workdir, "data", "tfds"))  # a missing output
+  assert pipeline.run(config, workdir, ["data"]) == {"data": "ran"}
+  assert pipeline.run(config, workdir, ["data"]) == {"data": "up to date"}
+
+
+def test_an_interrupted_build_leaves_no_incomplete_folder(tmp_path):
+  config = _demo(users=60)
+  ctx = context(config, tmp_path)
+  ctx.dataset  # pylint: disable=pointless-statement  (builds it)
+  versions = [os.path.join(r, d) for r, dirs, _ in os.walk(ctx.paths.tfds) for d in dirs
+              if d == "1.0.0"]
+  assert len(versions) == 1
+  stale = os.path.join(os.path.dirname(versions[0]), "incomplete.ABC123_1.0.0")
+  os.makedirs(stale)  # what a killed build leaves
+  context(config, tmp_path).dataset  # pylint: disable=expression-not-assigned
+  assert not os.path.exists(stale)

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -140,5 +141,18 @@ def prepare(name: str, params: dict, data_dir: str, manual_dir: str | None = Non
                               f"{list(cls.required_files)}")
     records.require_files(manual_dir, list(cls.required_files), name)
   download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
-  builder.download_and_prepare(file_format="array_record", download_config=download_config)
+  _remove_incomplete(builder)  # left by a build that was killed: never data
+  try:
+    builder.download_and_prepare(file_format="array_record", download_config=download_config)
+  finally:
+    _remove_incomplete(builder)
   return builder
+
+
+def _remove_incomplete(builder) -> None:
+  """Removes TFDS's `incomplete.*` build folders beside the builder's version folder."""
+  parent = os.path.dirname(os.path.normpath(builder.data_dir))
+  if os.path.isdir(parent):
+    for name in os.listdir(parent):
+      if name.startswith("incomplete."):
+        shutil.rmtree(os.path.join(parent, name), ignore_errors=True)

@@ -1,6 +1,7 @@
 """The data stage: the TFDS dataset, the tokenizer and the data statistics.
 
-Reads config: data, prompt, tokenizer.
+Reads config: data, prompt, tokenizer; and, from outside DIR, the raw dataset files and a
+pretrained tokenizer (their content fingerprint is part of the unit's key: an edited file reruns it).
 Consumes: nothing (the raw files of config.data, or the synthetic world).
 Writes: DIR/data/tfds (TFDS, array_record), DIR/data/tokenizer (a BPE trained here; nothing for a
 pretrained tokenizer), DIR/data/stats.json.
@@ -12,11 +13,12 @@ import time
 
 import numpy as np
 
+from rosepo_jax import checkpoints
 from rosepo_jax.data import dataset as dataset_lib
 from rosepo_jax.data import prompts
 from rosepo_jax.data import tokenizer as tokenizer_lib
 from rosepo_jax.data.batching import encode_prompts
-from rosepo_jax.workdir import Context, Paths, Stage, Unit, single_unit, write_json
+from rosepo_jax.workdir import Context, Paths, Stage, Unit, fingerprint, single_unit, write_json
 
 
 def build_tokenizer(ctx: Context):
@@ -67,5 +69,25 @@ def _outputs(paths: Paths, unit: Unit) -> list[str]:
   return [paths.data]
 
 
+def _required(config, paths: Paths, unit: Unit) -> list[str]:
+  del unit
+  return [paths.tfds, paths.data_stats] + ([paths.tokenizer] if config.tokenizer.kind == "bpe"
+                                           else [])
+
+
+def external_inputs(config) -> list[str]:
+  """The files and folders outside DIR that the data stage reads: the raw dataset (and the
+  frozen candidates, splits and eval rows it names) and a pretrained tokenizer."""
+  d = config.data
+  paths = [] if d.name == "synthetic" else [dataset_lib.manual_dir_of(d)]
+  paths += [dataset_lib.resolve_path(p) for p in (d.candidates_dir, d.split_file, d.eval_rows_dir)
+            if p]
+  if config.tokenizer.kind == "pretrained":
+    paths.append(checkpoints.resolve_model_path(config.tokenizer.path))
+  return paths
+
+
 STAGE = Stage(name="data", sections=("data", "prompt", "tokenizer"), units=single_unit("data"),
-              inputs=lambda config, unit: [], outputs=_outputs, run=run)
+              inputs=lambda config, unit: [], outputs=_outputs, run=run,
+              key_extra=lambda config, unit: fingerprint(external_inputs(config)),
+              required=_required)

@@ -131,4 +131,5 @@ STAGE = Stage(
     sections=("negatives", "smoothing.lam", "smoothing.tau", "smoothing.eps_min",
               "smoothing.eps_max", "smoothing.semantic_eps", "vocab_chunk"),
     units=_units, inputs=lambda config, unit: [Unit("data"), Unit("sft"), Unit("oracle")],
-    outputs=_outputs, run=run)
+    outputs=_outputs, run=run,
+    required=lambda config, paths, unit: [paths.pairs, paths.negatives_stats])

@@ -45,4 +45,5 @@ def _outputs(paths: Paths, unit: Unit) -> list[str]:
 
 
 STAGE = Stage(name="oracle", sections=("oracle",), units=single_unit("oracle"),
-              inputs=lambda config, unit: [Unit("data")], outputs=_outputs, run=run)
+              inputs=lambda config, unit: [Unit("data")], outputs=_outputs, run=run,
+              required=lambda config, paths, unit: [paths.oracle_model, paths.oracle_metrics])

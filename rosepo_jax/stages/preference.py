@@ -140,4 +140,5 @@ STAGE = Stage(
     sections=("preference", "model.lora_rank", "model.lora_alpha", "model.seed",
               "smoothing.cdpo_eps", "vocab_chunk"),
     units=lambda config: [Unit("dpo", m) for m in config.trained_runs],
-    inputs=_inputs, outputs=_outputs, run=run, key_extra=_method_row)
+    inputs=_inputs, outputs=_outputs, run=run, key_extra=_method_row,
+    required=lambda config, paths, unit: [paths.model(unit.run)])

@@ -1,6 +1,7 @@
 """The sft stage: supervised fine-tuning on (prompt, target title + EOS); the result is pi_ref.
 
-Reads config: model, sft, vocab_chunk (and data through its unit).
+Reads config: model, sft, vocab_chunk (and data through its unit); a pretrained `model.init`
+from outside DIR (its content fingerprint is part of the unit's key).
 Consumes: data (dataset, tokenizer).
 Writes: DIR/sft/{checkpoints,tb,metrics.jsonl} and DIR/sft/model (orbax model dir + tokenizer).
 
@@ -10,11 +11,11 @@ candidates (`curriculum_phases`).
 
 from __future__ import annotations
 
-from rosepo_jax import backbone, train
+from rosepo_jax import backbone, checkpoints, train
 from rosepo_jax.data import batching
 from rosepo_jax.data import candidates as candidates_lib
 from rosepo_jax.data.batching import EncodedRow
-from rosepo_jax.workdir import Context, Paths, Stage, Unit, single_unit
+from rosepo_jax.workdir import Context, Paths, Stage, Unit, fingerprint, single_unit
 
 
 def training_rows(ctx: Context, split: str) -> list[EncodedRow]:
@@ -81,5 +82,14 @@ def _outputs(paths: Paths, unit: Unit) -> list[str]:
   return [paths.run("sft")]
 
 
+def _backbone_fingerprint(config, unit: Unit):
+  """The pretrained checkpoint SFT starts from (outside DIR), by content."""
+  del unit
+  init = config.model.init
+  return None if init == "scratch" else fingerprint([checkpoints.resolve_model_path(init)])
+
+
 STAGE = Stage(name="sft", sections=("model", "sft", "vocab_chunk"), units=single_unit("sft"),
-              inputs=lambda config, unit: [Unit("data")], outputs=_outputs, run=run)
+              inputs=lambda config, unit: [Unit("data")], outputs=_outputs, run=run,
+              key_extra=_backbone_fingerprint,
+              required=lambda config, paths, unit: [paths.model("sft")])
