@@ -3,6 +3,7 @@
 import collections
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ from conftest import REPO, context
 import numpy as np
 import pytest
 
+from rosepo_jax import pipeline
 from rosepo_jax.stages import data as data_stage
 from rosepo_jax.data import prompts
 from test_data_records import SHARED, needs_shared
@@ -31,9 +33,9 @@ def _demo(seed=0, users=200):
 
 
 def test_synthetic_is_deterministic_by_seed(tmp_path):
-  a = pipeline.open_dataset(_demo(), str(tmp_path / "a")).examples("test")
-  b = pipeline.open_dataset(_demo(), str(tmp_path / "b")).examples("test")
-  c = pipeline.open_dataset(_demo(seed=1), str(tmp_path / "c")).examples("test")
+  a = context(_demo(), str(tmp_path / "a")).dataset.examples("test")
+  b = context(_demo(), str(tmp_path / "b")).dataset.examples("test")
+  c = context(_demo(seed=1), str(tmp_path / "c")).dataset.examples("test")
   assert a == b and a != c
   for ex in a:
     assert ex.candidates.count(ex.target) == 1 and len(set(ex.candidates)) == 20
@@ -43,7 +45,7 @@ def test_synthetic_is_deterministic_by_seed(tmp_path):
 def test_synthetic_world_has_learnable_signal(tmp_path):
   """A two-line heuristic (the history's majority genre word, then the most popular such
   candidate) must beat random (1/20) by far: the signal a model can learn is really there."""
-  ds = pipeline.open_dataset(_demo(users=600), str(tmp_path))
+  ds = context(_demo(users=600), str(tmp_path)).dataset
   genre = lambda title: title.split()[-1]  # "<Name> <Genre>"  # pylint: disable=unnecessary-lambda-assignment
   hits = []
   for ex in ds.examples("test"):
@@ -143,7 +145,7 @@ def test_lastfm_data_stage_matches_sdpo(tmp_path_factory):
 
 @needs_shared
 def test_movielens_tfds_matches_llara_rows(tmp_path):
-  ds = pipeline.open_dataset(_config("movielens.py"), str(tmp_path))
+  ds = context(_config("movielens.py"), str(tmp_path)).dataset
   assert ds.num_items == 1682
   folder = os.path.join(SHARED, "llara_movielens", "jsonl")
   for split in ("val", "test"):
@@ -168,7 +170,6 @@ def _generic_folder(folder, titles=TITLES):
 
 
 def test_edited_inputs_and_missing_outputs_rerun_the_data_stage(tmp_path):
-  from rosepo_jax import pipeline  # pylint: disable=g-import-not-at-top
   raw = str(tmp_path / "raw")
   _generic_folder(raw)
   config = _demo()
@@ -186,7 +187,6 @@ def test_edited_inputs_and_missing_outputs_rerun_the_data_stage(tmp_path):
   assert pipeline.run(config, workdir, ["data"]) == {"data": "ran"}
   assert json.load(open(os.path.join(workdir, "data", "stats.json")))["splits"]["train"][
       "examples"] == 5
-  import shutil  # pylint: disable=g-import-not-at-top
   shutil.rmtree(os.path.join(workdir, "data", "tfds"))  # a missing output
   assert pipeline.run(config, workdir, ["data"]) == {"data": "ran"}
   assert pipeline.run(config, workdir, ["data"]) == {"data": "up to date"}
