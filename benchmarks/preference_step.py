@@ -40,7 +40,7 @@ def _synthetic_rows(n, k):
   out = []
   for index, w in enumerate(raw.splits["train"][:n]):
     cands = sample_candidates(raw.num_items, w.history, w.target, 20, 0, "train", index)
-    text = prompts.render_prompt(prompts.DEFAULT_TEMPLATES["items"],
+    text = prompts.render_prompt(prompts.DEFAULT_TEMPLATES["items"]["comma"],
                                  [raw.titles[i] for i in w.history], [raw.titles[i] for i in cands])
     rejected = negatives.random_rejected(cands, w.target, k, 0, "train", index)
     out.append((text, raw.titles[w.target], [raw.titles[i] for i in rejected]))

@@ -11,9 +11,9 @@ def lastfm_data() -> dict:
   return dict(
       data=ml_collections.ConfigDict(dict(
           name="lastfm", manual_dir="../shared/data/llara_lastfm", seed=0, num_candidates=20,
-          max_history=10, min_history=3, max_seq_len=1024,
+          max_history=10, min_history=3, max_seq_len=0,
           candidates_dir="../shared/data/sdpo_lastfm")),
-      prompt=ml_collections.ConfigDict(dict(domain="music", templates=())))
+      prompt=ml_collections.ConfigDict(dict(domain="music", templates=(), title_format="auto")))
 
 
 def synthetic_data() -> dict:
@@ -21,11 +21,11 @@ def synthetic_data() -> dict:
   return dict(
       data=ml_collections.ConfigDict(dict(
           name="synthetic", manual_dir="", seed=0, num_candidates=20, max_history=10,
-          min_history=3, max_seq_len=512,
+          min_history=3, max_seq_len=0,
           world=dict(num_items=240, num_genres=8, num_users=600, min_len=6, max_len=16,
                      zipf=1.0, pop_exponent=1.0, taste_concentration=0.3, drift=0.15,
                      in_genre=0.85, val_fraction=0.1, test_fraction=0.1))),
-      prompt=ml_collections.ConfigDict(dict(domain="", templates=())))
+      prompt=ml_collections.ConfigDict(dict(domain="", templates=(), title_format="auto")))
 
 
 def use_smollm2_backbone(c: ml_collections.ConfigDict, **model) -> None:

@@ -9,10 +9,10 @@ def get_config():
   c = ml_collections.ConfigDict()
   c.data = ml_collections.ConfigDict(dict(
       name="movielens100k", manual_dir="../shared/data/movielens_100k", seed=0, num_candidates=20,
-      max_history=10, min_history=3, max_seq_len=1024,
+      max_history=10, min_history=3, max_seq_len=0,
       split_file="../shared/data/llara_movielens/split_users.json",
       eval_rows_dir="../shared/data/llara_movielens/jsonl"))
-  c.prompt = ml_collections.ConfigDict(dict(domain="movies", templates=()))
+  c.prompt = ml_collections.ConfigDict(dict(domain="movies", templates=(), title_format="auto"))
   c.tokenizer = ml_collections.ConfigDict(dict(kind="bpe", vocab_size=8192, path=""))
   # CPU-sized: a small Llama from scratch; real quality needs a GPU or a pretrained backbone.
   c.update(common.training(steps_sft=2000, steps_preference=500))

@@ -40,7 +40,7 @@ class DataConfig:
   num_candidates: int = 20
   max_history: int = 10
   min_history: int = 3
-  max_seq_len: int = 512
+  max_seq_len: int = 0  # 0: the longest row a stage will build (the data stage sizes it)
   candidates_dir: str = ""  # lastfm: S-DPO's frozen val/test candidates
   split_file: str = ""  # movielens100k: LLaRA's user split
   eval_rows_dir: str = ""  # movielens100k: LLaRA's eval rows
@@ -51,6 +51,7 @@ class DataConfig:
 class PromptConfig:
   domain: str = ""  # "": the dataset's default
   templates: tuple[str, ...] = ()
+  title_format: str = "auto"  # comma | lines | auto (data.prompts)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,7 +202,8 @@ RANGES: dict[str, tuple[Any, str]] = {
     "data.num_candidates": (lambda x: x >= 2, ">= 2"),
     "data.min_history": (lambda x: x >= 1, ">= 1"),
     "data.max_history": (_positive, "> 0"),
-    "data.max_seq_len": (_positive, "> 0"),
+    "data.max_seq_len": (_non_negative, ">= 0 (0: sized from the data)"),
+    "prompt.title_format": (("auto", "comma", "lines"), ""),
     "tokenizer.kind": (("bpe", "pretrained"), ""),
     "tokenizer.vocab_size": (_non_negative, ">= 0"),
     "model.dtype": (("float32", "bfloat16", "float16"), ""),

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rosepo_jax import progress
 from rosepo_jax.model import Decoder, KVCache, positions_from_mask
 
 
@@ -239,14 +240,15 @@ def trim_at_eos(tokens: Sequence[int], eos_ids: Sequence[int]) -> list[int]:
 
 
 def greedy_answers(model: Decoder, tok, prompt_ids: Sequence[Sequence[int]], batch_size: int,
-                   max_new_tokens: int) -> list[str]:
+                   max_new_tokens: int, desc: str = "decoding") -> list[str]:
   """Greedy answers (decoded up to EOS, stripped) of `model` to each prompt.
 
   Prompts are left-padded to a multiple of 32 tokens and chunks are filled up to `batch_size`
-  (repeating the last prompt), so few shapes are ever compiled.
+  (repeating the last prompt), so few shapes are ever compiled. Shows progress as `desc`.
   """
   answers = []
   eos = model.cfg.eos_token_ids
+  bar = progress.bar(len(prompt_ids), desc, "prompt")
   for start in range(0, len(prompt_ids), batch_size):
     chunk = list(prompt_ids[start:start + batch_size])
     real = len(chunk)
@@ -255,4 +257,6 @@ def greedy_answers(model: Decoder, tok, prompt_ids: Sequence[Sequence[int]], bat
     tokens, valid = left_pad(chunk, tok.pad_token_id, length)
     out = greedy_generate(model, tokens, valid, max_new_tokens)
     answers += [tok.decode(trim_at_eos(row.tolist(), eos)).strip() for row in out[:real]]
+    bar.update(real)
+  bar.close()
   return answers

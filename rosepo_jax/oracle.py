@@ -28,6 +28,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from rosepo_jax import progress
 from rosepo_jax.checkpoints.atomic import atomic_dir
 
 
@@ -172,6 +173,7 @@ def train_oracle(train_examples, val_examples, num_items: int, cfg: OracleConfig
   rng = np.random.default_rng(cfg.seed)
   best, best_state, best_epoch, start = -1.0, None, 0, time.time()
   epoch = 0
+  bar = progress.bar(cfg.max_epochs, "oracle (at most)", "epoch")
   for epoch in range(1, cfg.max_epochs + 1):
     model.train()
     order = rng.permutation(len(hist))
@@ -182,11 +184,13 @@ def train_oracle(train_examples, val_examples, num_items: int, cfg: OracleConfig
     val = oracle.evaluate(val_examples)
     log(f"oracle epoch {epoch}: loss {float(np.mean(jax.device_get(losses))):.4f} "
         f"val hit_ratio@1 {val['hit_ratio@1']:.4f} ndcg@10 {val['ndcg@10']:.4f}")
+    bar.update(1)
     if val["hit_ratio@1"] > best:
       best, best_epoch = val["hit_ratio@1"], epoch
       best_state = jax.tree.map(np.asarray, nnx.state(model, nnx.Param))
     elif epoch - best_epoch >= cfg.patience:
       break
+  bar.close()
   nnx.update(model, best_state)
   return oracle, {"epochs": epoch, "best_epoch": best_epoch, "val_hit_ratio@1": best,
                   "seconds": round(time.time() - start, 1)}

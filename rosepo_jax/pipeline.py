@@ -127,6 +127,13 @@ def run(config, workdir: str, stages, force: bool = False) -> dict:
                      "compile")
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise WorkdirError(f"--workdir={workdir} is a file; expected a folder")
+  if set(stages) - {"compile"}:
+    try:
+      os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+      raise WorkdirError(f"--workdir={workdir}: cannot create it ({e.strerror})") from None
+    if not os.access(workdir, os.W_OK | os.X_OK):
+      raise WorkdirError(f"--workdir={workdir} is not writable by this user")
   ctx = Context(config, workdir)
   outcome = {}
   if "compile" in stages:

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rosepo_jax import progress
 from rosepo_jax.data import batching
 from rosepo_jax.data.batching import EncodedRow
 from rosepo_jax.model import Decoder, prefix_shared_mask
@@ -76,11 +77,12 @@ def response_logps(model: Decoder, batch: dict, num_responses: int,
 
 def score_responses(model: Decoder, rows: Sequence[EncodedRow], batch_size: int = 16,
                     shape: batching.BatchShape | None = None,
-                    vocab_chunk: int = 8192) -> np.ndarray:
+                    vocab_chunk: int = 8192, desc: str = "scoring") -> np.ndarray:
   """Summed log pi(response | prompt) [N, C] for rows ``EncodedRow(prompt, C responses)``.
 
   Each prompt and all its C responses (e.g. the 20 candidate titles + EOS) go through ONE
-  prefix-shared forward; rows are batched, padded to length buckets and jitted.
+  prefix-shared forward; rows are batched, padded to length buckets and jitted. Shows progress
+  as `desc`.
   """
   if not rows:
     return np.zeros((0, 0), np.float32)
@@ -89,11 +91,14 @@ def score_responses(model: Decoder, rows: Sequence[EncodedRow], batch_size: int 
   graphdef, state = nnx.split(model)
   fn = _score_fn(graphdef, num, vocab_chunk)
   out = np.zeros((len(rows), num), np.float32)
+  bar = progress.bar(len(rows), desc, "prompt")
   for idx in batching.eval_batches(len(rows), batch_size):
     real = [int(i) for i in idx if i >= 0]
     batch = batching.make_batch([rows[i] if i >= 0 else None for i in idx], shape, num,
                                 bucket_rows=[rows[i] for i in real])
     out[real] = np.asarray(fn(state, batch))[:len(real)]
+    bar.update(len(real))
+  bar.close()
   return out
 
 

@@ -31,7 +31,7 @@ import orbax.checkpoint as ocp
 
 from rosepo_jax import checkpoints
 from rosepo_jax import flops as flops_lib
-from rosepo_jax import losses, scoring, sharding
+from rosepo_jax import losses, progress, scoring, sharding
 from rosepo_jax.data.batching import BatchShape, EncodedRow, StepSampler, eval_batches, make_batch
 from rosepo_jax.model import Decoder, LoRAParam, merge_lora
 
@@ -352,7 +352,6 @@ def train_loop(trainer: Trainer, batch_fn: Callable[[int], dict], cfg: LoopConfi
   last line wins). Returns the final state and the last eval metrics.
   """
   from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-  import tqdm  # pylint: disable=g-import-not-at-top
 
   os.makedirs(workdir, exist_ok=True)
   ckpt_dir = os.path.join(workdir, "checkpoints")
@@ -361,8 +360,8 @@ def train_loop(trainer: Trainer, batch_fn: Callable[[int], dict], cfg: LoopConfi
     logging.info("resumed %s at step %d", workdir, state.step)
   manager = _checkpoint_manager(ckpt_dir, cfg)
   writer = SummaryWriter(os.path.join(workdir, "tb")) if jax.process_index() == 0 else None
-  bar = tqdm.tqdm(total=cfg.num_steps, initial=state.step, disable=not cfg.progress,
-                  desc=os.path.basename(workdir.rstrip("/")), unit="step", dynamic_ncols=True)
+  bar = progress.bar(cfg.num_steps, os.path.basename(workdir.rstrip("/")), "step",
+                     initial=state.step, enabled=cfg.progress)
   eval_metrics: dict = {}
   window = {"tokens": 0.0, "flops": 0.0, "start": time.time()}
   device = jax.devices()[0]

@@ -1,7 +1,7 @@
 """The run folder: every path under DIR, named once; the units of work; the context stages share.
 
 Layout (owner unit in brackets; a unit that reruns removes what it owns first):
-  DIR/data/{tfds,tokenizer,stats.json}                      [data]
+  DIR/data/{tfds,tokenizer,stats.json,row_lengths.npz}      [data]
   DIR/sft/{checkpoints,tb,metrics.jsonl,model}              [sft]
   DIR/oracle/{model,metrics.json}                           [oracle]
   DIR/preference/{pairs.array_record,stats.json}            [negatives]
@@ -31,11 +31,13 @@ import jax
 import numpy as np
 
 from rosepo_jax import sharding
-from rosepo_jax.config import Config
+from rosepo_jax.config import Config, ConfigError
 from rosepo_jax.data import dataset as dataset_lib
+from rosepo_jax.data import lengths as lengths_lib
 from rosepo_jax.data import prompts
 from rosepo_jax.data import tokenizer as tokenizer_lib
 from rosepo_jax.data.batching import BatchShape, encode_prompts, encode_response
+from rosepo_jax.data.records import SPLITS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +106,10 @@ class Paths:
   @property
   def data_stats(self) -> str:
     return self._join("data", "stats.json")
+
+  @property
+  def row_lengths(self) -> str:
+    return self._join("data", "row_lengths.npz")
 
   # training runs: "sft" and each preference method
   def run(self, run: str) -> str:
@@ -302,6 +308,8 @@ class Context:
     self._dataset: dataset_lib.RecDataset | None = None
     self._tokenizer = None
     self._encoded: dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]] = {}
+    self._max_seq_len = 0
+    self._title_format = ""
 
   @property
   def dataset(self) -> dataset_lib.RecDataset:
@@ -323,9 +331,55 @@ class Context:
     """The data stage's freshly built tokenizer (encoded examples of another one are dropped)."""
     self._tokenizer, self._encoded = tok, {}
 
+  def _row_bounds(self) -> tuple[int, int, int]:
+    """(most rejected responses of a configured method, bound on a non-candidate rejected
+    response (0: none), most new tokens decoded) for `data.lengths.longest_rows`."""
+    c = self.config
+    runs = c.trained_runs
+    k = max((c.num_rejected(r) for r in runs), default=0)
+    semantic = "semantic" in c.negatives.strategies and any(
+        c.method(r).pairs == "negatives" for r in runs)
+    negatives = any(c.uses_negatives(r) for r in runs)
+    catalogue_max = int(self._row_lengths()["catalogue_max"])
+    bound = max(catalogue_max, c.negatives.max_new_tokens + 1) if semantic else 0
+    return k, bound, max(c.eval.max_new_tokens, c.negatives.max_new_tokens if negatives else 0)
+
+  def _row_lengths(self) -> dict[str, Any]:
+    if not os.path.isfile(self.paths.row_lengths):
+      raise FileNotFoundError(f"{self.paths.row_lengths} not found; run the data stage")
+    with np.load(self.paths.row_lengths) as z:
+      return {key: z[key] for key in z.files}
+
+  def longest_rows(self) -> dict[str, dict]:
+    """The longest row of each kind this config's stages build (`data.lengths.longest_rows`),
+    from the data stage's DIR/data/row_lengths.npz."""
+    z = self._row_lengths()
+    per_split = {split: {f: z[f"{split}/{f}"] for f in lengths_lib.FIELDS} for split in SPLITS}
+    return lengths_lib.longest_rows(per_split, *self._row_bounds())
+
+  @property
+  def max_seq_len(self) -> int:
+    """config.data.max_seq_len, checked against the longest row any stage will build (a
+    ConfigError naming the row when it is too short), or, when it is 0, that length rounded up
+    to the batch buckets."""
+    if not self._max_seq_len:
+      rows = self.longest_rows()
+      kind = max(rows, key=lambda r: rows[r]["tokens"])
+      needed, configured = rows[kind]["tokens"], self.config.data.max_seq_len
+      if configured and configured < needed:
+        k, _, new_tokens = self._row_bounds()
+        raise ConfigError(
+            f"config.data.max_seq_len={configured} is too short: "
+            f"{lengths_lib.describe(kind, k, new_tokens)} of {rows[kind]['split']} example "
+            f"{rows[kind]['index']} has {needed} tokens (rows are never truncated); set "
+            f"config.data.max_seq_len >= {needed}, or 0 to size it from the data")
+      multiple = BatchShape().seq_multiple
+      self._max_seq_len = configured or -(-needed // multiple) * multiple
+    return self._max_seq_len
+
   @property
   def batch_shape(self) -> BatchShape:
-    return BatchShape(max_seq_len=self.config.data.max_seq_len)
+    return BatchShape(max_seq_len=self.max_seq_len)
 
   def mesh(self):
     """The configured mesh, or None on a single device (then everything runs unsharded)."""
@@ -337,11 +391,22 @@ class Context:
   def example_prompt(self, split: str, ex, candidate_titles: Sequence[str] | None = None) -> str:
     """The exact prompt text of an example (template chosen per example when several); with
     `candidate_titles`, the same prompt showing those candidates instead of all of the example's."""
-    templates = prompts.templates_for(self.config.prompt, self.dataset.name)
+    templates = prompts.templates_for(self.config.prompt, self.dataset.name, self.title_format)
     template = prompts.choose_template(templates, self.config.data.seed, split, ex.index)
     return prompts.render_prompt(template, ex.history_titles,
                                  ex.candidate_titles if candidate_titles is None
-                                 else candidate_titles)
+                                 else candidate_titles, self.title_format)
+
+  @property
+  def title_format(self) -> str:
+    """How prompts list titles: config.prompt.title_format, "auto" resolved on the catalogue."""
+    if not self._title_format:
+      try:
+        self._title_format = prompts.resolve_title_format(self.config.prompt.title_format,
+                                                          self.dataset.titles)
+      except ValueError as e:
+        raise ConfigError(f"config.{e}") from None
+    return self._title_format
 
   def encoded_examples(self, split: str, limit: int = 0
                        ) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:

@@ -44,6 +44,9 @@ def test_values_are_typed_and_defaults_filled():
     ("methods", ("sft", "kto"), r"config.methods\[1\]='kto': unknown method"),
     ("negatives.strategies", ("random", "hard"), r"config.negatives.strategies\[1\]='hard'"),
     ("model.overrides", {"hidden": 8}, r"config.model.overrides.hidden: unknown model field"),
+    ("prompt.title_format", "csv", r"config.prompt.title_format='csv': expected one of "
+     r"\['auto', 'comma', 'lines'\]"),
+    ("data.max_seq_len", -1, r"config.data.max_seq_len=-1: expected >= 0 \(0: sized from"),
 ])
 def test_bad_values_name_the_key(tmp_path, key, value, message):
   config = _config("synthetic_scratch.py")
@@ -100,3 +103,14 @@ def test_launcher_prints_an_input_error_as_one_line(tmp_path):
   proc = subprocess.run(args, cwd=REPO, env=dict(env, ROSEPO_TRACEBACK="1"),
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_a_workdir_that_is_a_file_or_cannot_be_made_is_named(tmp_path):
+  config = _config("demo.py")
+  (tmp_path / "file").write_text("keep")
+  with pytest.raises(pipeline.WorkdirError, match=f"--workdir={tmp_path / 'file'} is a file"):
+    pipeline.run(config, str(tmp_path / "file"), ["data"])
+  with pytest.raises(pipeline.WorkdirError,
+                     match=f"--workdir={tmp_path / 'file' / 'w'}: cannot create it"):
+    pipeline.run(config, str(tmp_path / "file" / "w"), ["data"])
+  assert (tmp_path / "file").read_text() == "keep"

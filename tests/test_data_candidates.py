@@ -50,7 +50,10 @@ def test_negatives_are_uniform_and_target_position_is_shuffled():
 
 
 def test_too_small_catalogue_is_an_error():
-  with pytest.raises(ValueError, match="cannot draw 19 negatives"):
+  """The minimum is num_candidates plus the history (never drawn as negatives), not 20."""
+  with pytest.raises(ValueError, match=r"train example 0: config.data.num_candidates=20 needs a "
+                     r"catalogue of at least 23 items: 20 candidates plus the 3 other items of "
+                     r"its history.*the catalogue has 15"):
     sample_candidates(15, [0, 1, 2], 3, 20, 0, "train", 0)
 
 

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 from rosepo_jax import pipeline
+from rosepo_jax.config import ConfigError
+from rosepo_jax.data.batching import encode_response
 from rosepo_jax.stages import data as data_stage
 from rosepo_jax.data import prompts
 from test_data_records import SHARED, needs_shared
@@ -203,3 +205,82 @@ def test_an_interrupted_build_leaves_no_incomplete_folder(tmp_path):
   os.makedirs(stale)  # what a killed build leaves
   context(config, tmp_path).dataset  # pylint: disable=expression-not-assigned
   assert not os.path.exists(stale)
+
+
+# ------------------------------------------------------------------------------------------------
+# Lengths known before any training; prompts that list titles unambiguously; dropped rows counted.
+
+
+def test_a_short_max_seq_len_stops_before_sft(tmp_path):
+  """A max_seq_len shorter than the candidate-scoring rows (prompt + all 20 titles) stops the
+  job in the data stage, naming the key, the row and the length needed; SFT never starts."""
+  config = _demo(users=60)
+  config.methods = ("sft", "dpo")  # one rejected title: the scoring rows are the longest
+  config.data.max_seq_len = 64
+  workdir = str(tmp_path / "w")
+  with pytest.raises(ConfigError, match=r"config\.data\.max_seq_len=64 is too short: a "
+                     r"candidate-scoring row .* of (train|val|test) example \d+ has (\d+) tokens"
+                     ) as e:
+    pipeline.run(config, workdir, ["data", "sft"])
+  assert not os.path.exists(os.path.join(workdir, "sft"))
+  needed = int(str(e.value).split(">= ")[1].split(",")[0])
+  config.data.max_seq_len = needed
+  assert pipeline.run(config, workdir, ["data"]) == {"data": "ran"}
+
+
+def test_max_seq_len_zero_is_sized_from_the_longest_row(tmp_path):
+  """With max_seq_len 0 the longest row is found from the data stage's lengths; each kind equals
+  the longest row the stages really build (counted here from the encoded rows)."""
+  config = _demo(users=60)
+  config.methods = ("sft", "dpo", "sdpo")
+  config.preference.sdpo_k = 3
+  data_stage.run(context(config, tmp_path))
+  ctx = context(config, tmp_path)
+  rows = ctx.longest_rows()
+  ds, tok = ctx.dataset, ctx.tokenizer
+  expect = {"sft": 0, "scoring": 0, "decoding": 0, "preference": 0}
+  for split in ("train", "val", "test"):
+    examples = ds.examples(split)
+    for ex, (prompt, target) in zip(examples, ctx.encoded_examples(split)):
+      titles = [encode_response(tok, ds.titles[c]) for c in ex.candidates]
+      others = sorted((len(t) for c, t in zip(ex.candidates, titles) if c != ex.target))
+      expect["sft"] = max(expect["sft"], len(prompt) + len(target))
+      expect["scoring"] = max(expect["scoring"], len(prompt) + sum(map(len, titles)))
+      expect["decoding"] = max(expect["decoding"], len(prompt) + config.eval.max_new_tokens)
+      expect["preference"] = max(expect["preference"], len(prompt) + len(target) + 3 * others[-1])
+  assert {k: v["tokens"] for k, v in rows.items()} == expect
+  assert ctx.max_seq_len == -(-max(expect.values()) // 32) * 32
+  assert ctx.batch_shape.max_seq_len == ctx.max_seq_len
+
+
+def test_titles_with_commas_are_listed_one_per_line(tmp_path):
+  """"auto" lists titles with ", " when no title contains it, else one "- title" line each."""
+  raw = str(tmp_path / "raw")
+  _generic_folder(raw, titles=TITLES[:3] + ("Crooked Kingdom (Six of Crows, #2)",) + TITLES[4:])
+  config = _demo()
+  config.data.update(name="generic", manual_dir=raw, num_candidates=3, min_history=1)
+  stats = data_stage.run(context(config, tmp_path / "w"))
+  assert stats["title_format"] == "lines"
+  ctx = context(config, tmp_path / "w")
+  ex = ctx.dataset.examples("train")[0]
+  prompt = ctx.example_prompt("train", ex)
+  assert "\n".join("- " + t for t in ex.candidate_titles) in prompt
+  listed = prompt.split("Candidates:\n")[1].split("\nWhich")[0].split("\n")
+  assert [line[2:] for line in listed] == list(ex.candidate_titles)
+  _generic_folder(raw)
+  assert data_stage.run(context(config, tmp_path / "v"))["title_format"] == "comma"
+  config.prompt.title_format = "comma"
+  assert context(config, tmp_path / "w").title_format == "comma"  # asked for explicitly
+
+
+def test_dropped_rows_are_counted_per_split_and_reason(tmp_path):
+  raw = str(tmp_path / "raw")
+  _generic_folder(raw)
+  with open(os.path.join(raw, "train.jsonl"), "a") as f:
+    f.write(json.dumps({"seq": [1], "next": 2}) + "\n")  # 1 history item < min_history=3
+  config = _demo()
+  config.data.update(name="generic", manual_dir=raw, num_candidates=3)
+  stats = data_stage.run(context(config, tmp_path / "w"))
+  assert stats["splits"]["train"]["dropped_rows"] == {"history shorter than min_history=3": 1}
+  assert stats["splits"]["train"]["examples"] == 8
+  assert stats["splits"]["test"]["dropped_rows"] == {}

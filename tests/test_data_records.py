@@ -7,6 +7,7 @@ from conftest import REPO
 import numpy as np
 import pytest
 
+from rosepo_jax import metrics
 from rosepo_jax.data import records as R
 
 SHARED = os.path.normpath(os.path.join(REPO, "..", "shared", "data"))
@@ -39,7 +40,8 @@ def test_movielens_counts_and_llara_rows():
   raw = R.read_movielens(os.path.join(SHARED, "movielens_100k"),
                          split_file=os.path.join(folder, "split_users.json"),
                          eval_rows_dir=os.path.join(folder, "jsonl"))
-  assert raw.info == {"ratings": 100000, "users_total": 943}
+  assert raw.info == {"ratings": 100000, "users_total": 943,
+                      "dropped_rows": {"train": {}, "val": {}, "test": {}}}
   assert raw.num_items == 1682 and len(set(t.casefold() for t in raw.titles)) == 1682
   assert raw.duplicate_titles > 0  # year-less titles collide; counted, never merged
   split = json.load(open(os.path.join(folder, "split_users.json")))
@@ -145,7 +147,8 @@ def test_movielens_reads_iso_8859_1_titles(tmp_path):
   raw = R.read_movielens(_movielens(tmp_path, data, items="1|Café (1990)|x\n2|B (1991)|x\n"
                                     "3|C (1992)|x\n4|D (1993)|x\n"))
   assert raw.titles[0] == "Café"
-  assert raw.info == {"ratings": 40, "users_total": 10}
+  assert raw.info == {"ratings": 40, "users_total": 10,
+                      "dropped_rows": {"train": {}, "val": {}, "test": {}}}
   assert np.array_equal(raw.train_popularity, [8, 8, 8, 8])  # 8 training users
 
 
@@ -242,3 +245,12 @@ def test_a_split_left_empty_says_why(tmp_path):
 def test_titles_equal_after_disambiguation_are_an_error():
   with pytest.raises(R.DataError, match=r"titles of items \[.*\] are still equal"):
     R.unique_titles(["A", "A", "A [#1]"])
+
+
+def test_titles_the_evaluator_cannot_tell_apart_are_disambiguated():
+  """Two titles equal after the evaluator's normalisation (case, quotes, spaces) could never be
+  answered validly: they are made unique like duplicates."""
+  titles, changed = R.unique_titles(["Alpha", "'alpha'", "Beta", "\u201cBeta\u201d", "Gamma"])
+  assert changed == 4 and titles[4] == "Gamma"
+  normalized = [metrics.normalize(t) for t in titles]
+  assert len(set(normalized)) == 5, normalized

@@ -59,7 +59,7 @@ def test_bad_prompts_are_rejected():
     G.greedy_generate(model, np.ones((1, 3), np.int32), np.ones((1, 3), bool), 0)
 
 
-def test_candidate_scoring_equals_separate_forwards():
+def test_candidate_scoring_equals_separate_forwards(capsys):
   from conftest import assert_close, naive_response_logp  # pylint: disable=g-import-not-at-top
   from rosepo_jax.data import batching  # pylint: disable=g-import-not-at-top
   model = M.init_model(M.get_config("tiny"), seed=9)
@@ -67,8 +67,10 @@ def test_candidate_scoring_equals_separate_forwards():
   rows = [batching.EncodedRow(tuple(rs.randint(3, 256, rs.randint(20, 40)).tolist()),
                               tuple(tuple(rs.randint(3, 256, rs.randint(1, 5)).tolist()) + (2,)
                                     for _ in range(20))) for _ in range(3)]
-  scores = scoring.score_responses(model, rows, batch_size=2)
+  scores = scoring.score_responses(model, rows, batch_size=2, desc="eval test: candidate scores")
   assert scores.shape == (3, 20)
+  bar = capsys.readouterr().err.split("\r")[-1]  # the progress bar's last state: count and rate
+  assert "eval test: candidate scores" in bar and "3/3" in bar and "prompt/s" in bar, bar
   for i, row in enumerate(rows):
     for j, resp in enumerate(row.responses):
       assert_close(scores[i, j], naive_response_logp(model, row.prompt, resp))

@@ -223,3 +223,12 @@ def _tiny_tokenizer():
   tok = Tokenizer(models.WordLevel({"<unk>": 0, "ab": 1, "ba": 2}, unk_token="<unk>"))
   tok.pre_tokenizer = pre_tokenizers.Whitespace()
   return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+
+
+def test_a_truncated_weights_file_is_named(tmp_path):
+  hf.save_hf(M.init_model(M.get_config("tiny")), str(tmp_path / "out"))
+  path = tmp_path / "out" / "model.safetensors"
+  data = path.read_bytes()
+  path.write_bytes(data[:len(data) // 2])
+  with pytest.raises(hf.CheckpointFileError, match=f"{path}: not a complete safetensors file"):
+    hf.load_hf(str(tmp_path / "out"))

@@ -17,7 +17,9 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from rosepo_jax import progress
 from rosepo_jax.checkpoints import params as P
+from rosepo_jax.errors import InputError
 from rosepo_jax.checkpoints.atomic import atomic_dir
 from rosepo_jax.model import Decoder, ModelConfig, RopeScaling
 
@@ -165,10 +167,22 @@ def _weight_files(folder: str) -> dict[str, str]:
       raise FileNotFoundError(f"{index} names shard files that do not exist: {absent}")
     return {name: os.path.join(folder, f) for name, f in weight_map.items()}
   if os.path.exists(single):
-    with safe_open(single, framework="numpy") as f:
+    with _open_safetensors(single) as f:
       return {name: single for name in f.keys()}
   raise FileNotFoundError(f"{folder}: no weights found; expected model.safetensors or "
                           "model.safetensors.index.json with its shards")
+
+
+class CheckpointFileError(InputError, ValueError):
+  """A weights file that cannot be read (truncated or not safetensors), named by its path."""
+
+
+def _open_safetensors(path: str):
+  try:
+    return safe_open(path, framework="numpy")
+  except Exception as e:  # pylint: disable=broad-except  (safetensors' SafetensorError)
+    raise CheckpointFileError(f"{path}: not a complete safetensors file ({e}); re-download or "
+                              "re-export it") from None
 
 
 def load_hf(folder: str, mesh=None, **overrides: Any) -> Decoder:
@@ -192,7 +206,7 @@ def load_hf(folder: str, mesh=None, **overrides: Any) -> Decoder:
     def get(name: P.ParamName) -> np.ndarray:
       path = files[name.hf]
       if path not in handles:
-        handles[path] = safe_open(path, framework="numpy").__enter__()
+        handles[path] = _open_safetensors(path).__enter__()
       return P.from_theirs(name, handles[path].get_tensor(name.hf))
 
     return P.model_from_tensors(cfg, get, folder, mesh)
@@ -247,16 +261,21 @@ def save_hf(model: Decoder, folder: str, tokenizer=None, dtype: str | None = Non
       shard_bytes += tensor.nbytes
       total += tensor.nbytes
     metadata = {"format": "pt"}
+    bar = progress.bar(total, f"export {os.path.basename(folder.rstrip('/'))}", "B",
+                       unit_scale=True)
     if len(shards) == 1:
       save_file(shards[0], os.path.join(tmp, "model.safetensors"), metadata=metadata)
+      bar.update(total)
     else:
       weight_map = {}
       for i, shard in enumerate(shards):
         fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
         save_file(shard, os.path.join(tmp, fname), metadata=metadata)
         weight_map.update({k: fname for k in shard})
+        bar.update(sum(t.nbytes for t in shard.values()))
       with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
         json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    bar.close()
     with open(os.path.join(tmp, "config.json"), "w") as f:
       json.dump(config_to_hf(cfg, dtype), f, indent=2)
     gen = {"bos_token_id": cfg.bos_token_id, "pad_token_id": cfg.pad_token_id,

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from rosepo_jax.data.records import DataError
+
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 # rng stream ids of example_rng; the others: prompts.PROMPT_PURPOSE = 1 (templates),
 # negatives.RANDOM_PURPOSE = 2, negatives.POPULARITY_PURPOSE = 3
@@ -29,8 +31,12 @@ def sample_candidates(num_items: int, history: Sequence[int], target: int, num_c
   excluded = set(history) | {target}
   need = num_candidates - 1
   if num_items - len(excluded) < need:
-    raise ValueError(f"cannot draw {need} negatives for {split} example {index}: catalogue of "
-                     f"{num_items} items minus {len(excluded)} excluded is too small")
+    raise DataError(
+        f"{split} example {index}: config.data.num_candidates={num_candidates} needs a catalogue "
+        f"of at least {need + len(excluded)} items: {num_candidates} candidates plus the "
+        f"{len(excluded) - 1} other items of its history, which are never drawn as negatives; "
+        f"the catalogue has {num_items}. Lower config.data.num_candidates or "
+        "config.data.max_history")
   rng = example_rng(seed, split, index, CANDIDATES_PURPOSE)
   negatives: list[int] = []
   seen = set(excluded)

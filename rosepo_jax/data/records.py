@@ -23,6 +23,7 @@ import re
 
 import numpy as np
 
+from rosepo_jax import metrics
 from rosepo_jax.errors import InputError
 
 SPLITS = ("train", "val", "test")
@@ -149,12 +150,14 @@ def read_id2name(path: str) -> list[str]:
 def unique_titles(titles: list[str], years: list[str | None] | None = None) -> tuple[list[str], int]:
   """Makes titles unique: duplicates get " (YEAR)" when that separates them, else " [#id]".
 
+  Titles are duplicates when the evaluator cannot tell them apart (`metrics.normalize`: case,
+  surrounding quotes and whitespace), since neither could ever be answered validly.
   Deterministic (by id). Returns (titles, number of titles changed). Never merges items.
   """
   def dupes(ts):
     seen: dict[str, list[int]] = {}
     for i, t in enumerate(ts):
-      seen.setdefault(t.casefold(), []).append(i)
+      seen.setdefault(metrics.normalize(t), []).append(i)
     return {i for ids in seen.values() if len(ids) > 1 for i in ids}
 
   out = list(titles)
@@ -172,6 +175,11 @@ def unique_titles(titles: list[str], years: list[str | None] | None = None) -> t
   return out, changed
 
 
+def _dropped(count: int, min_history: int) -> dict[str, int]:
+  """A split's dropped rows by reason, for the data stats (empty when none were dropped)."""
+  return {f"history shorter than min_history={min_history}": count} if count else {}
+
+
 def _windows_of(items: list[int], user: int, min_history: int, max_history: int) -> list[Window]:
   """Sliding windows over one user's time-ordered items: each item is a target once."""
   return [Window(user, tuple(items[max(0, i - max_history):i]), items[i])
@@ -182,7 +190,7 @@ def _windows_of(items: list[int], user: int, min_history: int, max_history: int)
 # LastFM (LLaRA form)
 
 # Bumped whenever read_lastfm's output changes (it is part of the dataset's TFDS config hash).
-LASTFM_READER_VERSION = 2
+LASTFM_READER_VERSION = 3
 LLARA_LAST_SUBSET = "llara_last"
 
 
@@ -230,7 +238,8 @@ def read_lastfm(manual_dir: str, min_history: int = 3, max_history: int = 10,
   titles = read_id2name(os.path.join(manual_dir, "id2name.txt"))
   titles, changed = unique_titles(titles)
   num_items, pad = len(titles), len(titles)
-  splits, popularity, info = {}, np.zeros(num_items, np.int64), {}
+  splits, popularity = {}, np.zeros(num_items, np.int64)
+  info: dict = {"dropped_rows": {}}
   user = -1
   for split, name in files.items():
     windows = []
@@ -244,6 +253,7 @@ def read_lastfm(manual_dir: str, min_history: int = 3, max_history: int = 10,
         windows.append(Window(user, tuple(history[-max_history:]), target))
     splits[split] = windows
     info[f"{split}_rows"] = len(rows)
+    info["dropped_rows"][split] = _dropped(len(rows) - len(windows), min_history)
   raw = RawDataset(titles, splits, popularity, changed, info=info)
   for split in ("val", "test"):
     path = os.path.join(jsonl, files[split].replace(".jsonl", "_last.jsonl"))
@@ -397,6 +407,7 @@ def read_movielens(manual_dir: str, min_history: int = 3, max_history: int = 10,
   popularity = np.bincount([i for u in users if u not in held_out for i in sequences[u]],
                            minlength=num_items).astype(np.int64)
   splits = {"train": train}
+  dropped = {"train": {}}
   for name, held_users in held.items():
     if eval_rows_dir:
       path = os.path.join(eval_rows_dir, f"{name.capitalize()}_data.jsonl")
@@ -415,8 +426,9 @@ def read_movielens(manual_dir: str, min_history: int = 3, max_history: int = 10,
       windows = [_windows_of(sequences[u], u, min_history, max_history)[-1] for u in held_users
                  if len(sequences[u]) > min_history]
     splits[name] = windows
+    dropped[name] = _dropped(len(held_users) - len(windows), min_history)
   return RawDataset(titles, splits, popularity, changed,
-                    info={"ratings": ratings, "users_total": len(users)})
+                    info={"ratings": ratings, "users_total": len(users), "dropped_rows": dropped})
 
 
 # ------------------------------------------------------------------------------------------------
@@ -446,6 +458,7 @@ def read_generic(manual_dir: str, min_history: int = 3, max_history: int = 10) -
                       f"{titles[pad]!r} in id2name.txt; padding must be an id outside "
                       f"[0, {len(titles)})")
   splits, popularity = {}, np.zeros(len(titles), np.int64)
+  dropped = {}
   for split in SPLITS:
     path = os.path.join(manual_dir, f"{split}.jsonl")
     windows, short = [], 0
@@ -467,4 +480,5 @@ def read_generic(manual_dir: str, min_history: int = 3, max_history: int = 10) -
                       f"fewer than min_history={min_history} history items"
                       if short else f"{path}: split {split!r} has no rows")
     splits[split] = windows
-  return RawDataset(titles, splits, popularity, changed)
+    dropped[split] = _dropped(short, min_history)
+  return RawDataset(titles, splits, popularity, changed, info={"dropped_rows": dropped})

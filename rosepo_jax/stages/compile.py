@@ -13,6 +13,7 @@ from __future__ import annotations
 import jax
 
 from rosepo_jax import aot, backbone, methods, sharding, train
+from rosepo_jax.config import ConfigError
 from rosepo_jax.workdir import Context
 
 
@@ -22,6 +23,9 @@ def run(ctx: Context) -> dict:
   cfg = backbone.architecture(config.model)
   mesh = ctx.mesh() or sharding.make_mesh(data=1)
   seq_len = config.compile.seq_len or config.data.max_seq_len
+  if not seq_len:
+    raise ConfigError("config.compile.seq_len=0 and config.data.max_seq_len=0 (sized from the "
+                      "data): the compile check runs without data; set config.compile.seq_len")
   budget = config.compile.hbm_gib
   online = config.preference.reference == "online"
   steps = {"sft": (train.sft_loss_fn(config.vocab_chunk), config.sft, 1, False, False)}

@@ -4,7 +4,9 @@ Reads config: data, prompt, tokenizer; and, from outside DIR, the raw dataset fi
 pretrained tokenizer (their content fingerprint is part of the unit's key: an edited file reruns it).
 Consumes: nothing (the raw files of config.data, or the synthetic world).
 Writes: DIR/data/tfds (TFDS, array_record), DIR/data/tokenizer (a BPE trained here; nothing for a
-pretrained tokenizer), DIR/data/stats.json.
+pretrained tokenizer), DIR/data/stats.json, DIR/data/row_lengths.npz (the token counts that bound
+every later row, `data.lengths`). Stops before any training when config.data.max_seq_len is
+shorter than the longest row a later stage of this config will build.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ import numpy as np
 
 from rosepo_jax import checkpoints
 from rosepo_jax.data import dataset as dataset_lib
+from rosepo_jax.data import lengths as lengths_lib
 from rosepo_jax.data import prompts
 from rosepo_jax.data import tokenizer as tokenizer_lib
-from rosepo_jax.data.batching import encode_prompts
-from rosepo_jax.workdir import Context, Paths, Stage, Unit, fingerprint, single_unit, write_json
+from rosepo_jax.data.batching import encode_prompts, encode_response
+from rosepo_jax.workdir import (Context, Paths, Stage, Unit, fingerprint, save_npz, single_unit,
+                                write_json)
 
 
 def build_tokenizer(ctx: Context):
@@ -44,23 +48,35 @@ def run(ctx: Context, unit: Unit | None = None) -> dict:
   ctx.set_tokenizer(tok)
   stats = {"dataset": ds.name, "catalogue_size": ds.num_items,
            "duplicate_titles_resolved": ds.duplicate_titles,
-           "num_candidates": ctx.config.data.num_candidates, "splits": {},
+           "num_candidates": ctx.config.data.num_candidates, "title_format": ctx.title_format,
+           "splits": {},
            "tokenizer": {"kind": ctx.config.tokenizer.kind, "vocab_size": len(tok)}}
+  response_len_I = np.array([len(encode_response(tok, t)) for t in ds.titles], np.int64)
+  row_lengths = {"catalogue_max": response_len_I.max()}
   for split in ("train", "val", "test"):
     examples = ds.examples(split)
     split_stats = dataset_lib.split_stats(examples)
-    lengths = np.array([len(ids) for ids in encode_prompts(
-        tok, [ctx.example_prompt(split, ex) for ex in examples])])
+    prompt_ids = encode_prompts(tok, [ctx.example_prompt(split, ex) for ex in examples])
+    per_example = lengths_lib.example_lengths(
+        prompt_ids, [ex.target for ex in examples], [ex.candidates for ex in examples],
+        response_len_I)
+    row_lengths.update({f"{split}/{k}": v for k, v in per_example.items()})
+    lengths = per_example["prompt"]
+    split_stats["dropped_rows"] = ds.info.get("dropped_rows", {}).get(split, {})
     if len(lengths):
       split_stats["prompt_tokens"] = {"p50": float(np.percentile(lengths, 50)),
                                       "p95": float(np.percentile(lengths, 95)),
                                       "max": int(lengths.max())}
     stats["splits"][split] = split_stats
-  stats["reader"] = {k: v for k, v in ds.info.items() if k != "item_genre"}
+  stats["reader"] = {k: v for k, v in ds.info.items() if k not in ("item_genre", "dropped_rows")}
   stats["seconds"] = round(time.time() - t0, 1)
+  save_npz(ctx.paths.row_lengths, **row_lengths)
   write_json(ctx.paths.data_stats, stats)
   print(f"data: {ds.name}, {ds.num_items} items, "
         + ", ".join(f"{k} {v['examples']}" for k, v in stats["splits"].items()), flush=True)
+  rows = ctx.longest_rows()
+  print("data: longest rows (tokens) " + ", ".join(f"{k} {v['tokens']}" for k, v in rows.items())
+        + f"; max_seq_len {ctx.max_seq_len}", flush=True)  # a ConfigError when too short
   return stats
 
 
@@ -71,7 +87,7 @@ def _outputs(paths: Paths, unit: Unit) -> list[str]:
 
 def _required(config, paths: Paths, unit: Unit) -> list[str]:
   del unit
-  return [paths.tfds, paths.data_stats] + ([paths.tokenizer] if config.tokenizer.kind == "bpe"
+  return [paths.tfds, paths.data_stats, paths.row_lengths] + ([paths.tokenizer] if config.tokenizer.kind == "bpe"
                                            else [])
 
 

@@ -44,14 +44,14 @@ def evaluate_model(ctx: Context, model, split: str, limit: int = 0) -> tuple[dic
   examples = ds.examples(split, limit)
   prompt_ids = [p for p, _ in ctx.encoded_examples(split, limit)]
   answers = generate.greedy_answers(model, tok, prompt_ids, section.batch_size,
-                                    section.max_new_tokens)
+                                    section.max_new_tokens, desc=f"eval {split}: answers")
   scores = None
   if section.ranking:
     scores = scoring.score_responses(
         model, scoring.candidate_rows(tok, prompt_ids, [ex.candidates for ex in examples],
                                       ds.titles),
         batch_size=max(section.batch_size // 4, 1), shape=ctx.batch_shape,
-        vocab_chunk=ctx.config.vocab_chunk)
+        vocab_chunk=ctx.config.vocab_chunk, desc=f"eval {split}: candidate scores")
   figures, records = _figures(answers, examples, scores, ds.train_popularity)
   position = {ex.index: k for k, ex in enumerate(examples)}
   for name, indices in ds.eval_subsets.get(split, {}).items():

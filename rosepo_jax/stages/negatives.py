@@ -29,7 +29,8 @@ def sft_answers(ctx: Context, reference, examples, encoded) -> tuple[list[str], 
   """The SFT model's greedy answers and the candidate each one names (None: no candidate)."""
   section = ctx.config.negatives
   answers = generate.greedy_answers(reference, ctx.tokenizer, [p for p, _ in encoded],
-                                    section.batch_size, section.max_new_tokens)
+                                    section.batch_size, section.max_new_tokens,
+                                    desc="negatives: SFT answers")
   items = []
   for ex, answer in zip(examples, answers):
     pos = metrics.match_exact(answer, ex.candidate_titles)
@@ -59,7 +60,8 @@ def run(ctx: Context, unit: Unit | None = None) -> dict:
     rows = scoring.candidate_rows(tok, [encoded[i][0] for i in todo],
                                   [examples[i].candidates for i in todo], ds.titles)
     scores = scoring.score_responses(reference, rows, batch_size=max(section.batch_size // 4, 1),
-                                     shape=ctx.batch_shape, vocab_chunk=config.vocab_chunk)
+                                     shape=ctx.batch_shape, vocab_chunk=config.vocab_chunk,
+                                     desc="negatives: candidate scores")
     cand_logps = dict(zip(todo, scores))
   title_ids = [encode_response(tok, t)[:-1] or (eos,) for t in ds.titles]
   embeddings = None
@@ -92,7 +94,8 @@ def run(ctx: Context, unit: Unit | None = None) -> dict:
   # Reference log-probs of chosen and rejected, once.
   rows = [EncodedRow(encoded[i][0], (encoded[i][1], rejected)) for i, _, _, rejected in pairs]
   ref = scoring.score_responses(reference, rows, batch_size=section.batch_size,
-                                shape=ctx.batch_shape, vocab_chunk=config.vocab_chunk)
+                                shape=ctx.batch_shape, vocab_chunk=config.vocab_chunk,
+                                desc="negatives: reference log-probs")
   write_records(ctx.paths.pairs, [
       {"example": int(examples[i].index), "strategy": name, "prompt": list(encoded[i][0]),
        "chosen": list(encoded[i][1]), "rejected": list(rejected), "rejected_item": int(item),

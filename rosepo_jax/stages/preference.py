@@ -42,7 +42,8 @@ def random_pairs(ctx: Context, method: str, num_rejected: int, with_reference: b
     pass
   reference = checkpoints.load_orbax(ctx.paths.model("sft"))
   ref = scoring.score_responses(reference, rows, batch_size=section.batch_size,
-                                shape=ctx.batch_shape, vocab_chunk=ctx.config.vocab_chunk)
+                                shape=ctx.batch_shape, vocab_chunk=ctx.config.vocab_chunk,
+                                desc="reference log-probs")
   save_npz(path, rejected=rejected, ref_logps=ref)
   return rows, ref
 
