@@ -42,7 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from rosepo_jax import backbone, checkpoints, generate, train
 from rosepo_jax import config as config_lib
 from rosepo_jax.data import candidates
-from rosepo_jax.data.batching import EncodedRow, encode_response
+from rosepo_jax.data.batching import EncodedRow, encode_prompts, encode_response
 from rosepo_jax.stages import data as data_stage
 from rosepo_jax.stages import eval as eval_stage
 from rosepo_jax.stages import sft
@@ -92,9 +92,9 @@ def main(argv):
   for k in map(int, FLAGS.eval_shown):
     subsets = [candidates.curriculum_subset(ex.candidate_titles, ex.target_title, k,
                                             c.data.seed, "test", ex.index) for ex in examples]
-    shown_sets[k] = ([tok(ctx.example_prompt("test", ex, candidate_titles=sub),
-                          add_special_tokens=False)["input_ids"]
-                      for ex, sub in zip(examples, subsets)], subsets)
+    shown_sets[k] = (encode_prompts(
+        tok, [ctx.example_prompt("test", ex, candidate_titles=sub)
+              for ex, sub in zip(examples, subsets)]), subsets)
 
   def evaluate(state, loss):
     model = trainer.model(state.params)

@@ -9,6 +9,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from launch import distributed
 from launch.errors import run_main
 from rosepo_jax import pipeline
 
@@ -19,16 +20,23 @@ flags.DEFINE_list("stages", ["all"], "Stages to run, in pipeline order (or: all)
                   "--stages=compile only compiles the train steps and prints their memory.")
 flags.DEFINE_bool("force", False, "Rerun the given stages even when up to date (what depends on "
                   "them becomes stale and reruns too).")
-flags.DEFINE_bool("distributed", False, "Multi-host: call jax.distributed.initialize() first "
-                  "(TPU pods auto-detect; elsewhere set JAX_COORDINATOR_ADDRESS, "
-                  "JAX_NUM_PROCESSES, JAX_PROCESS_ID).")
+flags.DEFINE_bool("distributed", False, "Multi-process job: join it (jax.distributed.initialize) "
+                  "before anything else. The coordinator, process count and id come from the "
+                  "flags below, else from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and "
+                  "JAX_PROCESS_ID, else JAX detects them (TPU VMs, SLURM, Open MPI).")
+flags.DEFINE_string("coordinator_address", None, "With --distributed: host:port of process 0.")
+flags.DEFINE_integer("num_processes", None, "With --distributed: processes in the job.")
+flags.DEFINE_integer("process_id", None, "With --distributed: this process's id, 0..N-1.")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   del argv
   if FLAGS.distributed:
-    jax.distributed.initialize()
+    args = distributed.initialize_args(FLAGS.coordinator_address, FLAGS.num_processes,
+                                       FLAGS.process_id)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes: collectives
+    jax.distributed.initialize(**args)
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every file at INFO; -v 0 shows them
   pipeline.run(FLAGS.config, FLAGS.workdir, FLAGS.stages, force=FLAGS.force)

@@ -522,20 +522,26 @@ def add_lora(model: Decoder, rank: int, alpha: float = 16.0,
 
 
 def merge_lora(model: Decoder) -> Decoder:
-  """A plain model (no adapters) whose kernels are W + scale * A @ B: what export writes."""
+  """A plain model (no adapters) whose kernels are W + scale * A @ B: what eval, the reference
+  and export use.
+
+  The sum is kept in float32 (the merged model's param_dtype is float32 whatever the adapted
+  model's): in bfloat16, W + delta rounds most small LoRA updates away (for W ~ N(0, 0.02) and
+  a delta of std 1e-4, about a third of the elements), and the merged model would not be the
+  trained one. An export in a narrower dtype rounds only there (`config.export.dtype`).
+  """
   cfg = model.cfg
   if not cfg.lora_rank:
     return model
-  merged = abstract_model(cfg.replace(lora_rank=0))
+  merged = abstract_model(cfg.replace(lora_rank=0, param_dtype="float32"))
   flat = dict(nnx.state(model, nnx.Param).flat_state())
   values = []
   for path, var in nnx.state(merged, nnx.Param).flat_state():
-    value = flat[path].get_value()
+    value = flat[path].get_value().astype(jnp.float32)
     if path[-1] == "kernel" and path[:-1] + ("lora_a",) in flat:
       a = flat[path[:-1] + ("lora_a",)].get_value().astype(jnp.float32)
       b = flat[path[:-1] + ("lora_b",)].get_value().astype(jnp.float32)
-      scale = cfg.lora_alpha / cfg.lora_rank
-      value = (value.astype(jnp.float32) + scale * (a @ b)).astype(value.dtype)
+      value = value + (cfg.lora_alpha / cfg.lora_rank) * (a @ b)
     values.append((path, var.replace(value)))
   graphdef, _ = nnx.split(merged)
   return nnx.merge(graphdef, nnx.State.from_flat_path(values))

@@ -11,10 +11,12 @@ from conftest import REPO, context
 import numpy as np
 import pytest
 
-from rosepo_jax import pipeline
+from rosepo_jax import pipeline, scoring
 from rosepo_jax.config import ConfigError
+from rosepo_jax.data import batching
 from rosepo_jax.data.batching import encode_response
 from rosepo_jax.stages import data as data_stage
+from rosepo_jax.stages import sft
 from rosepo_jax.data import prompts
 from test_data_records import SHARED, needs_shared
 
@@ -284,3 +286,37 @@ def test_dropped_rows_are_counted_per_split_and_reason(tmp_path):
   assert stats["splits"]["train"]["dropped_rows"] == {"history shorter than min_history=3": 1}
   assert stats["splits"]["train"]["examples"] == 8
   assert stats["splits"]["test"]["dropped_rows"] == {}
+
+
+def test_a_tokenizer_that_adds_bos_starts_every_prompt_with_it(tmp_path):
+  """A backbone tokenizer that adds BOS (Llama-2/3 style): SFT rows (curriculum ones too),
+  candidate-scoring rows and decoding prompts start with it, followed by the same ids as without
+  it. Our BPE adds none and is unchanged."""
+  from tokenizers import processors  # pylint: disable=g-import-not-at-top
+  from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
+  config = _demo(users=60)
+  plain = context(config, tmp_path / "plain")
+  data_stage.run(plain)
+  assert batching.bos_prefix(plain.tokenizer) == ()
+  tok = AutoTokenizer.from_pretrained(str(tmp_path / "plain" / "data" / "tokenizer"))
+  tok.add_special_tokens({"bos_token": "<s>"})
+  bos = tok.bos_token_id
+  tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+      single="<s> $A", special_tokens=[("<s>", bos)])
+  tok.save_pretrained(str(tmp_path / "bos_tok"))
+  config.tokenizer.update(kind="pretrained", path=str(tmp_path / "bos_tok"))
+  config.sft.candidate_curriculum = ((10, 5),)
+  ctx = context(config, tmp_path / "bos")
+  data_stage.run(ctx)
+  assert batching.bos_prefix(ctx.tokenizer) == (bos,)
+  with_bos, without = ctx.encoded_examples("test"), plain.encoded_examples("test")
+  assert [p for p, _ in with_bos] == [(bos,) + p for p, _ in without]  # decoding prompts
+  assert [r for _, r in with_bos] == [r for _, r in without] and bos not in with_bos[0][1]
+  rows = scoring.candidate_rows(ctx.tokenizer, [p for p, _ in with_bos],
+                                [ex.candidates for ex in ctx.dataset.examples("test")],
+                                ctx.dataset.titles)
+  assert all(r.prompt[0] == bos and r.prompt.count(bos) == 1 for r in rows)  # scoring rows
+  sft_rows = sft.training_rows(ctx, "train") + sft.curriculum_phases(ctx)[0][1]
+  assert all(r.prompt[0] == bos and r.prompt.count(bos) == 1 for r in sft_rows)
+  batch = batching.make_batch(sft_rows[:4], ctx.batch_shape, 1)
+  assert (batch["tokens"][:, 0] == bos).all()

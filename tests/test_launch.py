@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -11,9 +12,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from launch import distributed
 from rosepo_jax import checkpoints as C
 from rosepo_jax import generate as G
 from rosepo_jax import model as M
+from rosepo_jax.errors import InputError
 
 
 def _run(module, *args):
@@ -118,3 +121,49 @@ def test_convert_never_replaces_what_it_did_not_write(tmp_path):
   (tmp_path / "empty").mkdir()
   C.save_orbax(M.init_model(M.get_config("tiny")), str(tmp_path / "empty"), overwrite=False)
   assert os.path.isfile(tmp_path / "empty" / C.atomic.MARKER)
+
+
+# ------------------------------------------------------------------------------------------------
+# --distributed: where the job's settings come from.
+
+
+def test_distributed_settings_come_from_flags_then_environment_then_jax():
+  env = {"JAX_COORDINATOR_ADDRESS": "h0:1234", "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "3"}
+  assert distributed.initialize_args(None, None, None, env) == {
+      "coordinator_address": "h0:1234", "num_processes": 4, "process_id": 3}
+  assert distributed.initialize_args("h1:9", 2, 0, env) == {
+      "coordinator_address": "h1:9", "num_processes": 2, "process_id": 0}
+  assert distributed.initialize_args(None, None, None, {}) == {}  # JAX detects (TPU, SLURM)
+  assert distributed.initialize_args(None, None, None, {"JAX_COORDINATOR_ADDRESS": "h0:1"}) == {
+      "coordinator_address": "h0:1"}
+  with pytest.raises(InputError, match="JAX_NUM_PROCESSES='two': expected an integer"):
+    distributed.initialize_args(None, None, None, dict(env, JAX_NUM_PROCESSES="two"))
+  with pytest.raises(InputError, match="set --process_id or JAX_PROCESS_ID"):
+    distributed.initialize_args("h0:1", 2, None, {})
+  with pytest.raises(InputError, match="process id 2 of 2 processes"):
+    distributed.initialize_args("h0:1", 2, 2, {})
+  with pytest.raises(InputError, match="set --coordinator_address or JAX_COORDINATOR_ADDRESS"):
+    distributed.initialize_args(None, 2, 1, {})
+
+
+def test_two_processes_join_one_job_with_the_documented_variables(tmp_path):
+  """launch/README.md's form on localhost: the same command in 2 processes (1 CPU device each),
+  settings from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID; the compile check
+  then sees one 2-device mesh across the processes."""
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = str(s.getsockname()[1])
+  procs = []
+  for i in range(2):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+               JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i),
+               XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    procs.append(subprocess.Popen(
+        [sys.executable, "-m", "launch.main", "--distributed", "--config=configs/demo.py",
+         "--config.data.max_seq_len=128", "--config.mesh.data=1", "--config.mesh.fsdp=2",
+         f"--workdir={tmp_path / 'w'}", "--stages=compile"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+    assert "mesh {'data': 1, 'fsdp': 2, 'tensor': 1} on 2 x cpu" in out, out

@@ -247,3 +247,24 @@ def test_bf16_compute_step_learns_with_fp32_master_weights():
     state, metrics = trainer.step(state, batch)
   assert float(metrics["loss"]) < float(first["loss"])
   assert state.params["embed"].get_value().dtype == jnp.float32
+
+
+def test_bf16_lora_merge_keeps_small_updates():
+  """bf16 parameters, a small adapter update: the merged kernel is W + scale * A @ B in float32
+  (a float64 reference), not its bf16 rounding, which loses a large share of the update."""
+  cfg = M.get_config("tiny").replace(param_dtype="bfloat16")
+  lora = M.add_lora(M.init_model(cfg, seed=1), rank=4, alpha=8.0)
+  proj = lora.layers[0].attn.q_proj
+  rs = np.random.RandomState(0)
+  proj.lora_b[...] = jnp.asarray(rs.normal(0, 1e-4, proj.lora_b[...].shape), jnp.bfloat16)
+  merged = M.merge_lora(lora)
+  assert merged.cfg.param_dtype == "float32" and merged.cfg.lora_rank == 0
+  w, a, b = (np.asarray(x[...], np.float64) for x in (proj.kernel, proj.lora_a, proj.lora_b))
+  want = w + (8.0 / 4) * (a @ b)
+  got = np.asarray(merged.layers[0].attn.q_proj.kernel[...])
+  assert got.dtype == np.float32
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-9)
+  rounded = np.asarray(jnp.asarray(want, jnp.bfloat16), np.float64)
+  assert np.mean(rounded == w) > 0.1  # what a bf16 merge loses: these updates vanish
+  np.testing.assert_array_equal(np.asarray(merged.embed[...]),
+                                np.asarray(lora.embed[...], np.float32))

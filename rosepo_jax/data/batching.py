@@ -42,12 +42,24 @@ class EncodedRow:
     return sum(len(r) for r in self.responses)
 
 
+def bos_prefix(tokenizer) -> tuple[int, ...]:
+  """(BOS id,) when the tokenizer starts a text with its BOS token (Llama-2, Llama-3), else ()
+  (SmolLM2, Qwen2, our BPE). Read from the tokenizer's own behaviour, not from a model list."""
+  bos = getattr(tokenizer, "bos_token_id", None)
+  if bos is None:
+    return ()
+  ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+  return (bos,) if ids[:1] == [bos] else ()
+
+
 def encode_prompts(tokenizer, texts: Sequence[str]) -> list[tuple[int, ...]]:
-  """Token ids of each prompt text (no special tokens), in one batched tokenizer call: a fast
-  tokenizer encodes a batch in parallel, many times faster than one call per prompt."""
+  """Token ids of each prompt text, in one batched tokenizer call (a fast tokenizer encodes a
+  batch in parallel, many times faster than one call per prompt). A prompt starts with the BOS
+  token when the tokenizer adds one (`bos_prefix`); no other special token is added."""
   if not texts:
     return []
-  return [tuple(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+  bos = bos_prefix(tokenizer)
+  return [bos + tuple(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
 
 def encode_response(tokenizer, title: str) -> tuple[int, ...]:
