@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rosepo_jax import flops as flops_lib, sharding, train
+from rosepo_jax import flops as flops_lib, generate, sharding, train
 from rosepo_jax import model as model_lib
 
 GIB = 1024 ** 3
@@ -73,25 +73,60 @@ def compile_step(cfg: model_lib.ModelConfig, loss_fn, optimizer, mesh, batch_siz
                       out_shardings=(params_s, opt_s, replicated)).lower(
                           params, opt_abstract, frozen, batch)
     compiled = lowered.compile()
-  mem = compiled.memory_analysis()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost
-  out = {
+  return {
       "params_bytes": _per_device_bytes(params, params_s) + _per_device_bytes(rest, rest_s),
       "opt_state_bytes": _per_device_bytes(opt_abstract, opt_s),
-      "xla_flops_per_device": float((cost or {}).get("flops", 0.0)),
+      "xla_flops_per_device": _xla_flops(compiled),
       "model_flops": flops_lib.train_flops(cfg, batch_size * seq_len, seq_len,
                                            batch_size * (seq_len // 4),
                                            0.0 if lora else 1.0),
+      **_memory(compiled),
   }
-  if mem is not None:
-    out.update(argument_bytes=int(mem.argument_size_in_bytes),
-               output_bytes=int(mem.output_size_in_bytes),
-               alias_bytes=int(mem.alias_size_in_bytes),
-               temp_bytes=int(mem.temp_size_in_bytes))
-    out["peak_bytes"] = (out["argument_bytes"] + out["output_bytes"] - out["alias_bytes"]
-                         + out["temp_bytes"])
+
+
+def _memory(compiled) -> dict:
+  """The compiled program's argument / output / alias / temporary bytes and their peak."""
+  mem = compiled.memory_analysis()
+  if mem is None:
+    return {}
+  out = dict(argument_bytes=int(mem.argument_size_in_bytes),
+             output_bytes=int(mem.output_size_in_bytes),
+             alias_bytes=int(mem.alias_size_in_bytes), temp_bytes=int(mem.temp_size_in_bytes))
+  out["peak_bytes"] = (out["argument_bytes"] + out["output_bytes"] - out["alias_bytes"]
+                       + out["temp_bytes"])
   return out
+
+
+def _xla_flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  return float((cost or {}).get("flops", 0.0))
+
+
+def compile_decode(cfg: model_lib.ModelConfig, mesh, batch_size: int, prompt_len: int,
+                   max_new_tokens: int) -> dict:
+  """Lowers and compiles greedy decoding (`generate.decode`: prefill of [batch_size, prompt_len]
+  into a KV cache of prompt_len + max_new_tokens slots, then the decode loop) for the model
+  eval and negatives decode; returns its per-device memory and FLOPs figures. XLA counts the
+  loop body once, so its FLOPs are the prefill's plus one decode step's."""
+  graphdef, state = nnx.split(model_lib.abstract_model(cfg))
+  state_s = sharding.state_shardings(state, mesh)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  prompt = jax.ShapeDtypeStruct((batch_size, prompt_len), jnp.int32)
+  valid = jax.ShapeDtypeStruct((batch_size, prompt_len), jnp.bool_)
+  batch_s = sharding.batch_sharding(prompt.shape, mesh)
+  eos = jax.ShapeDtypeStruct((max(len(cfg.eos_token_ids), 1),), jnp.int32)
+  key = jax.eval_shape(lambda: jax.random.key(0))
+  fn = lambda state, prompt, valid, eos, pad, key: generate.decode(  # pylint: disable=unnecessary-lambda-assignment
+      graphdef, state, prompt, valid, eos, pad, key, max_new_tokens, 0.0, 0)
+  with sharding.use_mesh(mesh):
+    compiled = jax.jit(fn, in_shardings=(state_s, batch_s, batch_s, replicated, replicated,
+                                         replicated), out_shardings=replicated).lower(
+        state, prompt, valid, eos, jax.ShapeDtypeStruct((), jnp.int32), key).compile()
+  tokens = batch_size * (prompt_len + max_new_tokens)
+  return {"params_bytes": _per_device_bytes(state, state_s), "opt_state_bytes": 0,
+          "xla_flops_per_device": _xla_flops(compiled),
+          "model_flops": 2.0 * cfg.num_params * tokens, **_memory(compiled)}
 
 
 def format_report(report: dict, budget_gib: float = 0.0) -> str:

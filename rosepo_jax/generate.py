@@ -65,10 +65,10 @@ def _pick(logits_BxV, key, temperature: float, top_k: int):
   return jax.random.categorical(key, logits_BxV, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "temperature",
-                                             "top_k"))
-def _decode(graphdef, state, prompt_BxP, valid_BxP, eos_ids_E, pad_id, key, max_new_tokens,
-            temperature, top_k):
+def decode(graphdef, state, prompt_BxP, valid_BxP, eos_ids_E, pad_id, key, max_new_tokens: int,
+           temperature: float, top_k: int):
+  """The whole decoding program (to jit): prefill into the KV cache, then one token per loop
+  step until every row has hit EOS or max_new_tokens; returns the new tokens [B, N]."""
   model = nnx.merge(graphdef, state)
   b, p = prompt_BxP.shape
   logits_BxV, cache, key_valid_BxS, next_pos_B = _prefill(model, prompt_BxP, valid_BxP,
@@ -96,6 +96,9 @@ def _decode(graphdef, state, prompt_BxP, valid_BxP, eos_ids_E, pad_id, key, max_
   carry = (jnp.int32(1), cache, out_BxN, done_B, next_pos_B, key_valid_BxS)
   _, _, out_BxN, _, _, _ = jax.lax.while_loop(cond, body, carry)
   return out_BxN
+
+
+_decode = jax.jit(decode, static_argnames=("graphdef", "max_new_tokens", "temperature", "top_k"))
 
 
 def _check_prompts(valid_BxP, max_new_tokens: int, what: str) -> np.ndarray:

@@ -521,6 +521,11 @@ def add_lora(model: Decoder, rank: int, alpha: float = 16.0,
   return adapted
 
 
+def merged_config(cfg: ModelConfig) -> ModelConfig:
+  """The config of `merge_lora`'s result: no adapters, float32 parameters (unchanged without LoRA)."""
+  return cfg.replace(lora_rank=0, param_dtype="float32") if cfg.lora_rank else cfg
+
+
 def merge_lora(model: Decoder) -> Decoder:
   """A plain model (no adapters) whose kernels are W + scale * A @ B: what eval, the reference
   and export use.
@@ -533,7 +538,7 @@ def merge_lora(model: Decoder) -> Decoder:
   cfg = model.cfg
   if not cfg.lora_rank:
     return model
-  merged = abstract_model(cfg.replace(lora_rank=0, param_dtype="float32"))
+  merged = abstract_model(merged_config(cfg))
   flat = dict(nnx.state(model, nnx.Param).flat_state())
   values = []
   for path, var in nnx.state(merged, nnx.Param).flat_state():

@@ -29,13 +29,21 @@ def test_compile_reports_memory_for_the_pod_mesh(capsys):
     assert s["peak_bytes"] > s["params_bytes"] > 0 and s["xla_flops_per_device"] > 0
   out = capsys.readouterr().out
   assert "| sft |" in out and "| preference |" in out and "peak GiB" in out
+  # Decoding (eval, negatives) runs the merged model: float32 parameters, about twice the bf16
+  # base (+ small adapters) that the train steps hold.
+  d = report["steps"]["decode"]
+  assert config.model.param_dtype == "bfloat16" and "| decode |" in out
+  assert d["params_bytes"] > 1.5 * report["steps"]["sft"]["params_bytes"]
+  assert d["peak_bytes"] > d["params_bytes"] and d["xla_flops_per_device"] > 0
 
 
 def test_compile_shards_adam_state_like_the_parameters():
   config = _small_pod_config()
   config.model.lora_rank = 0  # full fine-tuning: Adam's two moments are the size of the params
-  s = compile_stage.run(context(config, ""))["steps"]["sft"]
+  steps = compile_stage.run(context(config, ""))["steps"]
+  s = steps["sft"]
   assert s["opt_state_bytes"] == pytest.approx(2 * s["params_bytes"], rel=0.01)
+  assert steps["decode"]["params_bytes"] == s["params_bytes"]  # no LoRA: the same model decodes
 
 
 def test_compile_over_budget_is_a_clear_error():

@@ -1,10 +1,11 @@
 """The compile stage (a check, not part of "all"; never skipped, writes nothing): lowers and
-compiles the SFT and preference train steps for the configured model, mesh and batch sizes
-without weights or data, prints per-device memory and FLOPs (`rosepo_jax.aot`), and fails when a
-step's peak exceeds `config.compile.hbm_gib`.
+compiles the SFT and preference train steps and greedy decoding (prefill + decode loop, at the
+eval / negatives batch, for the merged model they decode) for the configured model, mesh and batch
+sizes without weights or data, prints per-device memory and FLOPs (`rosepo_jax.aot`), and fails
+when a program's peak exceeds `config.compile.hbm_gib`.
 
 Reads config: model, mesh, sft, preference, methods (with their rows of `rosepo_jax.methods`),
-negatives.strategies, vocab_chunk, data.max_seq_len, compile.
+negatives, eval, vocab_chunk, data.max_seq_len, compile.
 Consumes: nothing. Writes: nothing.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import jax
 
 from rosepo_jax import aot, backbone, methods, sharding, train
+from rosepo_jax import model as model_lib
 from rosepo_jax.config import ConfigError
 from rosepo_jax.workdir import Context
 
@@ -36,6 +38,9 @@ def run(ctx: Context) -> dict:
     steps["preference"] = (train.preference_loss_fn(objective, k, config.preference.beta,
                                                     config.vocab_chunk),
                            config.preference, k + 1, True, online)
+  decode_batch = max([config.eval.batch_size] + [config.negatives.batch_size for r in
+                                                  config.trained_runs if config.uses_negatives(r)])
+  new_tokens = max(config.eval.max_new_tokens, config.negatives.max_new_tokens)
   report = {"mesh": dict(mesh.shape), "devices": jax.device_count(),
             "device_kind": jax.devices()[0].device_kind, "params": cfg.num_params,
             "seq_len": seq_len, "steps": {}}
@@ -44,6 +49,8 @@ def run(ctx: Context) -> dict:
     report["steps"][name] = aot.compile_step(cfg, loss_fn, optimizer, mesh, section.batch_size,
                                              seq_len, responses, preference, section.accum_steps,
                                              online_ref)
+  report["steps"]["decode"] = aot.compile_decode(model_lib.merged_config(cfg), mesh, decode_batch,
+                                                 seq_len, new_tokens)
   print(aot.format_report(report, budget), flush=True)
   over = {n: s["peak_bytes"] / aot.GIB for n, s in report["steps"].items()
           if budget and s.get("peak_bytes", 0) / aot.GIB > budget}
