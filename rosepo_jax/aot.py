@@ -46,9 +46,61 @@ def _per_device_bytes(tree, shardings) -> int:
   return total
 
 
+def _layer_activation_bytes(cfg: model_lib.ModelConfig, rows: int, queries: int,
+                            keys: int) -> int:
+  """One block's forward activations for `rows` sequences of `queries` tokens attending to `keys`
+  (written out: norm outputs, q/k/v/attention output, residuals, the MLP's gate, up and product;
+  the attention scores in float32 three times (scores, masked, exponentiated) and the
+  probabilities in the compute dtype)."""
+  b = jnp.dtype(cfg.dtype).itemsize
+  d, f, hd = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+  per_token = 5 * d + 2 * cfg.num_heads * hd + 2 * cfg.num_kv_heads * hd + 3 * f
+  scores = rows * cfg.num_heads * queries * keys * (3 * 4 + b)
+  return rows * queries * per_token * b + scores
+
+
+def _gathered_weight_bytes(cfg: model_lib.ModelConfig) -> int:
+  """Weights a device holds whole while it computes (FSDP gathers them): two blocks (the one
+  in use and the next, prefetched) and the embedding and LM head matrices."""
+  b = jnp.dtype(cfg.param_dtype).itemsize
+  block = (cfg.num_params - cfg.vocab_size * cfg.hidden_size
+           * (1 if cfg.tie_word_embeddings else 2) - cfg.hidden_size) // cfg.num_layers
+  return (2 * block + cfg.vocab_size * cfg.hidden_size
+          * (1 if cfg.tie_word_embeddings else 2)) * b
+
+
+def train_activation_bytes(cfg: model_lib.ModelConfig, rows: int, seq_len: int,
+                           score_len: int, vocab_chunk: int) -> int:
+  """Analytic per-device bytes a train step needs beyond its state, for `rows` sequences of
+  `seq_len` per device: with remat, every block's input is kept and one block's activations
+  (and their gradients) are live in the backward pass; without, every block's are kept. Plus
+  the gathered weights and the LM head's chunked logits at the scored positions. A guide
+  (within tens of percent), next to XLA's figure."""
+  b = jnp.dtype(cfg.dtype).itemsize
+  layer = _layer_activation_bytes(cfg, rows, seq_len, seq_len)
+  kept = (cfg.num_layers * rows * seq_len * cfg.hidden_size * b + 2 * layer if cfg.remat
+          else cfg.num_layers * layer + layer)
+  head = 2 * rows * score_len * min(vocab_chunk, cfg.vocab_size) * 4
+  return kept + head + _gathered_weight_bytes(cfg)
+
+
+def decode_activation_bytes(cfg: model_lib.ModelConfig, rows: int, prompt_len: int,
+                            max_new_tokens: int) -> int:
+  """Analytic per-device bytes of decoding beyond its parameters: the KV cache, one block's
+  prefill activations and the gathered weights."""
+  slots = prompt_len + max_new_tokens
+  cache = (2 * cfg.num_layers * rows * slots * cfg.num_kv_heads * cfg.head_dim
+           * jnp.dtype(cfg.dtype).itemsize)
+  return cache + _layer_activation_bytes(cfg, rows, prompt_len, slots) + _gathered_weight_bytes(cfg)
+
+
+def _rows_per_device(mesh, batch_size: int, seq_len: int) -> int:
+  return sharding.batch_sharding((batch_size, seq_len), mesh).shard_shape((batch_size, seq_len))[0]
+
+
 def compile_step(cfg: model_lib.ModelConfig, loss_fn, optimizer, mesh, batch_size: int,
                  seq_len: int, num_responses: int, preference: bool, accum_steps: int = 1,
-                 online_reference: bool = False) -> dict:
+                 online_reference: bool = False, vocab_chunk: int = 8192) -> dict:
   """Lowers and compiles one train step; returns its per-device memory and FLOPs figures."""
   model = model_lib.abstract_model(cfg)
   lora = bool(cfg.lora_rank)
@@ -73,7 +125,7 @@ def compile_step(cfg: model_lib.ModelConfig, loss_fn, optimizer, mesh, batch_siz
                       out_shardings=(params_s, opt_s, replicated)).lower(
                           params, opt_abstract, frozen, batch)
     compiled = lowered.compile()
-  return {
+  out = {
       "params_bytes": _per_device_bytes(params, params_s) + _per_device_bytes(rest, rest_s),
       "opt_state_bytes": _per_device_bytes(opt_abstract, opt_s),
       "xla_flops_per_device": _xla_flops(compiled),
@@ -82,6 +134,12 @@ def compile_step(cfg: model_lib.ModelConfig, loss_fn, optimizer, mesh, batch_siz
                                            0.0 if lora else 1.0),
       **_memory(compiled),
   }
+  grads = _per_device_bytes(params, params_s)  # the trainable parameters' gradients
+  rows = _rows_per_device(mesh, batch_size // accum_steps, seq_len)
+  out["estimate_bytes"] = (out["params_bytes"] + out["opt_state_bytes"] + grads
+                           + train_activation_bytes(cfg, rows, seq_len,
+                                                    batch["score_pos"].shape[1], vocab_chunk))
+  return out
 
 
 def _memory(compiled) -> dict:
@@ -124,21 +182,27 @@ def compile_decode(cfg: model_lib.ModelConfig, mesh, batch_size: int, prompt_len
                                          replicated), out_shardings=replicated).lower(
         state, prompt, valid, eos, jax.ShapeDtypeStruct((), jnp.int32), key).compile()
   tokens = batch_size * (prompt_len + max_new_tokens)
-  return {"params_bytes": _per_device_bytes(state, state_s), "opt_state_bytes": 0,
+  params_bytes = _per_device_bytes(state, state_s)
+  rows = _rows_per_device(mesh, batch_size, prompt_len)
+  return {"params_bytes": params_bytes, "opt_state_bytes": 0,
           "xla_flops_per_device": _xla_flops(compiled),
-          "model_flops": 2.0 * cfg.num_params * tokens, **_memory(compiled)}
+          "model_flops": 2.0 * cfg.num_params * tokens, **_memory(compiled),
+          "estimate_bytes": params_bytes + decode_activation_bytes(cfg, rows, prompt_len,
+                                                                   max_new_tokens)}
 
 
 def format_report(report: dict, budget_gib: float = 0.0) -> str:
   lines = [f"compile: {report['params'] / 1e9:.3f}B params, mesh {report['mesh']} on "
            f"{report['devices']} x {report['device_kind']}, sequence {report['seq_len']}",
-           "| step | params GiB | opt state GiB | args GiB | temp GiB | peak GiB "
-           "| XLA TFLOP/device | model TFLOP/step |", "|---|---|---|---|---|---|---|---|"]
+           "| program | params GiB | opt state GiB | XLA args GiB | XLA temp GiB | XLA peak GiB "
+           "| analytic peak GiB | XLA TFLOP/device | model TFLOP/step |",
+           "|---|---|---|---|---|---|---|---|---|"]
   for name, s in report["steps"].items():
     g = lambda key: f"{s.get(key, float('nan')) / GIB:.3f}"  # pylint: disable=cell-var-from-loop,unnecessary-lambda-assignment
     lines.append(f"| {name} | {g('params_bytes')} | {g('opt_state_bytes')} | "
                  f"{g('argument_bytes')} | {g('temp_bytes')} | {g('peak_bytes')} | "
-                 f"{s['xla_flops_per_device'] / 1e12:.3f} | {s['model_flops'] / 1e12:.3f} |")
+                 f"{g('estimate_bytes')} | {s['xla_flops_per_device'] / 1e12:.3f} | "
+                 f"{s['model_flops'] / 1e12:.3f} |")
   if budget_gib:
     lines.append(f"HBM budget per device: {budget_gib:g} GiB")
   return "\n".join(lines)

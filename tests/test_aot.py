@@ -4,7 +4,8 @@ a too-small HBM budget is a clear error."""
 import pytest
 
 from conftest import context
-from rosepo_jax import pipeline
+from rosepo_jax import aot, pipeline, sharding, train
+from rosepo_jax import model as model_lib
 from rosepo_jax.stages import compile as compile_stage
 from test_data_pipeline import _config
 
@@ -69,3 +70,38 @@ def test_pod_config_compiles_at_the_real_8b_widths(capsys):
   assert report["mesh"]["fsdp"] == 8 and report["devices"] == 8
   out = capsys.readouterr().out
   assert "| sft |" in out and "| preference |" in out
+
+
+def test_xla_memory_grows_by_the_same_amount_per_layer():
+  """Why 2 layers stand for 32: at the pod config's real widths, XLA's temporary bytes grow by
+  the same amount for every layer added (1 -> 2 -> 3 layers within 5%), so the full depth's
+  figure is the 1-layer figure plus 31 slopes. (XLA:CPU keeps every layer's gathered weights and
+  activations live, remat or not; launch/README.md.)"""
+  mesh = sharding.make_mesh(data=1, fsdp=8, tensor=1)
+  temps = []
+  for layers in (1, 2, 3):
+    cfg = model_lib.get_config("llama3_8b").replace(
+        num_layers=layers, remat=True, dtype="bfloat16", param_dtype="bfloat16", lora_rank=16)
+    temps.append(aot.compile_step(cfg, train.sft_loss_fn(16384),
+                                  train.make_optimizer(train.OptimConfig(), 10), mesh, 64, 256,
+                                  1, False, vocab_chunk=16384)["temp_bytes"])
+  assert temps[2] - temps[1] == pytest.approx(temps[1] - temps[0], rel=0.05), temps
+
+
+def test_analytic_memory_is_the_formula_written_out():
+  """The analytic figures for the tiny preset (64 wide, 4 heads over 2 KV heads of 16, MLP 128,
+  vocabulary 256, 2 layers, float32), 3 rows of 32 tokens, 8 scored positions, chunk 100."""
+  cfg = model_lib.get_config("tiny")
+  per_token = 5 * 64 + 2 * 4 * 16 + 2 * 2 * 16 + 3 * 128  # norms, residuals, q/k/v/o, MLP
+  layer = 3 * 32 * per_token * 4 + 3 * 4 * 32 * 32 * (3 * 4 + 4)  # + scores (3 fp32) and probs
+  assert aot._layer_activation_bytes(cfg, 3, 32, 32) == layer  # pylint: disable=protected-access
+  block = 64 * 16 * (2 * 4 + 2 * 2) + 3 * 64 * 128 + 2 * 64
+  weights = (2 * block + 256 * 64 * 2) * 4  # two gathered blocks, embedding and LM head (untied)
+  head = 2 * 3 * 8 * 100 * 4
+  assert aot.train_activation_bytes(cfg, 3, 32, 8, 100) == 2 * layer + layer + head + weights
+  remat = cfg.replace(remat=True)
+  assert aot.train_activation_bytes(remat, 3, 32, 8, 100) == (
+      2 * 3 * 32 * 64 * 4 + 2 * layer + head + weights)
+  cache = 2 * 2 * 3 * (32 + 5) * 2 * 16 * 4
+  assert aot.decode_activation_bytes(cfg, 3, 32, 5) == (
+      cache + 3 * 32 * per_token * 4 + 3 * 4 * 32 * 37 * 16 + weights)

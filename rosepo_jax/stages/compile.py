@@ -48,16 +48,21 @@ def run(ctx: Context) -> dict:
     optimizer = train.make_optimizer(section.optim, section.steps)
     report["steps"][name] = aot.compile_step(cfg, loss_fn, optimizer, mesh, section.batch_size,
                                              seq_len, responses, preference, section.accum_steps,
-                                             online_ref)
+                                             online_ref, config.vocab_chunk)
   report["steps"]["decode"] = aot.compile_decode(model_lib.merged_config(cfg), mesh, decode_batch,
                                                  seq_len, new_tokens)
   print(aot.format_report(report, budget), flush=True)
-  over = {n: s["peak_bytes"] / aot.GIB for n, s in report["steps"].items()
-          if budget and s.get("peak_bytes", 0) / aot.GIB > budget}
+  # XLA:CPU's temporary bytes do not model an accelerator's memory (its schedule keeps every
+  # block's activations live with or without remat: launch/README.md), so with fake CPU devices
+  # the budget is checked against the analytic peak; on TPU / GPU against XLA's.
+  figure = "estimate_bytes" if jax.default_backend() == "cpu" else "peak_bytes"
+  over = {n: s[figure] / aot.GIB for n, s in report["steps"].items()
+          if budget and s.get(figure, 0) / aot.GIB > budget}
   if over:
     raise MemoryError(
-        "compile: per-device memory exceeds config.compile.hbm_gib="
-        f"{budget:g} GiB for " + ", ".join(f"{n} ({g:.2f} GiB)" for n, g in over.items())
+        f"compile: per-device memory ({'analytic' if figure == 'estimate_bytes' else 'XLA'} "
+        f"peak) exceeds config.compile.hbm_gib={budget:g} GiB for "
+        + ", ".join(f"{n} ({g:.2f} GiB)" for n, g in over.items())
         + "; use more devices (config.mesh.fsdp), a smaller batch or accum_steps, "
         "model.remat=True or LoRA")
   return report
