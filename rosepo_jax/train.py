@@ -30,6 +30,7 @@ import optax
 import orbax.checkpoint as ocp
 
 from rosepo_jax import checkpoints
+from rosepo_jax.checkpoints import peft
 from rosepo_jax import flops as flops_lib
 from rosepo_jax import losses, progress, scoring, sharding
 from rosepo_jax.data.batching import BatchShape, EncodedRow, StepSampler, eval_batches, make_batch
@@ -470,7 +471,12 @@ def batch_flops_fn(cfg, lora: bool, online_reference: bool = False):
   return fn
 
 
-def save_trained(trainer: Trainer, state: TrainState, folder: str, tok) -> None:
-  """The trained model (LoRA merged into the weights) as an orbax model dir with its tokenizer."""
+def save_trained(trainer: Trainer, state: TrainState, folder: str, tok,
+                 adapter_folder: str = "") -> None:
+  """The trained model (LoRA merged into the weights) as an orbax model dir with its tokenizer;
+  a LoRA model's adapters also alone, as a PEFT folder in `adapter_folder`."""
   if jax.process_index() == 0:
-    checkpoints.save_orbax(merge_lora(trainer.model(state.params)), folder, tokenizer=tok)
+    model = trainer.model(state.params)
+    checkpoints.save_orbax(merge_lora(model), folder, tokenizer=tok)
+    if adapter_folder and model.cfg.lora_rank:
+      peft.save_adapter(model, adapter_folder)

@@ -2,10 +2,10 @@
 
 Layout (owner unit in brackets; a unit that reruns removes what it owns first):
   DIR/data/{tfds,tokenizer,stats.json,row_lengths.npz}      [data]
-  DIR/sft/{checkpoints,tb,metrics.jsonl,model}              [sft]
+  DIR/sft/{checkpoints,tb,metrics.jsonl,model,adapter}      [sft]
   DIR/oracle/{model,metrics.json}                           [oracle]
   DIR/preference/{pairs.array_record,stats.json}            [negatives]
-  DIR/<method>/{reference.npz,checkpoints,tb,metrics.jsonl,model}   [dpo/<method>]
+  DIR/<method>/{reference.npz,checkpoints,tb,metrics.jsonl,model,adapter}   [dpo/<method>]
   DIR/eval/<run>.json, DIR/eval/<run>.predictions.jsonl     [eval/<run>]
   DIR/export/<run>/                                         [export/<run>]
   DIR/report.md, DIR/plots/                                 [report]
@@ -117,6 +117,10 @@ class Paths:
 
   def model(self, run: str) -> str:
     return self._join(run, "model")
+
+  def adapter(self, run: str) -> str:
+    """A LoRA run's adapters alone, as a PEFT folder (`checkpoints.peft`)."""
+    return self._join(run, "adapter")
 
   def metrics_log(self, run: str) -> str:
     return self._join(run, "metrics.jsonl")

@@ -1,17 +1,39 @@
 """The export stage: a Hugging Face folder per run, loadable by transformers' Auto classes.
 
-Reads config: export (dtype).
+Reads config: export (dtype), model (for a LoRA SFT run's base).
 Consumes: data (the tokenizer), and the run's model unit (sft, or dpo/<method>).
 Writes: DIR/export/<run>/ (safetensors, config.json, tokenizer files; LoRA runs were merged when
-saved), atomically.
+saved), atomically. A LoRA run also gets DIR/export/<run>/adapter/, its adapters as a PEFT folder
+whose base (adapter_config.json's base_model_name_or_path) is the HF folder they apply to: for a
+preference method the SFT model's export, DIR/export/sft; for SFT the backbone's HF folder, or,
+when the backbone is not one (from scratch, GGUF, orbax), its export in DIR/export/sft/base/.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import shutil
+
 import jax
 
-from rosepo_jax import checkpoints
+from rosepo_jax import backbone, checkpoints
+from rosepo_jax.checkpoints import atomic, peft
 from rosepo_jax.workdir import Context, Paths, Stage, Unit, model_unit
+
+
+def _adapter_base(ctx: Context, run: str) -> str:
+  """The HF folder a run's adapters apply to (exporting the SFT backbone when it is not one)."""
+  if run != "sft":
+    return os.path.abspath(ctx.paths.export("sft"))
+  m = ctx.config.model
+  init = checkpoints.resolve_model_path(m.init) if m.init != "scratch" else ""
+  if init and os.path.isfile(os.path.join(init, "config.json")):
+    return os.path.abspath(init)
+  folder = os.path.join(ctx.paths.export("sft"), "base")
+  base = backbone.build_model(dataclasses.replace(m, lora_rank=0), ctx.tokenizer)
+  checkpoints.save_hf(base, folder, tokenizer=ctx.tokenizer)
+  return os.path.abspath(folder)
 
 
 def run(ctx: Context, unit: Unit) -> dict:
@@ -21,6 +43,12 @@ def run(ctx: Context, unit: Unit) -> dict:
   if jax.process_index() == 0:
     summary = checkpoints.save_hf(model, folder, tokenizer=ctx.tokenizer,
                                   dtype=ctx.config.export.dtype or None)
+    adapter = ctx.paths.adapter(unit.run)
+    if os.path.isdir(adapter):
+      with atomic.atomic_dir(os.path.join(folder, "adapter")) as tmp:
+        for name in (peft.ADAPTER_CONFIG, peft.ADAPTER_WEIGHTS):
+          shutil.copy(os.path.join(adapter, name), os.path.join(tmp, name))
+        peft.set_base(tmp, _adapter_base(ctx, unit.run))
   print(f"export {unit.run}: {folder}", flush=True)
   return summary
 
@@ -29,7 +57,7 @@ def _outputs(paths: Paths, unit: Unit) -> list[str]:
   return [paths.export(unit.run)]
 
 
-STAGE = Stage(name="export", sections=("export",),
+STAGE = Stage(name="export", sections=("export", "model.init"),
               units=lambda config: [Unit("export", m) for m in config.methods],
               inputs=lambda config, unit: [Unit("data"), model_unit(unit.run)],
               outputs=_outputs, run=run)

@@ -6,7 +6,8 @@ Consumes: data, sft (the starting point and pi_ref), and negatives for a method 
 pairs (`methods.uses_negatives`).
 Writes: DIR/<method>/reference.npz (random-pairs methods with a precomputed reference: the
 rejected ids and pi_ref log-probs, made by this unit), DIR/<method>/{checkpoints,tb,metrics.jsonl}
-and DIR/<method>/model (orbax model dir, LoRA merged).
+DIR/<method>/model (orbax model dir, LoRA merged in float32) and, with LoRA, DIR/<method>/adapter
+(the adapters alone, a PEFT folder; their base is the SFT model).
 """
 
 from __future__ import annotations
@@ -115,7 +116,8 @@ def run(ctx: Context, unit: Unit) -> int:
 
   state, _ = train.train_loop(trainer, batch_fn, section.loop(), ctx.paths.run(name),
                               batch_flops=train.batch_flops_fn(trainer.model_cfg, lora, online))
-  train.save_trained(trainer, state, ctx.paths.model(name), ctx.tokenizer)
+  train.save_trained(trainer, state, ctx.paths.model(name), ctx.tokenizer,
+                     ctx.paths.adapter(name))
   print(f"{name}: {state.step} steps on {len(rows)} prompts (k={k})", flush=True)
   return int(state.step)
 

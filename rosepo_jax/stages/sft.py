@@ -3,7 +3,8 @@
 Reads config: model, sft, vocab_chunk (and data through its unit); a pretrained `model.init`
 from outside DIR (its content fingerprint is part of the unit's key).
 Consumes: data (dataset, tokenizer).
-Writes: DIR/sft/{checkpoints,tb,metrics.jsonl} and DIR/sft/model (orbax model dir + tokenizer).
+Writes: DIR/sft/{checkpoints,tb,metrics.jsonl}, DIR/sft/model (orbax model dir + tokenizer, LoRA
+merged in float32) and, with LoRA, DIR/sft/adapter (the adapters alone, a PEFT folder).
 
 With `config.sft.candidate_curriculum`, the first steps train on prompts that show fewer
 candidates (`curriculum_phases`).
@@ -72,7 +73,8 @@ def run(ctx: Context, unit: Unit | None = None) -> dict:
                                        1)[1],
       section.loop(best_metric="loss" if evaluate else ""), ctx.paths.run("sft"), evaluate,
       batch_flops=train.batch_flops_fn(trainer.model_cfg, bool(config.model.lora_rank)))
-  train.save_trained(trainer, state, ctx.paths.model("sft"), ctx.tokenizer)
+  train.save_trained(trainer, state, ctx.paths.model("sft"), ctx.tokenizer,
+                     ctx.paths.adapter("sft"))
   print(f"sft: {state.step} steps, validation {metrics}", flush=True)
   return metrics
 

@@ -1,0 +1,68 @@
+"""LoRA adapters as a PEFT folder: `adapter_config.json` and `adapter_model.safetensors`, loadable
+with `peft.PeftModel.from_pretrained(base, folder)` on the Hugging Face folder of the model the
+adapters were trained on.
+
+Ours: kernel [in, out], lora_a [in, r], lora_b [r, out], delta = (alpha / r) * a @ b. PEFT (torch
+Linear weights [out, in]): lora_A.weight [r, in], lora_B.weight [out, r], delta = (alpha / r) *
+B @ A; so lora_A = a.T and lora_B = b.T, named after the layer's HF weight under
+``base_model.model.``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from flax import nnx
+import jax
+import numpy as np
+from safetensors.numpy import save_file
+
+from rosepo_jax.checkpoints import params as P
+from rosepo_jax.checkpoints.atomic import atomic_dir
+from rosepo_jax.model import Decoder
+
+ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+
+
+def adapter_tensors(model: Decoder) -> dict[str, np.ndarray]:
+  """PEFT's tensors [r, in] / [out, r] (float32) of every LoRA adapter of `model`."""
+  flat = dict(nnx.state(model, nnx.Param).flat_state())
+  out = {}
+  for name in P.param_names(model.cfg):
+    a_path = name.path[:-1] + ("lora_a",)
+    if name.path[-1] != "kernel" or a_path not in flat:
+      continue
+    prefix = "base_model.model." + name.hf[:-len(".weight")]
+    for ours, theirs in (("lora_a", "lora_A"), ("lora_b", "lora_B")):
+      value = jax.device_get(flat[name.path[:-1] + (ours,)].get_value())
+      out[f"{prefix}.{theirs}.weight"] = np.ascontiguousarray(np.asarray(value, np.float32).T)
+  return out
+
+
+def save_adapter(model: Decoder, folder: str, base_model: str = "") -> None:
+  """Writes `model`'s adapters as a PEFT folder (atomically); `base_model` is the HF folder they
+  apply to (adapter_config.json's base_model_name_or_path)."""
+  cfg = model.cfg
+  if not cfg.lora_rank:
+    raise ValueError(f"save_adapter: the model has no LoRA adapters ({folder})")
+  config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": cfg.lora_rank,
+            "lora_alpha": cfg.lora_alpha, "lora_dropout": 0.0, "bias": "none",
+            "fan_in_fan_out": False, "target_modules": sorted(cfg.lora_targets),
+            "use_rslora": False, "inference_mode": True, "base_model_name_or_path": base_model}
+  with atomic_dir(folder) as tmp:
+    save_file(adapter_tensors(model), os.path.join(tmp, ADAPTER_WEIGHTS),
+              metadata={"format": "pt"})
+    with open(os.path.join(tmp, ADAPTER_CONFIG), "w", encoding="utf-8") as f:
+      json.dump(config, f, indent=2)
+
+
+def set_base(folder: str, base_model: str) -> None:
+  """Points an adapter folder's config at `base_model` (atomic rewrite of adapter_config.json)."""
+  path = os.path.join(folder, ADAPTER_CONFIG)
+  with open(path, encoding="utf-8") as f:
+    config = json.load(f)
+  config["base_model_name_or_path"] = base_model
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    json.dump(config, f, indent=2)
+  os.replace(path + ".tmp", path)

@@ -1,0 +1,79 @@
+"""LoRA adapters exported as a PEFT folder load with peft on the base model's HF export and compute
+what our adapted model computes (fp32, 1e-5 relative to the largest logit)."""
+
+import json
+
+from conftest import assert_close
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rosepo_jax import model as M
+from rosepo_jax import pipeline
+from rosepo_jax.checkpoints import hf, peft as peft_lib
+from test_hf import _batch, _ours, _theirs
+from test_stages import _tiny
+
+torch = pytest.importorskip("torch")
+peft = pytest.importorskip("peft")
+transformers = pytest.importorskip("transformers")
+
+
+def _trained_lora(seed=3):
+  """The tiny preset with LoRA (rank 4, alpha 8) whose adapters hold random, non-zero values."""
+  base = M.init_model(M.get_config("tiny"), seed=seed)
+  lora = M.add_lora(base, rank=4, alpha=8.0, seed=seed)
+  rs = np.random.RandomState(seed)
+  for layer in lora.layers:
+    for proj in (layer.attn.q_proj, layer.attn.v_proj, layer.mlp.down_proj):
+      proj.lora_b[...] = jnp.asarray(rs.normal(0, 0.05, proj.lora_b[...].shape), jnp.float32)
+  return base, lora
+
+
+def test_peft_adapter_on_the_base_export_computes_our_adapted_model(tmp_path):
+  base, lora = _trained_lora()
+  hf.save_hf(base, str(tmp_path / "base"))
+  peft_lib.save_adapter(lora, str(tmp_path / "adapter"), base_model=str(tmp_path / "base"))
+  config = json.load(open(tmp_path / "adapter" / "adapter_config.json"))
+  assert config["r"] == 4 and config["lora_alpha"] == 8.0
+  assert config["base_model_name_or_path"] == str(tmp_path / "base")
+  theirs = peft.PeftModel.from_pretrained(
+      transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "base"),
+                                                        dtype=torch.float32),
+      str(tmp_path / "adapter")).eval()
+  tokens, valid, positions = _batch(vocab=256)
+  ours = _ours(lora, tokens, valid)
+  assert np.abs(ours - _ours(base, tokens, valid)).max() > 1e-3  # the adapters matter
+  assert_close(_theirs(theirs, tokens, valid, positions), ours, where=valid)
+  assert_close(_ours(M.merge_lora(lora), tokens, valid), ours, where=valid)
+
+
+def test_adapter_tensors_are_the_transposed_factors():
+  _, lora = _trained_lora()
+  tensors = peft_lib.adapter_tensors(lora)
+  q = lora.layers[1].attn.q_proj
+  prefix = "base_model.model.model.layers.1.self_attn.q_proj"
+  np.testing.assert_array_equal(tensors[prefix + ".lora_A.weight"], np.asarray(q.lora_a[...]).T)
+  np.testing.assert_array_equal(tensors[prefix + ".lora_B.weight"], np.asarray(q.lora_b[...]).T)
+  assert len(tensors) == 2 * 7 * lora.cfg.num_layers  # every projection of every layer
+
+
+def test_lora_runs_export_their_adapters_on_their_bases(tmp_path):
+  """A LoRA pipeline (SFT and DPO with LoRA, from scratch): each run's export holds its adapters
+  as a PEFT folder naming its base (SFT: the backbone's export; DPO: the SFT export); base +
+  adapter in peft computes the run's merged export in transformers."""
+  config = _tiny(steps=2)
+  config.methods = ("sft", "dpo")
+  config.model.lora_rank = 4
+  pipeline.run(config, str(tmp_path), ["data", "sft", "dpo", "export"])
+  export = tmp_path / "export"
+  tokens, valid, positions = _batch(vocab=256)
+  for run, base in (("sft", export / "sft" / "base"), ("dpo", export / "sft")):
+    adapter = export / run / "adapter"
+    assert json.load(open(adapter / "adapter_config.json"))["base_model_name_or_path"] == str(base)
+    load = lambda path: transformers.AutoModelForCausalLM.from_pretrained(  # pylint: disable=unnecessary-lambda-assignment
+        str(path), dtype=torch.float32).eval()
+    theirs = peft.PeftModel.from_pretrained(load(base), str(adapter)).eval()
+    merged = _theirs(load(export / run), tokens, valid, positions)
+    assert np.abs(merged - _theirs(load(base), tokens, valid, positions)).max() > 0
+    assert_close(_theirs(theirs, tokens, valid, positions), merged, where=valid)
