@@ -116,6 +116,9 @@ class PreferenceConfig(TrainSection):
   sft_weight: float = 0.0
   max_prompts: int = 0  # 0: every training prompt
   reference: str = "precomputed"  # or online: the frozen SFT model runs in every step
+  # METHOD.md section 3's mixture: a loss weight per strategy of the negatives stage's pairs
+  # (strategy name or "hallucination" -> weight >= 0; absent: 1; 0 drops the strategy's pairs).
+  strategy_weights: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -390,6 +393,14 @@ def _check_consistency(c: Config) -> None:
     if m in RESERVED_RUN_NAMES:  # DIR/<method> would collide with another unit's folder
       raise ConfigError(f"config.methods[{i}]={m!r}: the name of a run folder's entry; a method "
                         f"may not be named any of {sorted(RESERVED_RUN_NAMES)}")
+  known = list(negatives_lib.STRATEGIES) + [negatives_lib.HALLUCINATION]
+  for name, weight in c.preference.strategy_weights.items():
+    if name not in known:
+      raise ConfigError(f"config.preference.strategy_weights.{name}: unknown strategy; expected "
+                        f"some of {known}")
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
+      raise ConfigError(f"config.preference.strategy_weights.{name}={weight!r}: expected a "
+                        "number >= 0")
   for i, s in enumerate(c.negatives.strategies):
     if s not in negatives_lib.STRATEGIES:
       raise ConfigError(f"config.negatives.strategies[{i}]={s!r}: expected one of "

@@ -31,11 +31,12 @@ def sft_loss(token_logps_BxR: jax.Array, valid_BxR: jax.Array) -> jax.Array:
 
 def pairwise(pair_loss: Callable[[jax.Array, jax.Array, float], jax.Array]) -> Objective:
   """An objective from a per-pair loss (h_BxK, eps_BxK, beta) -> loss_BxK: the mean over each
-  prompt's valid pairs."""
+  prompt's valid pairs. `valid_BxK` may hold per-pair weights (0: not a pair): the loss is then
+  sum_k w_k loss_k / #{k: w_k > 0}, each pair's loss scaled by its weight."""
   def objective(h_BxK, eps_BxK, valid_BxK, beta):
-    valid = valid_BxK.astype(jnp.float32)
-    return (pair_loss(h_BxK, eps_BxK, beta) * valid).sum(axis=1) / jnp.maximum(
-        valid.sum(axis=1), 1.0)
+    weight = valid_BxK.astype(jnp.float32)
+    return (pair_loss(h_BxK, eps_BxK, beta) * weight).sum(axis=1) / jnp.maximum(
+        (weight > 0).sum(axis=1), 1.0)
   objective.__name__ = objective.__qualname__ = pair_loss.__name__
   objective.__doc__ = pair_loss.__doc__
   return objective
@@ -79,21 +80,25 @@ def slic(h_BxK, eps_BxK, beta):
 
 
 def sdpo(h_BxK, eps_BxK, valid_BxK, beta):
-  """S-DPO (listwise): -log sigmoid(-logsumexp_j h'_j), h'_j = -h_j over the valid pairs."""
+  """S-DPO (listwise): -log sigmoid(-logsumexp_j h'_j), h'_j = -h_j over the valid pairs (a
+  weight in `valid_BxK` only says whether the pair takes part)."""
   del eps_BxK, beta
-  neg_h = jnp.where(valid_BxK, -h_BxK, -jnp.inf)
+  neg_h = jnp.where(valid_BxK > 0, -h_BxK, -jnp.inf)
   return -jax.nn.log_sigmoid(-jax.nn.logsumexp(neg_h, axis=1))
 
 
 def preference_loss(objective: Objective, policy_chosen_B, ref_chosen_B, policy_rejected_BxK,
-                    ref_rejected_BxK, eps_BxK, rejected_valid_BxK, beta: float = 1.0):
-  """Loss per prompt [B] under `objective` and the logged metrics (dict of [B] vectors)."""
+                    ref_rejected_BxK, eps_BxK, rejected_valid_BxK, beta: float = 1.0,
+                    weights_BxK=None):
+  """Loss per prompt [B] under `objective` and the logged metrics (dict of [B] vectors).
+  `weights_BxK`: per-pair loss weights (METHOD.md section 3's mixture; default 1)."""
   valid = rejected_valid_BxK.astype(jnp.float32)
   num_pairs_B = jnp.maximum(valid.sum(axis=1), 1.0)
   chosen_B = beta * (policy_chosen_B - ref_chosen_B)
   rejected_BxK = beta * (policy_rejected_BxK - ref_rejected_BxK)
   h_BxK = chosen_B[:, None] - rejected_BxK
-  loss_B = objective(h_BxK, eps_BxK, rejected_valid_BxK, beta)
+  loss_B = objective(h_BxK, eps_BxK, rejected_valid_BxK if weights_BxK is None
+                     else valid * weights_BxK, beta)
 
   def mean_pairs(x_BxK):
     return (x_BxK * valid).sum(axis=1) / num_pairs_B

@@ -26,6 +26,7 @@ import numpy as np
 from rosepo_jax.data.candidates import example_rng
 
 RANDOM_PURPOSE, POPULARITY_PURPOSE = 2, 3  # rng stream ids (the rest: data/candidates.py)
+HALLUCINATION = "hallucination"  # the strategy name of pairs whose rejected is a real SFT answer
 
 
 def random_rejected(candidates: Sequence[int], target: int, k: int, seed: int, split: str,
@@ -100,6 +101,12 @@ class Strategy:
   needs: frozenset[str] = frozenset()  # of "answers", "candidate_logps", "embeddings"
   in_candidates: bool = True  # False: an invalid answer, its eps is smoothing.semantic_eps
   hallucinations: bool = False  # also pair each real SFT hallucination ("hallucination" pairs)
+
+
+def scored_by_oracle(strategy: str) -> bool:
+  """Whether a pair of `strategy` gets the oracle's eps (its rejected item is a candidate), not a
+  fixed one (smoothing.semantic_eps: a semantic negative or a real hallucination)."""
+  return strategy in STRATEGIES and STRATEGIES[strategy].in_candidates
 
 
 def _random(ex, ev: Evidence) -> int:

@@ -109,7 +109,7 @@ def preference_loss_fn(objective: losses.Objective, num_rejected: int, beta: flo
   """Preference loss under `objective` (`rosepo_jax.losses`), plus `sft_weight` times the chosen
   response's per-token NLL. Reference log-probs come from ``batch["ref_logps"]`` [B, K+1] when
   precomputed, else from `ref_model` (online, no gradient); ``batch["eps"]`` [B, K] is each
-  pair's smoothing factor."""
+  pair's smoothing factor and ``batch["weights"]`` [B, K], when present, each pair's loss weight."""
   def fn(model, batch, ref_model=None):
     k1 = num_rejected + 1
     policy, counts = scoring.response_logps(model, batch, k1, vocab_chunk)
@@ -122,7 +122,7 @@ def preference_loss_fn(objective: losses.Objective, num_rejected: int, beta: flo
     rejected_valid = (counts[:, 1:] > 0) & batch["row_valid"][:, None]
     loss_B, metrics = losses.preference_loss(
         objective, policy[:, 0], ref[:, 0], policy[:, 1:], ref[:, 1:], batch["eps"],
-        rejected_valid, beta=beta)
+        rejected_valid, beta=beta, weights_BxK=batch.get("weights"))
     row = batch["row_valid"].astype(jnp.float32)
     if sft_weight:
       loss_B = loss_B + sft_weight * (-policy[:, 0] / jnp.maximum(counts[:, 0], 1.0))

@@ -114,3 +114,17 @@ def test_a_workdir_that_is_a_file_or_cannot_be_made_is_named(tmp_path):
                      match=f"--workdir={tmp_path / 'file' / 'w'}: cannot create it"):
     pipeline.run(config, str(tmp_path / "file" / "w"), ["data"])
   assert (tmp_path / "file").read_text() == "keep"
+
+
+def test_strategy_weights_are_checked():
+  config = _config("demo.py")
+  config.preference.strategy_weights = {"semantic": 0.5, "hallucination": 0.0}
+  assert config_lib.parse(config).preference.strategy_weights == {"semantic": 0.5,
+                                                                 "hallucination": 0.0}
+  config.preference.strategy_weights = {"semantics": 1.0}
+  with pytest.raises(config_lib.ConfigError, match=r"strategy_weights.semantics: unknown strategy"):
+    config_lib.parse(config)
+  config.preference.strategy_weights = {"random": -1.0}
+  with pytest.raises(config_lib.ConfigError, match=r"strategy_weights.random=-1.0: expected a "
+                     r"number >= 0"):
+    config_lib.parse(config)

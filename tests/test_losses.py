@@ -133,3 +133,30 @@ def test_sft_loss_averages_over_response_tokens():
 def test_unknown_method():
   with pytest.raises(ValueError, match="unknown preference method"):
     _ours("kto", _inputs(0), 1.0)
+
+
+@pytest.mark.parametrize("method", ["rosepo", "dpo", "sdpo"])
+def test_strategy_weights_scale_each_pairs_loss(method):
+  """Mixture weights (METHOD.md section 3): a pairwise objective's loss is
+  sum_k w_k loss_k / #{k valid, w_k > 0} (float64 reference); weight 1 everywhere is the unweighted
+  loss; S-DPO (listwise) only drops weight-0 pairs."""
+  x = _inputs(3)
+  rs = np.random.RandomState(4)
+  weights = rs.choice([0.0, 0.5, 1.0, 2.0], size=x["valid"].shape)
+  weights[:, 0] = 1.0  # every prompt keeps a pair
+  f32 = lambda a: jnp.asarray(a, jnp.float32)  # pylint: disable=unnecessary-lambda-assignment
+  objective = methods.objective(methods.get(method), "conservative")
+  args = (objective, f32(x["pc"]), f32(x["rc"]), f32(x["pr"]), f32(x["rr"]), f32(x["eps"]),
+          jnp.asarray(x["valid"]))
+  ours = np.asarray(L.preference_loss(*args, beta=0.5, weights_BxK=f32(weights))[0], np.float64)
+  kept = x["valid"] & (weights > 0)
+  if method == "sdpo":
+    want = reference_loss(method, **dict(x, valid=kept), beta=0.5)
+  else:
+    h = 0.5 * (x["pc"] - x["rc"])[:, None] - 0.5 * (x["pr"] - x["rr"])
+    eps = x["eps"] if method == "rosepo" else 0.0 * x["eps"]
+    pair = -(1 - eps) * _logsig(h) - eps * _logsig(-h)
+    want = (pair * weights * x["valid"]).sum(1) / kept.sum(1)
+  np.testing.assert_allclose(ours, want, rtol=1e-6, atol=1e-6)
+  ones = np.asarray(L.preference_loss(*args, beta=0.5, weights_BxK=f32(np.ones_like(weights)))[0])
+  np.testing.assert_array_equal(ones, np.asarray(L.preference_loss(*args, beta=0.5)[0]))

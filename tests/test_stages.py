@@ -132,15 +132,23 @@ def test_negatives_then_rosepo(tmp_path):
   stats = json.load(open(tmp_path / "preference" / "stats.json"))
   assert sum(stats["sft_answers"].values()) == pytest.approx(1.0)
   assert stats["per_strategy"]["random"]["pairs"] == 12
-  rows, ref, eps = preference.negatives_pairs(ctx, methods.get("rosepo_no_smoothing"))
+  rows, ref, eps, _ = preference.negatives_pairs(ctx, methods.get("rosepo_no_smoothing"))
   assert not eps.any() and len(rows) == 12
-  rows, _, eps = preference.negatives_pairs(ctx, methods.get("rosepo_no_self_hard"))
+  rows, _, eps, _ = preference.negatives_pairs(ctx, methods.get("rosepo_no_self_hard"))
   # random, semantic, popularity per prompt, plus a hallucination pair where the SFT model made one
   assert len(rows[0].responses) - 1 == 3 + ("hallucination" in by)
   for method in config.methods:
     assert os.path.isdir(tmp_path / method / "model")
-  # cDPO's default constant eps is RosePO's mean eps over the pairs.
-  assert preference.constant_eps(ctx) == pytest.approx(np.mean([p["eps"] for p in pairs]))
+  # cDPO's default constant eps is RosePO's mean eps over the pairs the oracle scored (the fixed
+  # eps of semantic and hallucination pairs would dilute it).
+  scored = by["random"] + by["popularity"] + by["self_hard"]
+  assert preference.constant_eps(ctx) == pytest.approx(np.mean([p["eps"] for p in scored]))
+  # Mixture weights (METHOD.md section 3): each pair weighs its strategy's weight, padding 0.
+  config.preference.strategy_weights = {"semantic": 0.5, "random": 0.0}
+  *_, weights = preference.negatives_pairs(context(config, workdir), methods.get("rosepo"))
+  counts = {name: len(by.get(name, [])) for name in ("semantic", "random")}
+  assert weights.sum() == pytest.approx(len(pairs) - counts["random"] - 0.5 * counts["semantic"])
+  assert sorted(set(weights.ravel().tolist())) == [0.0, 0.5, 1.0]
 
 
 def test_sft_candidate_curriculum(tmp_path):

@@ -22,7 +22,6 @@ from rosepo_jax import oracle as oracle_lib
 from rosepo_jax.data.batching import EncodedRow, encode_response
 from rosepo_jax.workdir import Context, Paths, Stage, Unit, write_json, write_records
 
-HALLUCINATION = "hallucination"  # the strategy name of pairs whose rejected is a real SFT answer
 
 
 def sft_answers(ctx: Context, reference, examples, encoded) -> tuple[list[str], list[int | None]]:
@@ -80,12 +79,11 @@ def run(ctx: Context, unit: Unit | None = None) -> dict:
     if (any(s.hallucinations for s in strategies.values()) and answer_items[i] is None
         and answers[i]):
       hallucination = tuple(tok(" " + answers[i], add_special_tokens=False)["input_ids"])
-      pairs.append((i, HALLUCINATION, -1, hallucination + (eos,)))
+      pairs.append((i, negatives.HALLUCINATION, -1, hallucination + (eos,)))
 
   # Smoothing factors: the oracle's s(u, y_l) vs s(u, y_w) for candidates, a fixed eps otherwise.
   eps = np.full(len(pairs), config.smoothing.semantic_eps, np.float32)
-  scored = [k for k, p in enumerate(pairs)
-            if p[1] != HALLUCINATION and strategies[p[1]].in_candidates]
+  scored = [k for k, p in enumerate(pairs) if negatives.scored_by_oracle(p[1])]
   if scored:
     hist = [examples[pairs[k][0]].history for k in scored]
     items = np.array([[examples[pairs[k][0]].target, pairs[k][2]] for k in scored])

@@ -50,9 +50,11 @@ def random_pairs(ctx: Context, method: str, num_rejected: int, with_reference: b
 
 
 def negatives_pairs(ctx: Context, method: methods.Method):
-  """Rows (prompt, chosen, that prompt's rejected responses), reference log-probs [N, K+1] and
-  eps [N, K] from the negatives stage's pairs, without the method's dropped strategies; eps is 0
-  unless the method takes it from the pairs."""
+  """Rows (prompt, chosen, that prompt's rejected responses), reference log-probs [N, K+1], eps
+  [N, K] and loss weights [N, K] from the negatives stage's pairs, without the method's dropped
+  strategies; eps is 0 unless the method takes it from the pairs; a pair's weight is its
+  strategy's in config.preference.strategy_weights (default 1; 0 for padding)."""
+  weight_of = ctx.config.preference.strategy_weights
   groups: dict[int, list[dict]] = {}
   for pair in read_records(ctx.paths.pairs, _PAIRS_HINT):
     if pair["strategy"] not in method.dropped:
@@ -63,6 +65,7 @@ def negatives_pairs(ctx: Context, method: methods.Method):
   k = max(len(g) for g in groups.values())
   rows, ref = [], np.zeros((len(groups), k + 1), np.float32)
   eps = np.zeros((len(groups), k), np.float32)
+  weights = np.zeros((len(groups), k), np.float32)
   for n, pairs in enumerate(groups.values()):
     rejected = tuple(tuple(p["rejected"]) for p in pairs) + ((),) * (k - len(pairs))
     rows.append(EncodedRow(tuple(pairs[0]["prompt"]), (tuple(pairs[0]["chosen"]),) + rejected))
@@ -70,16 +73,28 @@ def negatives_pairs(ctx: Context, method: methods.Method):
     ref[n, 1:len(pairs) + 1] = [p["ref_logps"][1] for p in pairs]
     if method.eps == "pairs":
       eps[n, :len(pairs)] = [p["eps"] for p in pairs]
-  return rows, ref, eps
+    weights[n, :len(pairs)] = [float(weight_of.get(p["strategy"], 1.0)) for p in pairs]
+  return rows, ref, eps, weights
+
+
+def mean_oracle_eps(pairs: list[dict]) -> float:
+  """The mean eps of the pairs whose eps the oracle gave (rejected item a candidate); pairs with
+  a fixed eps (semantic negatives, hallucinations: smoothing.semantic_eps) would dilute it."""
+  scored = [p["eps"] for p in pairs if negatives.scored_by_oracle(p["strategy"])]
+  if not scored:
+    raise ValueError("cdpo_eps < 0 asks for the mean oracle eps, but no pair's eps came from the "
+                     "oracle (no random, popularity or self_hard pairs); set "
+                     "config.smoothing.cdpo_eps >= 0")
+  return float(np.mean(scored))
 
 
 def constant_eps(ctx: Context) -> float:
   """cDPO's constant eps: config.smoothing.cdpo_eps, or with a negative value the mean oracle eps
-  over the negatives stage's pairs (the comparison METHOD.md's results ask for)."""
+  over the negatives stage's candidate pairs (the comparison METHOD.md's results ask for)."""
   value = ctx.config.smoothing.cdpo_eps
   if value >= 0:
     return value
-  return float(np.mean([p["eps"] for p in read_records(ctx.paths.pairs, _PAIRS_HINT)]))
+  return mean_oracle_eps(read_records(ctx.paths.pairs, _PAIRS_HINT))
 
 
 def run(ctx: Context, unit: Unit) -> int:
@@ -87,8 +102,9 @@ def run(ctx: Context, unit: Unit) -> int:
   config, section, name = ctx.config, ctx.config.preference, unit.run
   method = config.method(name)
   online = section.reference == "online"
+  weights = None
   if method.pairs == "negatives":
-    rows, ref, eps_table = negatives_pairs(ctx, method)
+    rows, ref, eps_table, weights = negatives_pairs(ctx, method)
     k = len(rows[0].responses) - 1
   else:
     k = config.num_rejected(name)
@@ -112,6 +128,8 @@ def run(ctx: Context, unit: Unit) -> int:
     if not online:
       batch["ref_logps"] = ref[idx]
     batch["eps"] = eps_table[idx]
+    if weights is not None and config.preference.strategy_weights:  # else every weight is 1
+      batch["weights"] = weights[idx]
     return batch
 
   state, _ = train.train_loop(trainer, batch_fn, section.loop(), ctx.paths.run(name),
