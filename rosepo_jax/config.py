@@ -114,7 +114,7 @@ class PreferenceConfig(TrainSection):
   sdpo_k: int = 3
   rosepo_form: str = "conservative"  # or robust (rdpo's form)
   sft_weight: float = 0.0
-  max_prompts: int = 0  # 0: every training prompt
+  max_prompts: int = 0  # > 0: a seeded draw of that many training prompts across users; 0: all
   reference: str = "precomputed"  # or online: the frozen SFT model runs in every step
   # METHOD.md section 3's mixture: a loss weight per strategy of the negatives stage's pairs
   # (strategy name or "hallucination" -> weight >= 0; absent: 1; 0 drops the strategy's pairs).
@@ -125,7 +125,7 @@ class PreferenceConfig(TrainSection):
 class NegativesConfig:
   strategies: tuple[str, ...] = ("random", "self_hard", "semantic", "popularity")
   popularity_alpha: float = 1.0
-  max_prompts: int = 0
+  max_prompts: int = 0  # > 0: a seeded draw across users (data.candidates.subset_indices)
   max_new_tokens: int = 32
   batch_size: int = 32
 
@@ -133,7 +133,7 @@ class NegativesConfig:
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
   split: str = "test"
-  max_examples: int = 0
+  max_examples: int = 0  # > 0: a seeded draw across users; 0: the whole split
   batch_size: int = 32
   max_new_tokens: int = 32
   ranking: bool = True

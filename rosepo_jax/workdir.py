@@ -33,6 +33,7 @@ import numpy as np
 from rosepo_jax import sharding
 from rosepo_jax.config import Config, ConfigError
 from rosepo_jax.data import dataset as dataset_lib
+from rosepo_jax.data.candidates import subset_indices
 from rosepo_jax.data import lengths as lengths_lib
 from rosepo_jax.data import prompts
 from rosepo_jax.data import tokenizer as tokenizer_lib
@@ -411,6 +412,21 @@ class Context:
       except ValueError as e:
         raise ConfigError(f"config.{e}") from None
     return self._title_format
+
+  def sample(self, split: str, limit: int) -> tuple[list, list[tuple[tuple[int, ...],
+                                                                       tuple[int, ...]]]]:
+    """A seeded uniform draw of `limit` examples of `split` across its users (every example when
+    `limit` is 0 or covers the split; `data.candidates.subset_indices`), in index order, and
+    their (prompt ids, target response ids)."""
+    size = self.dataset.size(split)
+    indices = subset_indices(size, limit, self.config.data.seed, split)
+    if len(indices) == size:
+      return self.dataset.examples(split), self.encoded_examples(split)
+    examples = self.dataset.examples_at(split, indices)
+    tok = self.tokenizer
+    prompt_ids = encode_prompts(tok, [self.example_prompt(split, ex) for ex in examples])
+    return examples, [(p, encode_response(tok, ex.target_title))
+                      for p, ex in zip(prompt_ids, examples)]
 
   def encoded_examples(self, split: str, limit: int = 0
                        ) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:

@@ -5,7 +5,7 @@ import multiprocessing
 import numpy as np
 import pytest
 
-from rosepo_jax.data.candidates import sample_candidates
+from rosepo_jax.data.candidates import sample_candidates, subset_indices
 
 
 def _draw(args):
@@ -80,3 +80,19 @@ def test_curriculum_subset_rejects_bad_sizes(shown):
     curriculum_subset(list(range(20)), 4, shown, 0, "train", 3)
   with pytest.raises(ValueError, match="target must be among its candidates once"):
     curriculum_subset(list(range(20)), 99, 2, 0, "train", 3)
+
+
+def test_subsets_are_seeded_draws_across_users():
+  """A split stored user by user (100 users x 20 examples): a 200-example subset is a uniform
+  draw, so it reaches most users with about 2 examples each (a prefix would reach 10), and it is
+  the same for the same seed and split."""
+  users = np.repeat(np.arange(100), 20)
+  idx = subset_indices(len(users), 200, seed=0, split="test")
+  assert len(idx) == len(set(idx.tolist())) == 200 and (np.diff(idx) > 0).all()
+  per_user = np.bincount(users[idx], minlength=100)
+  assert (per_user > 0).sum() >= 80 and per_user.max() <= 8
+  assert np.array_equal(idx, subset_indices(len(users), 200, seed=0, split="test"))
+  assert not np.array_equal(idx, subset_indices(len(users), 200, seed=1, split="test"))
+  assert not np.array_equal(idx, subset_indices(len(users), 200, seed=0, split="train"))
+  np.testing.assert_array_equal(subset_indices(50, 0, 0, "test"), np.arange(50))
+  np.testing.assert_array_equal(subset_indices(50, 80, 0, "test"), np.arange(50))

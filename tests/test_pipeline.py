@@ -17,6 +17,7 @@ import pytest
 from rosepo_jax import checkpoints, generate, losses, methods, pipeline, scoring
 from rosepo_jax import oracle as O
 from rosepo_jax.data.batching import encode_prompts
+from rosepo_jax.data.candidates import subset_indices
 from rosepo_jax.stages import eval as eval_stage
 from rosepo_jax.stages import preference
 from rosepo_jax.workdir import Unit, read_records
@@ -72,12 +73,17 @@ def test_all_stages_write_their_outputs(finished_run):
 def test_eval_subset_figures_are_the_figures_of_their_rows(finished_run):
   workdir, _ = finished_run
   ctx = context(_config(), workdir)
-  ctx.dataset.eval_subsets = {"test": {"every": list(range(24)), "some": [1, 5, 7, 30]}}  # 30: not evaluated
+  drawn = [int(i) for i in subset_indices(ctx.dataset.size("test"), 24, ctx.config.data.seed,
+                                          "test")]  # the 24 examples evaluate_model draws
+  not_drawn = next(i for i in range(ctx.dataset.size("test")) if i not in drawn)
+  picked = [drawn[1], drawn[5], drawn[7]]
+  ctx.dataset.eval_subsets = {"test": {"every": drawn, "some": picked + [not_drawn]}}
   model = checkpoints.load_orbax(ctx.paths.model("sft"))
   figures, predictions = eval_stage.evaluate_model(ctx, model, "test", 24)
+  assert sorted(p["index"] for p in predictions) == drawn
   every, some = figures["subsets"]["every"], figures["subsets"]["some"]
   assert every == {k: v for k, v in figures.items() if k != "subsets"}
-  rows = [p for p in predictions if p["index"] in (1, 5, 7)]
+  rows = [p for p in predictions if p["index"] in picked]
   assert some["num_examples"] == 3
   assert some["hit_ratio@1"] == pytest.approx(np.mean([p["hit"] for p in rows]))
   assert some["valid_ratio"] == pytest.approx(np.mean([p["valid"] for p in rows]))

@@ -17,11 +17,24 @@ SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 # negatives.RANDOM_PURPOSE = 2, negatives.POPULARITY_PURPOSE = 3
 CANDIDATES_PURPOSE = 0
 CURRICULUM_PURPOSE = 4
+SUBSET_PURPOSE = 5
 
 
 def example_rng(seed: int, split: str, index: int, purpose: int = 0) -> np.random.Generator:
   """An RNG keyed by (seed, split, index, purpose): independent of order and process."""
   return np.random.default_rng([seed, SPLIT_CODES[split], index, purpose])
+
+
+def subset_indices(num_examples: int, limit: int, seed: int, split: str) -> np.ndarray:
+  """`limit` example indices of a split drawn uniformly without replacement, seeded by (seed,
+  split), in increasing order; every index when `limit` is 0 or covers the split.
+
+  Splits are stored user by user, so a prefix covers few users; a uniform draw covers them in
+  proportion to their examples (config `max_prompts`, `max_examples`)."""
+  if limit <= 0 or limit >= num_examples:
+    return np.arange(num_examples)
+  rng = np.random.default_rng([seed, SPLIT_CODES[split], SUBSET_PURPOSE])
+  return np.sort(rng.choice(num_examples, size=limit, replace=False))
 
 
 def sample_candidates(num_items: int, history: Sequence[int], target: int, num_candidates: int,

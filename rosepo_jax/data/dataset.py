@@ -46,6 +46,22 @@ class RecDataset:
   def num_items(self) -> int:
     return len(self.titles)
 
+  def size(self, split: str) -> int:
+    if split not in self.sources:
+      raise KeyError(f"{self.name}: no split {split!r}; splits are {sorted(self.sources)}")
+    return len(self.sources[split])
+
+  def examples_at(self, split: str, indices) -> list[Example]:
+    """The examples of `split` at `indices` (only those are read unless the split is cached)."""
+    indices = [int(i) for i in indices]
+    have = self._cache.get(split, [])
+    if indices and max(indices) < len(have):
+      return [have[i] for i in indices]
+    if not indices:
+      return []
+    self.size(split)  # a clear KeyError for an unknown split
+    return [_decode(r) for r in self.sources[split].__getitems__(indices)]
+
   def examples(self, split: str, limit: int = 0) -> list[Example]:
     """The split's examples in index order; only the first `limit` when > 0 (only those are
     read: a stage that uses a prefix of a large split does not decode all of it)."""

@@ -35,14 +35,15 @@ def _figures(answers, examples, scores_NxC, popularity) -> tuple[dict, list[dict
 
 
 def evaluate_model(ctx: Context, model, split: str, limit: int = 0) -> tuple[dict, list[dict]]:
-  """Figures and per-example predictions of `model` on `split` (first `limit` examples if > 0).
+  """Figures and per-example predictions of `model` on `split` (a seeded draw of `limit` examples
+  across users if > 0, `Context.sample`).
 
   When the dataset defines eval subsets of `split` (e.g. LLaRA's one-row-per-user rows),
   ``figures["subsets"][name]`` holds the same figures over the subset's evaluated examples.
   """
   section, ds, tok = ctx.config.eval, ctx.dataset, ctx.tokenizer
-  examples = ds.examples(split, limit)
-  prompt_ids = [p for p, _ in ctx.encoded_examples(split, limit)]
+  examples, encoded = ctx.sample(split, limit)
+  prompt_ids = [p for p, _ in encoded]
   answers = generate.greedy_answers(model, tok, prompt_ids, section.batch_size,
                                     section.max_new_tokens, desc=f"eval {split}: answers")
   scores = None

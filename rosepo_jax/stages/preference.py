@@ -25,13 +25,13 @@ def random_pairs(ctx: Context, method: str, num_rejected: int, with_reference: b
   """Rows (prompt, chosen, k random rejected) and reference log-probs [N, k+1] by the SFT model
   (None without reference), saved in DIR/<method>/reference.npz and reused on a resume."""
   section = ctx.config.preference
-  examples = ctx.dataset.examples("train", section.max_prompts)
+  examples, encoded = ctx.sample("train", section.max_prompts)
   seed = ctx.config.data.seed
   rejected = np.array([negatives.random_rejected(ex.candidates, ex.target, num_rejected, seed,
                                                  "train", ex.index) for ex in examples])
   rows = [EncodedRow(p, (r,) + tuple(encode_response(ctx.tokenizer, ctx.dataset.titles[j])
                                      for j in rej))
-          for (p, r), rej in zip(ctx.encoded_examples("train", section.max_prompts), rejected)]
+          for (p, r), rej in zip(encoded, rejected)]
   if not with_reference:
     return rows, None
   path = ctx.paths.reference(method)
