@@ -55,6 +55,7 @@ class SmoothingConfig:
   eps_max: float = 0.45
   semantic_eps: float = 0.0  # pairs whose rejected item is not a candidate (no oracle score)
   cdpo_eps: float = -1.0  # cdpo / rdpo; < 0: the mean oracle eps of the negatives stage's pairs
+  fit_tau: bool = False  # True: tau is the oracle stage's fit on validation (calibration.json)
 
 
 class SASRec(nnx.Module):
@@ -100,6 +101,47 @@ def smoothing_factor(score_rejected, score_chosen, cfg: SmoothingConfig):
   """eps of a pair: the Bradley-Terry probability that its label is wrong, scaled and clipped."""
   z = (np.asarray(score_rejected, np.float64) - np.asarray(score_chosen, np.float64)) / cfg.tau
   return np.clip(cfg.lam / (1.0 + np.exp(-z)), cfg.eps_min, cfg.eps_max)
+
+
+def choice_nll(scores_NxC: np.ndarray, target_pos_N: np.ndarray, tau: float) -> float:
+  """Mean negative log-likelihood of the observed choices under softmax(scores / tau) over each
+  example's candidates (float64)."""
+  z = np.asarray(scores_NxC, np.float64) / tau
+  m = z.max(axis=1)
+  lse = m + np.log(np.exp(z - m[:, None]).sum(axis=1))
+  return float(np.mean(lse - z[np.arange(len(z)), target_pos_N]))
+
+
+def fit_temperature(scores_NxC: np.ndarray, target_pos_N: np.ndarray, lo: float = 1e-2,
+                    hi: float = 1e2) -> float:
+  """Temperature scaling: the tau in [lo, hi] of maximum likelihood of the observed choices
+  (`choice_nll`). The NLL is convex in 1 / tau, so a ternary search on 1 / tau finds it."""
+  a, b = 1.0 / hi, 1.0 / lo
+  for _ in range(200):
+    m1, m2 = a + (b - a) / 3, b - (b - a) / 3
+    if choice_nll(scores_NxC, target_pos_N, 1.0 / m1) <= choice_nll(scores_NxC, target_pos_N,
+                                                                     1.0 / m2):
+      b = m2
+    else:
+      a = m1
+  return 1.0 / ((a + b) / 2)
+
+
+def reliability(scores_NxC: np.ndarray, target_pos_N: np.ndarray, tau: float,
+                bins: int = 10) -> list[dict]:
+  """Per bin of the predicted probability of each example's top candidate (softmax(scores /
+  tau)): how many examples, their mean prediction, and how often the top candidate is the target."""
+  z = np.asarray(scores_NxC, np.float64) / tau
+  p = np.exp(z - z.max(axis=1, keepdims=True))
+  p /= p.sum(axis=1, keepdims=True)
+  top = p.argmax(axis=1)
+  confidence, correct = p.max(axis=1), top == np.asarray(target_pos_N)
+  edges = np.linspace(0.0, 1.0, bins + 1)
+  which = np.clip(np.searchsorted(edges, confidence, side="right") - 1, 0, bins - 1)
+  return [{"bin": [float(edges[k]), float(edges[k + 1])], "examples": int((which == k).sum()),
+           "predicted": float(confidence[which == k].mean()) if (which == k).any() else None,
+           "observed": float(correct[which == k].mean()) if (which == k).any() else None}
+          for k in range(bins)]
 
 
 def pad_histories(histories: Sequence[Sequence[int]], max_len: int, pad_id: int) -> np.ndarray:

@@ -3,7 +3,7 @@
 Layout (owner unit in brackets; a unit that reruns removes what it owns first):
   DIR/data/{tfds,tokenizer,stats.json,row_lengths.npz}      [data]
   DIR/sft/{checkpoints,tb,metrics.jsonl,model,adapter}      [sft]
-  DIR/oracle/{model,metrics.json}                           [oracle]
+  DIR/oracle/{model,metrics.json,calibration.json}          [oracle]
   DIR/preference/{pairs.array_record,stats.json}            [negatives]
   DIR/<method>/{reference.npz,checkpoints,tb,metrics.jsonl,model,adapter}   [dpo/<method>]
   DIR/eval/<run>.json, DIR/eval/<run>.predictions.jsonl     [eval/<run>]
@@ -142,6 +142,10 @@ class Paths:
   @property
   def oracle_metrics(self) -> str:
     return self._join("oracle", "metrics.json")
+
+  @property
+  def oracle_calibration(self) -> str:
+    return self._join("oracle", "calibration.json")
 
   # negatives
   @property

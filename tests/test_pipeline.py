@@ -260,3 +260,14 @@ def test_changing_tau_rescores_pairs_without_retraining_the_oracle(finished_run,
   want = np.clip(1.0 / (1.0 + np.exp(-(s[:, 1].astype(np.float64) - s[:, 0]) / 0.25)), 0.0, 0.45)
   np.testing.assert_allclose([p["eps"] for p in scored], want, rtol=1e-5, atol=1e-7)
   assert any(abs(a["eps"] - b["eps"]) > 1e-4 for a, b in zip(before, after))
+  # smoothing.fit_tau: the oracle stage's maximum-likelihood tau (calibration.json), no retraining.
+  calibration = json.load(open(ctx.paths.oracle_calibration))
+  assert calibration["nll"]["fitted"] <= calibration["nll"]["tau_1"]
+  config.smoothing.fit_tau = True
+  outcome = pipeline.run(config, workdir, ["oracle", "negatives"])
+  assert outcome == {"oracle": "up to date", "negatives": "ran"}
+  fitted = [p for p in read_records(ctx.paths.pairs)
+            if p["strategy"] in ("random", "popularity", "self_hard")]
+  want = np.clip(1.0 / (1.0 + np.exp(-(s[:, 1].astype(np.float64) - s[:, 0])
+                                     / calibration["tau"])), 0.0, 0.45)
+  np.testing.assert_allclose([p["eps"] for p in fitted], want, rtol=1e-5, atol=1e-7)

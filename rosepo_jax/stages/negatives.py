@@ -1,6 +1,7 @@
 """The negatives stage: RosePO's preference pairs (METHOD.md sections 3 and 4).
 
-Reads config: negatives, smoothing (lam, tau, eps_min, eps_max, semantic_eps), vocab_chunk.
+Reads config: negatives, smoothing (lam, tau, eps_min, eps_max, semantic_eps, fit_tau: then tau is
+the oracle stage's fit, DIR/oracle/calibration.json), vocab_chunk.
 Consumes: data (dataset, tokenizer), sft (pi_ref: answers, candidate scores, title embeddings,
 reference log-probs), oracle (each pair's eps).
 Writes: DIR/preference/pairs.array_record (one JSON record per pair) and DIR/preference/stats.json.
@@ -15,12 +16,15 @@ and rejected under the SFT model.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from rosepo_jax import checkpoints, generate, metrics, negatives, scoring
 from rosepo_jax import oracle as oracle_lib
 from rosepo_jax.data.batching import EncodedRow, encode_response
-from rosepo_jax.workdir import Context, Paths, Stage, Unit, write_json, write_records
+from rosepo_jax.workdir import (Context, Paths, Stage, Unit, read_json, write_json,
+                                write_records)
 
 
 
@@ -35,6 +39,15 @@ def sft_answers(ctx: Context, reference, examples, encoded) -> tuple[list[str], 
     pos = metrics.match_exact(answer, ex.candidate_titles)
     items.append(None if pos is None else ex.candidates[pos])
   return answers, items
+
+
+def smoothing_settings(ctx: Context) -> oracle_lib.SmoothingConfig:
+  """config.smoothing, with tau the oracle stage's fit when config.smoothing.fit_tau is set."""
+  settings = ctx.config.smoothing
+  if settings.fit_tau:
+    tau = read_json(ctx.paths.oracle_calibration, "run the oracle stage")["tau"]
+    settings = dataclasses.replace(settings, tau=tau)
+  return settings
 
 
 def run(ctx: Context, unit: Unit | None = None) -> dict:
@@ -87,7 +100,7 @@ def run(ctx: Context, unit: Unit | None = None) -> dict:
     hist = [examples[pairs[k][0]].history for k in scored]
     items = np.array([[examples[pairs[k][0]].target, pairs[k][2]] for k in scored])
     s = oracle.scores(hist, items)
-    eps[scored] = oracle_lib.smoothing_factor(s[:, 1], s[:, 0], config.smoothing)
+    eps[scored] = oracle_lib.smoothing_factor(s[:, 1], s[:, 0], smoothing_settings(ctx))
   # Reference log-probs of chosen and rejected, once.
   rows = [EncodedRow(encoded[i][0], (encoded[i][1], rejected)) for i, _, _, rejected in pairs]
   ref = scoring.score_responses(reference, rows, batch_size=section.batch_size,
@@ -129,7 +142,7 @@ def _outputs(paths: Paths, unit: Unit) -> list[str]:
 STAGE = Stage(
     name="negatives",
     sections=("negatives", "smoothing.lam", "smoothing.tau", "smoothing.eps_min",
-              "smoothing.eps_max", "smoothing.semantic_eps", "vocab_chunk"),
+              "smoothing.eps_max", "smoothing.semantic_eps", "smoothing.fit_tau", "vocab_chunk"),
     units=_units, inputs=lambda config, unit: [Unit("data"), Unit("sft"), Unit("oracle")],
     outputs=_outputs, run=run,
     required=lambda config, paths, unit: [paths.pairs, paths.negatives_stats])
