@@ -192,7 +192,9 @@ def compile_decode(cfg: model_lib.ModelConfig, mesh, batch_size: int, prompt_len
 
 
 def format_report(report: dict, budget_gib: float = 0.0) -> str:
-  lines = [f"compile: {report['params'] / 1e9:.3f}B params, mesh {report['mesh']} on "
+  n = report["params"]
+  size = f"{n / 1e9:.3f}B" if n >= 1e8 else f"{n / 1e6:.3f}M"
+  lines = [f"compile: {size} params, mesh {report['mesh']} on "
            f"{report['devices']} x {report['device_kind']}, sequence {report['seq_len']}",
            "| program | params GiB | opt state GiB | XLA args GiB | XLA temp GiB | XLA peak GiB "
            "| analytic peak GiB | XLA TFLOP/device | model TFLOP/step |",

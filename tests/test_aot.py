@@ -30,6 +30,7 @@ def test_compile_reports_memory_for_the_pod_mesh(capsys):
     assert s["peak_bytes"] > s["params_bytes"] > 0 and s["xla_flops_per_device"] > 0
   out = capsys.readouterr().out
   assert "| sft |" in out and "| preference |" in out and "peak GiB" in out
+  assert f"compile: {report['params'] / 1e6:.3f}M params" in out  # small models in millions
   # Decoding (eval, negatives) runs the merged model: float32 parameters, about twice the bf16
   # base (+ small adapters) that the train steps hold.
   d = report["steps"]["decode"]
