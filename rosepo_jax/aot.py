@@ -62,11 +62,9 @@ def _layer_activation_bytes(cfg: model_lib.ModelConfig, rows: int, queries: int,
 def _gathered_weight_bytes(cfg: model_lib.ModelConfig) -> int:
   """Weights a device holds whole while it computes (FSDP gathers them): two blocks (the one
   in use and the next, prefetched) and the embedding and LM head matrices."""
-  b = jnp.dtype(cfg.param_dtype).itemsize
-  block = (cfg.num_params - cfg.vocab_size * cfg.hidden_size
-           * (1 if cfg.tie_word_embeddings else 2) - cfg.hidden_size) // cfg.num_layers
-  return (2 * block + cfg.vocab_size * cfg.hidden_size
-          * (1 if cfg.tie_word_embeddings else 2)) * b
+  embeddings = cfg.vocab_size * cfg.hidden_size * (1 if cfg.tie_word_embeddings else 2)
+  block = (cfg.num_params - embeddings - cfg.hidden_size) // cfg.num_layers  # final norm: d
+  return (2 * block + embeddings) * jnp.dtype(cfg.param_dtype).itemsize
 
 
 def train_activation_bytes(cfg: model_lib.ModelConfig, rows: int, seq_len: int,

@@ -340,16 +340,16 @@ class Context:
     """The data stage's freshly built tokenizer (encoded examples of another one are dropped)."""
     self._tokenizer, self._encoded = tok, {}
 
-  def _row_bounds(self) -> tuple[int, int, int]:
+  def _row_bounds(self, catalogue_max: int) -> tuple[int, int, int]:
     """(most rejected responses of a configured method, bound on a non-candidate rejected
-    response (0: none), most new tokens decoded) for `data.lengths.longest_rows`."""
+    response (0: none), most new tokens decoded) for `data.lengths.longest_rows`;
+    `catalogue_max`: the longest title response of the catalogue."""
     c = self.config
     runs = c.trained_runs
     k = max((c.num_rejected(r) for r in runs), default=0)
     semantic = "semantic" in c.negatives.strategies and any(
         c.method(r).pairs == "negatives" for r in runs)
     negatives = any(c.uses_negatives(r) for r in runs)
-    catalogue_max = int(self._row_lengths()["catalogue_max"])
     bound = max(catalogue_max, c.negatives.max_new_tokens + 1) if semantic else 0
     return k, bound, max(c.eval.max_new_tokens, c.negatives.max_new_tokens if negatives else 0)
 
@@ -364,7 +364,7 @@ class Context:
     from the data stage's DIR/data/row_lengths.npz."""
     z = self._row_lengths()
     per_split = {split: {f: z[f"{split}/{f}"] for f in lengths_lib.FIELDS} for split in SPLITS}
-    return lengths_lib.longest_rows(per_split, *self._row_bounds())
+    return lengths_lib.longest_rows(per_split, *self._row_bounds(int(z["catalogue_max"])))
 
   @property
   def max_seq_len(self) -> int:
@@ -376,7 +376,7 @@ class Context:
       kind = max(rows, key=lambda r: rows[r]["tokens"])
       needed, configured = rows[kind]["tokens"], self.config.data.max_seq_len
       if configured and configured < needed:
-        k, _, new_tokens = self._row_bounds()
+        k, _, new_tokens = self._row_bounds(0)  # the bound is not part of the message
         raise ConfigError(
             f"config.data.max_seq_len={configured} is too short: "
             f"{lengths_lib.describe(kind, k, new_tokens)} of {rows[kind]['split']} example "
@@ -427,10 +427,13 @@ class Context:
     if len(indices) == size:
       return self.dataset.examples(split), self.encoded_examples(split)
     examples = self.dataset.examples_at(split, indices)
+    return examples, self._encode(split, examples)
+
+  def _encode(self, split: str, examples) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """(prompt ids, target response ids) of `examples` of `split`."""
     tok = self.tokenizer
     prompt_ids = encode_prompts(tok, [self.example_prompt(split, ex) for ex in examples])
-    return examples, [(p, encode_response(tok, ex.target_title))
-                      for p, ex in zip(prompt_ids, examples)]
+    return [(p, encode_response(tok, ex.target_title)) for p, ex in zip(prompt_ids, examples)]
 
   def encoded_examples(self, split: str, limit: int = 0
                        ) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
@@ -441,10 +444,6 @@ class Context:
     examples = self.dataset.examples(split, limit)
     encoded = self._encoded.get(split, [])
     if len(encoded) < len(examples):
-      todo = examples[len(encoded):]
-      tok = self.tokenizer
-      prompt_ids = encode_prompts(tok, [self.example_prompt(split, ex) for ex in todo])
-      encoded = encoded + [(p, encode_response(tok, ex.target_title))
-                           for p, ex in zip(prompt_ids, todo)]
+      encoded = encoded + self._encode(split, examples[len(encoded):])
       self._encoded[split] = encoded
     return encoded[:len(examples)]

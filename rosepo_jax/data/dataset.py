@@ -55,18 +55,15 @@ class RecDataset:
     """The examples of `split` at `indices` (only those are read unless the split is cached)."""
     indices = [int(i) for i in indices]
     have = self._cache.get(split, [])
-    if indices and max(indices) < len(have):
+    if all(i < len(have) for i in indices):
       return [have[i] for i in indices]
-    if not indices:
-      return []
     self.size(split)  # a clear KeyError for an unknown split
     return [_decode(r) for r in self.sources[split].__getitems__(indices)]
 
   def examples(self, split: str, limit: int = 0) -> list[Example]:
     """The split's examples in index order; only the first `limit` when > 0 (only those are
     read: a stage that uses a prefix of a large split does not decode all of it)."""
-    if split not in self.sources:
-      raise KeyError(f"{self.name}: no split {split!r}; splits are {sorted(self.sources)}")
+    self.size(split)  # a clear KeyError for an unknown split
     source = self.sources[split]
     want = min(limit, len(source)) if limit > 0 else len(source)
     have = self._cache.get(split, [])
