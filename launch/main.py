@@ -27,6 +27,8 @@ flags.DEFINE_bool("distributed", False, "Multi-process job: join it (jax.distrib
 flags.DEFINE_string("coordinator_address", None, "With --distributed: host:port of process 0.")
 flags.DEFINE_integer("num_processes", None, "With --distributed: processes in the job.")
 flags.DEFINE_integer("process_id", None, "With --distributed: this process's id, 0..N-1.")
+flags.DEFINE_integer("heartbeat_timeout_s", 100, "With --distributed: a process silent this long "
+                     "(killed, host lost) ends the job; an error in a process ends it at once.")
 FLAGS = flags.FLAGS
 
 
@@ -36,7 +38,7 @@ def main(argv):
     args = distributed.initialize_args(FLAGS.coordinator_address, FLAGS.num_processes,
                                        FLAGS.process_id)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes: collectives
-    jax.distributed.initialize(**args)
+    jax.distributed.initialize(**args, heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_s)
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every file at INFO; -v 0 shows them
   pipeline.run(FLAGS.config, FLAGS.workdir, FLAGS.stages, force=FLAGS.force)

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rosepo_jax import progress
+from rosepo_jax import multihost, progress, sharding
 from rosepo_jax.model import Decoder, KVCache, positions_from_mask
 
 
@@ -131,10 +131,14 @@ def generate(model: Decoder, prompt_BxP, valid_BxP, max_new_tokens: int, *,
     raise ValueError(f"generate: temperature={temperature} and top_k={top_k} must be >= 0")
   eos, pad = _special_ids(model.cfg, eos_ids, pad_id)
   graphdef, state = nnx.split(model)
-  out = _decode(graphdef, state, jnp.asarray(prompt_BxP, jnp.int32), jnp.asarray(valid_BxP),
-                jnp.asarray(eos, jnp.int32), jnp.int32(pad), jax.random.key(seed),
-                max_new_tokens, float(temperature), int(top_k))
-  return np.asarray(out)
+  mesh = sharding.mesh_of(state)
+  prompt_BxP, valid_BxP = sharding.shared_batch(
+      (np.asarray(prompt_BxP, np.int32), valid_BxP), mesh)
+  with sharding.use_mesh(mesh):
+    out = _decode(graphdef, state, prompt_BxP, valid_BxP, np.asarray(eos, np.int32),
+                  np.int32(pad), jax.random.key(seed), max_new_tokens, float(temperature),
+                  int(top_k))
+  return multihost.to_host(out)
 
 
 def greedy_generate(model: Decoder, prompt_BxP, valid_BxP, max_new_tokens: int,
@@ -226,10 +230,13 @@ def beam_search(model: Decoder, prompt_BxP, valid_BxP, max_new_tokens: int, num_
     raise ValueError(f"beam_search: num_beams={num_beams} must be >= 1")
   eos, pad = _special_ids(model.cfg, eos_ids, pad_id)
   graphdef, state = nnx.split(model)
-  out, score = _beam(graphdef, state, jnp.asarray(prompt_BxP, jnp.int32),
-                     jnp.asarray(valid_BxP), jnp.asarray(eos, jnp.int32), jnp.int32(pad),
-                     jnp.float32(length_penalty), max_new_tokens, num_beams)
-  return np.asarray(out), np.asarray(score)
+  mesh = sharding.mesh_of(state)
+  prompt_BxP, valid_BxP = sharding.shared_batch(
+      (np.asarray(prompt_BxP, np.int32), valid_BxP), mesh)
+  with sharding.use_mesh(mesh):
+    out, score = _beam(graphdef, state, prompt_BxP, valid_BxP, np.asarray(eos, np.int32),
+                       np.int32(pad), np.float32(length_penalty), max_new_tokens, num_beams)
+  return multihost.to_host(out), multihost.to_host(score)
 
 
 def trim_at_eos(tokens: Sequence[int], eos_ids: Sequence[int]) -> list[int]:

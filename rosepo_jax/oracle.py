@@ -28,7 +28,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from rosepo_jax import progress
+from rosepo_jax import multihost, progress
 from rosepo_jax.checkpoints.atomic import atomic_dir
 
 
@@ -239,14 +239,16 @@ def train_oracle(train_examples, val_examples, num_items: int, cfg: OracleConfig
 
 
 def save_oracle(oracle: Oracle, folder: str) -> None:
-  """Orbax params + oracle_config.json, atomically."""
+  """Orbax params + oracle_config.json, atomically. Collective in a multi-process job (every
+  process holds the same oracle; the leader writes it)."""
+  params = jax.tree.map(multihost.to_host, nnx.state(oracle.model, nnx.Param).to_pure_dict())
   with atomic_dir(folder) as tmp:
-    with open(os.path.join(tmp, "oracle_config.json"), "w") as f:
-      json.dump({"num_items": oracle.model.num_items, **dataclasses.asdict(oracle.cfg)}, f)
     ckpt = ocp.StandardCheckpointer()
-    ckpt.save(os.path.join(os.path.abspath(tmp), "params"),
-              nnx.state(oracle.model, nnx.Param).to_pure_dict())
+    ckpt.save(os.path.join(os.path.abspath(tmp), "params"), params)
     ckpt.wait_until_finished()
+    if multihost.is_leader():
+      with open(os.path.join(tmp, "oracle_config.json"), "w") as f:
+        json.dump({"num_items": oracle.model.num_items, **dataclasses.asdict(oracle.cfg)}, f)
 
 
 def load_oracle(folder: str) -> Oracle:

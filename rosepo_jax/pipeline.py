@@ -14,6 +14,10 @@ its new run id makes the units downstream stale in turn. `--force` reruns the na
 A unit never runs on (nor is reported up to date over) an input that is missing or stale: when
 that input's stage is not among the stages asked for, the command stops before any work with
 `StaleInputError` naming the input and the stage to add.
+
+In a multi-process job every process runs every unit (collectives need them all); the leader
+alone removes outputs and writes markers, and the processes meet at a barrier after each, so that
+all of them read the same markers and files (`rosepo_jax.multihost`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import time
 import uuid
 
 from rosepo_jax import config as config_lib
+from rosepo_jax import multihost
 from rosepo_jax.errors import InputError
 from rosepo_jax.stages import compile as compile_stage
 from rosepo_jax.stages import data, eval as eval_stage, export, negatives, oracle, preference
@@ -160,10 +165,13 @@ def run(config, workdir: str, stages, force: bool = False) -> dict:
       elif marker:
         print(f"{unit.name}: resuming an interrupted run", flush=True)
       write_json(ctx.paths.marker(unit), {"status": "running", "key": key, "run_id": None})
+      multihost.barrier(f"{unit.name} start")
       t0 = time.time()
       stage.run(ctx, unit)
+      multihost.barrier(f"{unit.name} ran")
       write_json(ctx.paths.marker(unit), {
           "status": "done", "key": key, "run_id": uuid.uuid4().hex,
           "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": round(time.time() - t0, 1)})
+      multihost.barrier(f"{unit.name} done")
       outcome[unit.name] = "ran"
   return outcome

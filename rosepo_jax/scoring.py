@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rosepo_jax import progress
+from rosepo_jax import multihost, progress, sharding
 from rosepo_jax.data import batching
 from rosepo_jax.data.batching import EncodedRow
 from rosepo_jax.model import Decoder, prefix_shared_mask
@@ -82,7 +82,8 @@ def score_responses(model: Decoder, rows: Sequence[EncodedRow], batch_size: int 
 
   Each prompt and all its C responses (e.g. the 20 candidate titles + EOS) go through ONE
   prefix-shared forward; rows are batched, padded to length buckets and jitted. Shows progress
-  as `desc`.
+  as `desc`. With a sharded model, batches are split over the mesh's batch axes (every process
+  of a multi-process job calls this with the same rows and gets every row's scores).
   """
   if not rows:
     return np.zeros((0, 0), np.float32)
@@ -90,13 +91,16 @@ def score_responses(model: Decoder, rows: Sequence[EncodedRow], batch_size: int 
   shape = shape or batching.BatchShape()
   graphdef, state = nnx.split(model)
   fn = _score_fn(graphdef, num, vocab_chunk)
+  mesh = sharding.mesh_of(state)
   out = np.zeros((len(rows), num), np.float32)
   bar = progress.bar(len(rows), desc, "prompt")
   for idx in batching.eval_batches(len(rows), batch_size):
     real = [int(i) for i in idx if i >= 0]
     batch = batching.make_batch([rows[i] if i >= 0 else None for i in idx], shape, num,
                                 bucket_rows=[rows[i] for i in real])
-    out[real] = np.asarray(fn(state, batch))[:len(real)]
+    with sharding.use_mesh(mesh):
+      logps = fn(state, sharding.shared_batch(batch, mesh))
+    out[real] = multihost.to_host(logps)[:len(real)]
     bar.update(len(real))
   bar.close()
   return out

@@ -187,3 +187,26 @@ def global_batch(local_batch, mesh: Mesh | None, logical_axes: LogicalAxes = ("b
         batch_sharding(global_shape, mesh, logical_axes, rules), x, global_shape)
 
   return jax.tree.map(one, local_batch)
+
+
+def mesh_of(tree) -> Mesh | None:
+  """The mesh the arrays of `tree` (e.g. a model's state) are placed on, or None (one device)."""
+  for x in jax.tree.leaves(tree):
+    if isinstance(getattr(x, "sharding", None), NamedSharding):
+      return x.sharding.mesh
+  return None
+
+
+def shared_batch(batch, mesh: Mesh | None, logical_axes: LogicalAxes = ("batch",), rules=RULES):
+  """Global arrays from a batch that every process holds in full (prompts to decode, rows to
+  score), sharded like `global_batch`'s leaves, so that the work is split over the batch axes
+  (data-parallel across processes) while the result stays whole. Without a mesh: unchanged."""
+  if mesh is None:
+    return batch
+
+  def one(x):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(
+        x.shape, batch_sharding(x.shape, mesh, logical_axes, rules), lambda index: x[index])
+
+  return jax.tree.map(one, batch)

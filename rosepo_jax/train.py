@@ -474,9 +474,9 @@ def batch_flops_fn(cfg, lora: bool, online_reference: bool = False):
 def save_trained(trainer: Trainer, state: TrainState, folder: str, tok,
                  adapter_folder: str = "") -> None:
   """The trained model (LoRA merged into the weights) as an orbax model dir with its tokenizer;
-  a LoRA model's adapters also alone, as a PEFT folder in `adapter_folder`."""
-  if jax.process_index() == 0:
-    model = trainer.model(state.params)
-    checkpoints.save_orbax(merge_lora(model), folder, tokenizer=tok)
-    if adapter_folder and model.cfg.lora_rank:
-      peft.save_adapter(model, adapter_folder)
+  a LoRA model's adapters also alone, as a PEFT folder in `adapter_folder`. Collective in a
+  multi-process job (every process writes its shards)."""
+  model = trainer.model(state.params)
+  checkpoints.save_orbax(merge_lora(model), folder, tokenizer=tok)
+  if adapter_folder and model.cfg.lora_rank:
+    peft.save_adapter(model, adapter_folder)

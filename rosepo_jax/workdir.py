@@ -30,7 +30,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from rosepo_jax import sharding
+from rosepo_jax import multihost, sharding
 from rosepo_jax.config import Config, ConfigError
 from rosepo_jax.data import dataset as dataset_lib
 from rosepo_jax.data.candidates import subset_indices
@@ -227,7 +227,7 @@ def fingerprint(paths: Sequence[str]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------
-# Files: atomic writes (temp, then rename) from process 0; reads.
+# Files: atomic writes (temp, then rename) by the leader (process 0); reads.
 
 
 def write_json(path: str, obj) -> None:
@@ -235,7 +235,7 @@ def write_json(path: str, obj) -> None:
 
 
 def write_text(path: str, text: str) -> None:
-  if jax.process_index() != 0:
+  if not multihost.is_leader():
     return
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   tmp = path + ".tmp"
@@ -263,7 +263,7 @@ def read_jsonl(path: str) -> list[dict]:
 def write_records(path: str, rows: Sequence[dict]) -> None:
   """JSON records in an array_record file, atomically."""
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
-  if jax.process_index() != 0:
+  if not multihost.is_leader():
     return
   os.makedirs(os.path.dirname(path), exist_ok=True)
   writer = array_record_module.ArrayRecordWriter(path + ".tmp", "group_size:1")
@@ -285,7 +285,7 @@ def read_records(path: str, what: str = "") -> list[dict]:
 
 
 def save_npz(path: str, **arrays) -> None:
-  if jax.process_index() != 0:
+  if not multihost.is_leader():
     return
   os.makedirs(os.path.dirname(path), exist_ok=True)
   np.savez(path + ".tmp.npz", **arrays)
@@ -293,8 +293,8 @@ def save_npz(path: str, **arrays) -> None:
 
 
 def remove(paths: Sequence[str]) -> None:
-  """Removes files and folders (process 0)."""
-  if jax.process_index() != 0:
+  """Removes files and folders (the leader)."""
+  if not multihost.is_leader():
     return
   for path in paths:
     if os.path.isdir(path):

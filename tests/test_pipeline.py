@@ -30,12 +30,7 @@ EVAL_KEYS = ("hit_ratio@1", "valid_ratio", "valid_ratio_substring", "hit_ratio@1
 
 
 def _config():
-  config = _tiny(steps=4)
-  config.methods = ("sft", "dpo", "rosepo")
-  config.oracle.max_epochs = 2
-  config.negatives.update(max_prompts=12, max_new_tokens=6, batch_size=4)
-  config.eval.update(max_examples=24, batch_size=8, max_new_tokens=6)
-  return config
+  return _tiny()
 
 
 @pytest.fixture(scope="module")

@@ -17,18 +17,9 @@ from test_model import _value_output_map
 
 
 def _tiny(steps=4):
-  config = _config("synthetic_scratch.py")
-  config.data.world.num_users = 60
-  config.tokenizer.vocab_size = 300
-  config.data.max_seq_len = 1024  # a 300-token BPE makes long prompts
-  config.model.overrides = dict(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
-                                num_kv_heads=1, head_dim=16, max_position_embeddings=1024)
-  config.sft.update(steps=steps, batch_size=8, eval_every=2, eval_examples=16, log_every=1,
-                    checkpoint_every=2)
-  config.preference.update(steps=steps, batch_size=4, max_prompts=16, checkpoint_every=2,
-                           log_every=1)
-  config.sft.optim.learning_rate = 1e-3
-  config.preference.optim.learning_rate = 1e-3
+  """configs/tiny.py with `steps` SFT and preference steps."""
+  config = _config("tiny.py")
+  config.sft.steps = config.preference.steps = steps
   return config
 
 
@@ -108,10 +99,6 @@ def test_unknown_stage_and_method(tmp_path):
 def test_negatives_then_rosepo(tmp_path):
   config = _tiny(steps=2)
   config.methods = ["rosepo", "rosepo_no_smoothing", "rosepo_no_self_hard", "cdpo"]
-  config.oracle.max_epochs = 2
-  config.negatives.max_prompts = 12
-  config.negatives.max_new_tokens = 6
-  config.negatives.batch_size = 4
   workdir = str(tmp_path)
   pipeline.run(config, workdir, ["data", "sft", "oracle", "negatives", "dpo"])
   ctx = context(config, workdir)

@@ -7,6 +7,11 @@ marker (an earlier output of ours) and `overwrite` is true, or when it is an emp
 Refused always, whatever `overwrite` says: a plain file, a folder without the marker, the current
 directory or any folder holding it, this repository or any folder holding it, a git checkout, and
 any of the `protect` paths (e.g. a conversion's source) or a folder holding one.
+
+In a multi-process job every process enters `atomic_dir` (the same destination, in the same
+order): each checks the destination, the leader makes the temp dir and later renames it, and all
+wait for each other in between, so that a collective writer (orbax) can write into it from every
+process and plain files are written by the leader (`multihost.is_leader`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import os
 import shutil
 import tempfile
 
+from rosepo_jax import multihost
 from rosepo_jax.errors import InputError
 
 MARKER = ".rosepo_jax_output"  # present in every folder atomic_dir wrote
@@ -59,7 +65,8 @@ def check_destination(dst: str, overwrite: bool, protect: Sequence[str] = ()) ->
 
 @contextlib.contextmanager
 def atomic_dir(dst: str, overwrite: bool = True, protect: Sequence[str] = ()):
-  """Yields a fresh temp dir; on success it becomes `dst`, on any error it is removed.
+  """Yields a fresh temp dir (the same on every process); on success it becomes `dst`, on any
+  error it is removed.
 
   `check_destination` decides first whether an existing `dst` may be replaced; it is replaced only
   after the new folder is complete.
@@ -67,22 +74,32 @@ def atomic_dir(dst: str, overwrite: bool = True, protect: Sequence[str] = ()):
   check_destination(dst, overwrite, protect)
   dst = os.path.abspath(dst)
   parent = os.path.dirname(dst)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.tmp-", dir=parent)
+  # One name for every process; a leftover of an interrupted write is ours to remove.
+  tmp = os.path.join(parent, f".{os.path.basename(dst)}.tmp")
+  leader = multihost.is_leader()
+  if leader:
+    os.makedirs(parent, exist_ok=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.mkdir(tmp)
+  multihost.barrier(f"atomic_dir enter {dst}")
   try:
     yield tmp
-    with open(os.path.join(tmp, MARKER), "w", encoding="utf-8") as f:
-      f.write("written by rosepo-jax; the folder may be replaced by its next output\n")
-    _default_permissions(tmp)
-    if os.path.exists(dst):
-      old = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.old-", dir=parent)
-      os.rename(dst, os.path.join(old, "x"))
-      os.rename(tmp, dst)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.rename(tmp, dst)
+    multihost.barrier(f"atomic_dir written {dst}")
+    if leader:
+      with open(os.path.join(tmp, MARKER), "w", encoding="utf-8") as f:
+        f.write("written by rosepo-jax; the folder may be replaced by its next output\n")
+      _default_permissions(tmp)
+      if os.path.exists(dst):
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.old-", dir=parent)
+        os.rename(dst, os.path.join(old, "x"))
+        os.rename(tmp, dst)
+        shutil.rmtree(old, ignore_errors=True)
+      else:
+        os.rename(tmp, dst)
+    multihost.barrier(f"atomic_dir done {dst}")
   except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
+    if leader:
+      shutil.rmtree(tmp, ignore_errors=True)
     raise
 
 

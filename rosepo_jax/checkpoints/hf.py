@@ -17,7 +17,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from rosepo_jax import progress
+from rosepo_jax import multihost, progress
 from rosepo_jax.checkpoints import params as P
 from rosepo_jax.errors import InputError
 from rosepo_jax.checkpoints.atomic import atomic_dir
@@ -239,6 +239,7 @@ def save_hf(model: Decoder, folder: str, tokenizer=None, dtype: str | None = Non
   `dtype` is the saved dtype (default: the parameters' dtype); `tokenizer` is a folder with
   tokenizer files or an object with ``save_pretrained`` (e.g. a PreTrainedTokenizerFast).
   `overwrite` and `protect`: which existing folder may be replaced (`atomic.check_destination`).
+  Collective in a multi-process job: every process gathers the weights, the leader writes.
   """
   cfg = model.cfg
   dtype = dtype or cfg.param_dtype
@@ -249,41 +250,50 @@ def save_hf(model: Decoder, folder: str, tokenizer=None, dtype: str | None = Non
     np_dtype = SAFETENSORS_DTYPES[dtype]
   else:
     raise ValueError(f"save_hf: dtype={dtype!r}; expected float32, bfloat16 or float16")
+  shards: list[dict[str, np.ndarray]] = [{}]  # gathered on every process, written by the leader
+  shard_bytes, total = 0, 0
+  for name, array in P.iter_tensors(model):
+    tensor = P.to_theirs(name, array).astype(np_dtype)
+    if shards[-1] and shard_bytes + tensor.nbytes > max_shard_bytes:
+      shards.append({})
+      shard_bytes = 0
+    shards[-1][name.hf] = tensor
+    shard_bytes += tensor.nbytes
+    total += tensor.nbytes
+  tokenizer_files = []
   with atomic_dir(folder, overwrite, protect) as tmp:
-    shards: list[dict[str, np.ndarray]] = [{}]
-    shard_bytes, total = 0, 0
-    for name, array in P.iter_tensors(model):
-      tensor = P.to_theirs(name, array).astype(np_dtype)
-      if shards[-1] and shard_bytes + tensor.nbytes > max_shard_bytes:
-        shards.append({})
-        shard_bytes = 0
-      shards[-1][name.hf] = tensor
-      shard_bytes += tensor.nbytes
-      total += tensor.nbytes
-    metadata = {"format": "pt"}
-    bar = progress.bar(total, f"export {os.path.basename(folder.rstrip('/'))}", "B",
-                       unit_scale=True)
-    if len(shards) == 1:
-      save_file(shards[0], os.path.join(tmp, "model.safetensors"), metadata=metadata)
-      bar.update(total)
-    else:
-      weight_map = {}
-      for i, shard in enumerate(shards):
-        fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, os.path.join(tmp, fname), metadata=metadata)
-        weight_map.update({k: fname for k in shard})
-        bar.update(sum(t.nbytes for t in shard.values()))
-      with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
-        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
-    bar.close()
-    with open(os.path.join(tmp, "config.json"), "w") as f:
-      json.dump(config_to_hf(cfg, dtype), f, indent=2)
-    gen = {"bos_token_id": cfg.bos_token_id, "pad_token_id": cfg.pad_token_id,
-           "eos_token_id": list(cfg.eos_token_ids) if len(cfg.eos_token_ids) > 1 else
-           (cfg.eos_token_ids[0] if cfg.eos_token_ids else None)}
-    with open(os.path.join(tmp, "generation_config.json"), "w") as f:
-      json.dump(gen, f, indent=2)
-    tokenizer_files = save_tokenizer(tokenizer, tmp)
+    if multihost.is_leader():
+      tokenizer_files = _write_hf(tmp, shards, cfg, dtype, tokenizer, total,
+                                  os.path.basename(folder.rstrip("/")))
   return {"format": "hf", "path": folder, "tensors": len(P.param_names(cfg)),
           "params": cfg.num_params, "dtype": dtype, "shards": len(shards), "bytes": total,
           "tokenizer_files": tokenizer_files}
+
+
+def _write_hf(tmp: str, shards: list[dict[str, np.ndarray]], cfg, dtype: str, tokenizer,
+              total: int, what: str) -> list[str]:
+  """Writes the safetensors shards, config.json, generation_config.json and the tokenizer files
+  into `tmp`; returns the tokenizer files written."""
+  metadata = {"format": "pt"}
+  bar = progress.bar(total, f"export {what}", "B", unit_scale=True)
+  if len(shards) == 1:
+    save_file(shards[0], os.path.join(tmp, "model.safetensors"), metadata=metadata)
+    bar.update(total)
+  else:
+    weight_map = {}
+    for i, shard in enumerate(shards):
+      fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+      save_file(shard, os.path.join(tmp, fname), metadata=metadata)
+      weight_map.update({k: fname for k in shard})
+      bar.update(sum(t.nbytes for t in shard.values()))
+    with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
+      json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+  bar.close()
+  with open(os.path.join(tmp, "config.json"), "w") as f:
+    json.dump(config_to_hf(cfg, dtype), f, indent=2)
+  gen = {"bos_token_id": cfg.bos_token_id, "pad_token_id": cfg.pad_token_id,
+         "eos_token_id": list(cfg.eos_token_ids) if len(cfg.eos_token_ids) > 1 else
+         (cfg.eos_token_ids[0] if cfg.eos_token_ids else None)}
+  with open(os.path.join(tmp, "generation_config.json"), "w") as f:
+    json.dump(gen, f, indent=2)
+  return save_tokenizer(tokenizer, tmp)

@@ -16,7 +16,7 @@ from flax import nnx
 import jax
 import orbax.checkpoint as ocp
 
-from rosepo_jax import sharding
+from rosepo_jax import multihost, sharding
 from rosepo_jax.checkpoints.atomic import atomic_dir
 from rosepo_jax.checkpoints.hf import save_tokenizer
 from rosepo_jax.model import Decoder, abstract_model, config_from_dict, config_to_dict
@@ -33,21 +33,25 @@ def is_orbax_model_dir(path: str) -> bool:
 def save_orbax(model: Decoder, folder: str, tokenizer=None, overwrite: bool = True,
                protect=()) -> dict:
   """Writes `model` (any sharding) as an orbax model directory, atomically; `overwrite` and
-  `protect`: which existing folder may be replaced (`atomic.check_destination`)."""
+  `protect`: which existing folder may be replaced (`atomic.check_destination`). Collective in a
+  multi-process job: every process writes its shards; the leader writes the other files."""
   state = nnx.state(model, nnx.Param).to_pure_dict()
+  tokenizer_files = []
   with atomic_dir(folder, overwrite, protect) as tmp:
-    with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
-      json.dump(config_to_dict(model.cfg), f, indent=2)
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(os.path.join(os.path.abspath(tmp), PARAMS_DIR), state)
     checkpointer.wait_until_finished()
-    tokenizer_files = save_tokenizer(tokenizer, tmp)
+    if multihost.is_leader():
+      with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
+        json.dump(config_to_dict(model.cfg), f, indent=2)
+      tokenizer_files = save_tokenizer(tokenizer, tmp)
   return {"format": "orbax", "path": folder, "params": model.cfg.num_params,
           "dtype": model.cfg.param_dtype, "tokenizer_files": tokenizer_files}
 
 
 def load_orbax(folder: str, mesh=None, rules=sharding.RULES, **overrides) -> Decoder:
-  """Restores an orbax model directory; each parameter lands directly in its mesh sharding."""
+  """Restores an orbax model directory; each parameter lands directly in its mesh sharding
+  (without a mesh: on this process's first device). Collective in a multi-process job."""
   if not is_orbax_model_dir(folder):
     raise FileNotFoundError(f"{folder}: not an orbax model directory; expected {CONFIG_FILE} "
                             f"and {PARAMS_DIR}/")
@@ -57,7 +61,7 @@ def load_orbax(folder: str, mesh=None, rules=sharding.RULES, **overrides) -> Dec
   graphdef, abstract = nnx.split(abstract_model(cfg))
   params = nnx.state(abstract_model(cfg), nnx.Param)
   if mesh is None:
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     shardings = jax.tree.map(lambda _: device, params)
   else:
     shardings = sharding.state_shardings(params, mesh, rules)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rosepo_jax import sharding
+from rosepo_jax import multihost, sharding
 from rosepo_jax.model import Decoder, ModelConfig, abstract_model
 
 Path = tuple
@@ -87,10 +87,11 @@ def model_from_tensors(cfg: ModelConfig, get: Callable[[ParamName], np.ndarray],
 
 
 def iter_tensors(model: Decoder) -> Iterator[tuple[ParamName, np.ndarray]]:
-  """(name, host array in our layout) for every parameter, gathered from any sharding."""
+  """(name, host array in our layout) for every parameter, gathered from any sharding (from
+  every process of a multi-process job, which must all iterate: `multihost.to_host`)."""
   flat = dict(nnx.state(model, nnx.Param).flat_state())
   for name in param_names(model.cfg):
-    yield name, np.asarray(jax.device_get(flat[name.path].get_value()))
+    yield name, multihost.to_host(flat[name.path].get_value())
 
 
 def to_theirs(name: ParamName, array: np.ndarray) -> np.ndarray:

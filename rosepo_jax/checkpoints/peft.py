@@ -18,6 +18,7 @@ import jax
 import numpy as np
 from safetensors.numpy import save_file
 
+from rosepo_jax import multihost
 from rosepo_jax.checkpoints import params as P
 from rosepo_jax.checkpoints.atomic import atomic_dir
 from rosepo_jax.model import Decoder
@@ -35,14 +36,14 @@ def adapter_tensors(model: Decoder) -> dict[str, np.ndarray]:
       continue
     prefix = "base_model.model." + name.hf[:-len(".weight")]
     for ours, theirs in (("lora_a", "lora_A"), ("lora_b", "lora_B")):
-      value = jax.device_get(flat[name.path[:-1] + (ours,)].get_value())
+      value = multihost.to_host(flat[name.path[:-1] + (ours,)].get_value())
       out[f"{prefix}.{theirs}.weight"] = np.ascontiguousarray(np.asarray(value, np.float32).T)
   return out
 
 
 def save_adapter(model: Decoder, folder: str, base_model: str = "") -> None:
   """Writes `model`'s adapters as a PEFT folder (atomically); `base_model` is the HF folder they
-  apply to (adapter_config.json's base_model_name_or_path)."""
+  apply to (adapter_config.json's base_model_name_or_path). Collective in a multi-process job."""
   cfg = model.cfg
   if not cfg.lora_rank:
     raise ValueError(f"save_adapter: the model has no LoRA adapters ({folder})")
@@ -50,11 +51,12 @@ def save_adapter(model: Decoder, folder: str, base_model: str = "") -> None:
             "lora_alpha": cfg.lora_alpha, "lora_dropout": 0.0, "bias": "none",
             "fan_in_fan_out": False, "target_modules": sorted(cfg.lora_targets),
             "use_rslora": False, "inference_mode": True, "base_model_name_or_path": base_model}
+  tensors = adapter_tensors(model)
   with atomic_dir(folder) as tmp:
-    save_file(adapter_tensors(model), os.path.join(tmp, ADAPTER_WEIGHTS),
-              metadata={"format": "pt"})
-    with open(os.path.join(tmp, ADAPTER_CONFIG), "w", encoding="utf-8") as f:
-      json.dump(config, f, indent=2)
+    if multihost.is_leader():
+      save_file(tensors, os.path.join(tmp, ADAPTER_WEIGHTS), metadata={"format": "pt"})
+      with open(os.path.join(tmp, ADAPTER_CONFIG), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2)
 
 
 def set_base(folder: str, base_model: str) -> None:

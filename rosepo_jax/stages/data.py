@@ -7,6 +7,9 @@ Writes: DIR/data/tfds (TFDS, array_record), DIR/data/tokenizer (a BPE trained he
 pretrained tokenizer), DIR/data/stats.json, DIR/data/row_lengths.npz (the token counts that bound
 every later row, `data.lengths`). Stops before any training when config.data.max_seq_len is
 shorter than the longest row a later stage of this config will build.
+
+In a multi-process job the leader prepares everything while the other processes wait; they open
+the dataset and tokenizer from DIR/data afterwards.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import time
 
 import numpy as np
 
-from rosepo_jax import checkpoints
+from rosepo_jax import checkpoints, multihost
 from rosepo_jax.data import dataset as dataset_lib
 from rosepo_jax.data import lengths as lengths_lib
 from rosepo_jax.data import prompts
@@ -40,8 +43,16 @@ def build_tokenizer(ctx: Context):
 
 
 def run(ctx: Context, unit: Unit | None = None) -> dict:
-  """Prepares the dataset and tokenizer; writes DIR/data/stats.json and returns the stats."""
+  """Prepares the dataset and tokenizer; writes DIR/data/stats.json and returns the stats (on the
+  leader; {} on the other processes of a multi-process job)."""
   del unit
+  stats = prepare(ctx) if multihost.is_leader() else {}
+  multihost.barrier("data prepared")
+  return stats
+
+
+def prepare(ctx: Context) -> dict:
+  """The data stage's work, in one process."""
   t0 = time.time()
   ds = ctx.dataset
   tok = build_tokenizer(ctx)

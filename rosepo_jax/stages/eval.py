@@ -73,7 +73,7 @@ def evaluate_model(ctx: Context, model, split: str, limit: int = 0) -> tuple[dic
 def run(ctx: Context, unit: Unit) -> dict:
   """Evaluates run `unit.run`'s model on config.eval.split; writes and returns its figures."""
   t0, name, section = time.time(), unit.run, ctx.config.eval
-  model = checkpoints.load_orbax(ctx.paths.model(name))
+  model = checkpoints.load_orbax(ctx.paths.model(name), mesh=ctx.mesh())
   figures, predictions = evaluate_model(ctx, model, section.split, section.max_examples)
   figures = {"run": name, "split": section.split, **figures,
              "seconds": round(time.time() - t0, 1)}

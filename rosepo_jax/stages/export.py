@@ -15,9 +15,7 @@ import dataclasses
 import os
 import shutil
 
-import jax
-
-from rosepo_jax import backbone, checkpoints
+from rosepo_jax import backbone, checkpoints, multihost
 from rosepo_jax.checkpoints import atomic, peft
 from rosepo_jax.workdir import Context, Paths, Stage, Unit, model_unit
 
@@ -37,18 +35,20 @@ def _adapter_base(ctx: Context, run: str) -> str:
 
 
 def run(ctx: Context, unit: Unit) -> dict:
+  """Writes the run's HF folder (and its adapter folder); every process of a multi-process job
+  takes part (the weights are gathered), the leader writes."""
   folder = ctx.paths.export(unit.run)
-  model = checkpoints.load_orbax(ctx.paths.model(unit.run))
-  summary = {}
-  if jax.process_index() == 0:
-    summary = checkpoints.save_hf(model, folder, tokenizer=ctx.tokenizer,
-                                  dtype=ctx.config.export.dtype or None)
-    adapter = ctx.paths.adapter(unit.run)
-    if os.path.isdir(adapter):
-      with atomic.atomic_dir(os.path.join(folder, "adapter")) as tmp:
+  model = checkpoints.load_orbax(ctx.paths.model(unit.run), mesh=ctx.mesh())
+  summary = checkpoints.save_hf(model, folder, tokenizer=ctx.tokenizer,
+                                dtype=ctx.config.export.dtype or None)
+  adapter = ctx.paths.adapter(unit.run)
+  if os.path.isdir(adapter):
+    base = _adapter_base(ctx, unit.run)
+    with atomic.atomic_dir(os.path.join(folder, "adapter")) as tmp:
+      if multihost.is_leader():
         for name in (peft.ADAPTER_CONFIG, peft.ADAPTER_WEIGHTS):
           shutil.copy(os.path.join(adapter, name), os.path.join(tmp, name))
-        peft.set_base(tmp, _adapter_base(ctx, unit.run))
+        peft.set_base(tmp, base)
   print(f"export {unit.run}: {folder}", flush=True)
   return summary
 

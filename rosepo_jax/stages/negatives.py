@@ -20,7 +20,7 @@ import dataclasses
 
 import numpy as np
 
-from rosepo_jax import checkpoints, generate, metrics, negatives, scoring
+from rosepo_jax import checkpoints, generate, metrics, multihost, negatives, scoring
 from rosepo_jax import oracle as oracle_lib
 from rosepo_jax.data.batching import EncodedRow, encode_response
 from rosepo_jax.workdir import (Context, Paths, Stage, Unit, read_json, write_json,
@@ -57,7 +57,7 @@ def run(ctx: Context, unit: Unit | None = None) -> dict:
   strategies = {name: negatives.STRATEGIES[name] for name in section.strategies}
   needs = set().union(*(s.needs for s in strategies.values())) if strategies else set()
   examples, encoded = ctx.sample("train", section.max_prompts)
-  reference = checkpoints.load_orbax(ctx.paths.model("sft"))
+  reference = checkpoints.load_orbax(ctx.paths.model("sft"), mesh=ctx.mesh())
   oracle = oracle_lib.load_oracle(ctx.paths.oracle_model)
   eos = tok.eos_token_id
 
@@ -77,7 +77,7 @@ def run(ctx: Context, unit: Unit | None = None) -> dict:
   title_ids = [encode_response(tok, t)[:-1] or (eos,) for t in ds.titles]
   embeddings = None
   if "embeddings" in needs:
-    embeddings = negatives.title_embeddings(title_ids, np.asarray(reference.embed[...], np.float32))
+    embeddings = negatives.title_embeddings(title_ids, multihost.to_host(reference.embed[...]).astype(np.float32))
 
   pairs = []  # (example position, strategy, rejected item or -1, rejected token ids)
   for i, ex in enumerate(examples):

@@ -10,7 +10,6 @@ fit, a reliability table; negatives use the fitted tau when config.smoothing.fit
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 
 from rosepo_jax import oracle as oracle_lib
@@ -24,8 +23,7 @@ def run(ctx: Context, unit: Unit | None = None) -> dict:
   ds, cfg = ctx.dataset, ctx.config.oracle
   oracle, info = oracle_lib.train_oracle(ds.examples("train"), ds.examples("val"), ds.num_items,
                                          cfg)
-  if jax.process_index() == 0:
-    oracle_lib.save_oracle(oracle, ctx.paths.oracle_model)
+  oracle_lib.save_oracle(oracle, ctx.paths.oracle_model)
   test = ds.examples("test")
   target_pos = np.array([list(e.candidates).index(e.target) for e in test])
   random_scores = np.random.default_rng(cfg.seed).random((len(test), len(test[0].candidates)))

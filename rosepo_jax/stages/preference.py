@@ -41,7 +41,7 @@ def random_pairs(ctx: Context, method: str, num_rejected: int, with_reference: b
       return rows, cached["ref_logps"]
   except FileNotFoundError:
     pass
-  reference = checkpoints.load_orbax(ctx.paths.model("sft"))
+  reference = checkpoints.load_orbax(ctx.paths.model("sft"), mesh=ctx.mesh())
   ref = scoring.score_responses(reference, rows, batch_size=section.batch_size,
                                 shape=ctx.batch_shape, vocab_chunk=ctx.config.vocab_chunk,
                                 desc="reference log-probs")
@@ -114,10 +114,10 @@ def run(ctx: Context, unit: Unit) -> int:
   loss_fn = train.preference_loss_fn(methods.objective(method, section.rosepo_form), k,
                                      section.beta, config.vocab_chunk,
                                      sft_weight=section.sft_weight)
-  model = backbone.add_lora(config.model, checkpoints.load_orbax(ctx.paths.model("sft")))
+  model = backbone.add_lora(config.model, checkpoints.load_orbax(ctx.paths.model("sft"), mesh=ctx.mesh()))
   lora = bool(config.model.lora_rank)
   # With LoRA the frozen base is the reference; otherwise a second copy runs in each step.
-  reference = checkpoints.load_orbax(ctx.paths.model("sft")) if online and not lora else None
+  reference = checkpoints.load_orbax(ctx.paths.model("sft"), mesh=ctx.mesh()) if online and not lora else None
   trainer = train.Trainer(model, loss_fn, train.make_optimizer(section.optim, section.steps),
                           mesh=ctx.mesh(), accum_steps=section.accum_steps,
                           reference_model=reference, online_reference=online and lora)
