@@ -58,11 +58,13 @@ def training(steps_sft: int = 300, steps_preference: int = 100) -> dict:
           max_prompts=0, max_new_tokens=32, batch_size=32)),
       oracle=ml_collections.ConfigDict(dict(
           dim=64, num_blocks=2, num_heads=1, dropout=0.2, max_len=10, learning_rate=1e-3,
-          batch_size=256, max_epochs=200, patience=10, seed=0)),
+          batch_size=256, max_epochs=200, patience=10, seed=0,
+          folds=3)),  # cross-fitting: each pair's eps from an oracle that never saw its user
       # The smoothing factor (METHOD.md section 4) and cDPO's constant eps: changing them
       # re-scores the negatives stage's pairs without retraining the oracle.
       smoothing=ml_collections.ConfigDict(dict(
           lam=1.0, tau=1.0, eps_min=0.0, eps_max=0.45, semantic_eps=0.0,
+          fit_tau=True,  # tau: the oracle stage's fit on validation (False: smoothing.tau)
           cdpo_eps=-1.0)),  # < 0: RosePO's mean eps (from the negatives stage's pairs)
       sft=ml_collections.ConfigDict(dict(
           steps=steps_sft, batch_size=32, accum_steps=1, log_every=10, eval_every=100,

@@ -7,7 +7,8 @@ the batch over the same axis; `--stages=compile` lowers both train steps for thi
 weights and checks them against `compile.hbm_gib` per device.
 
   launch/tpu_pod.sh --tpu=my-v5p-64 --zone=us-east5-a -- \
-      --config=configs/llama3_8b_lora_pod.py --workdir=gs://my-bucket/rosepo/lastfm_8b
+      --config=configs/llama3_8b_lora_pod.py --workdir=/mnt/my-bucket/rosepo/lastfm_8b
+(the workdir: a path every worker sees, e.g. a GCS FUSE mount of the bucket)
 """
 
 import ml_collections

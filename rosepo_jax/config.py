@@ -5,7 +5,7 @@ work as usual); the runner turns it into a `Config` of frozen dataclasses once, 
 runs. Parsing rejects unknown keys (never drops them), checks every value's type and the ranges in
 `RANGES`, and raises `ConfigError` naming the dotted key, the value and what is allowed.
 
-Sections: data, prompt, tokenizer, model, mesh, vocab_chunk, methods, sft, oracle, smoothing,
+Sections: data, prompt, tokenizer, model, mesh, vocab_chunk, methods, seeds, sft, oracle, smoothing,
 negatives, preference, eval, export, compile. `smoothing` is the one home of the smoothing factor's
 settings (METHOD.md section 4) and of cDPO's constant eps, so that changing them re-scores the
 preference pairs without retraining the oracle.
@@ -159,6 +159,9 @@ class Config:
   mesh: MeshConfig = MeshConfig()
   vocab_chunk: int = 8192
   methods: tuple[str, ...] = ("sft", "dpo")
+  # Seeds of the model-dependent units (sft, negatives, dpo, eval, export), each run once per
+  # seed over the shared data and oracle: model.seed and the batch order. (): one run, model.seed.
+  seeds: tuple[int, ...] = ()
   sft: SFTConfig = SFTConfig()
   oracle: oracle_lib.OracleConfig = oracle_lib.OracleConfig()
   smoothing: oracle_lib.SmoothingConfig = oracle_lib.SmoothingConfig()
@@ -178,6 +181,17 @@ class Config:
 
   def uses_negatives(self, run: str) -> bool:
     return run != "sft" and methods_lib.uses_negatives(self.method(run), self.smoothing.cdpo_eps)
+
+  def for_seed(self, seed: int | None) -> "Config":
+    """This config for the runs of `seed` (model.seed = seed); unchanged for None."""
+    if seed is None:
+      return self
+    return dataclasses.replace(self, model=dataclasses.replace(self.model, seed=seed))
+
+  @property
+  def run_seeds(self) -> tuple[int | None, ...]:
+    """The seeds the model-dependent units run for: `seeds`, or (None,) for one run."""
+    return self.seeds or (None,)
 
   def num_rejected(self, run: str) -> int:
     return methods_lib.num_rejected(self.method(run), self.preference.sdpo_k,
@@ -241,6 +255,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "oracle.learning_rate": (_positive, "> 0"),
     "oracle.max_epochs": (_positive, "> 0"),
     "oracle.patience": (_positive, "> 0"),
+    "oracle.folds": (_positive, ">= 1 (1: one oracle scores every pair, no cross-fitting)"),
     "smoothing.lam": (lambda x: 0 <= x <= 1, "in [0, 1]"),
     "smoothing.tau": (_positive, "> 0"),
     "smoothing.eps_min": (_probability_below_half, "in [0, 0.5)"),
@@ -389,6 +404,8 @@ def _check_consistency(c: Config) -> None:
                         f"{sorted(methods_lib.METHODS)}")
   if len(set(c.methods)) != len(c.methods):
     raise ConfigError(f"config.methods={c.methods}: a run is named twice")
+  if len(set(c.seeds)) != len(c.seeds) or any(s < 0 for s in c.seeds):
+    raise ConfigError(f"config.seeds={c.seeds}: expected distinct seeds >= 0 (or () for one run)")
   for i, m in enumerate(c.methods):
     if m in RESERVED_RUN_NAMES:  # DIR/<method> would collide with another unit's folder
       raise ConfigError(f"config.methods[{i}]={m!r}: the name of a run folder's entry; a method "

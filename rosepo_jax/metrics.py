@@ -111,3 +111,52 @@ def ranking_metrics(scores_NxC: np.ndarray, target_pos_N: np.ndarray) -> dict:
   for k in (5, 10):
     out[f"rank_ndcg@{k}"] = float(np.mean(np.where(rank < k, 1.0 / np.log2(rank + 2.0), 0.0)))
   return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Comparisons over seeds: the spread of a figure, and paired differences between two runs.
+
+# Two-sided 95% Student t quantiles by degrees of freedom (1 .. 30); larger: the normal's.
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+        2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+        2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def over_seeds(values: Sequence[float]) -> dict:
+  """Mean, sample standard deviation and the 95% t-interval of the mean of a figure's value per
+  seed (std and interval None for one seed)."""
+  x = np.asarray(values, np.float64)
+  mean = float(x.mean())
+  if len(x) < 2:
+    return {"mean": mean, "std": None, "ci95": None, "seeds": len(x)}
+  std = float(x.std(ddof=1))
+  t = _T95[len(x) - 2] if len(x) - 1 <= len(_T95) else 1.960
+  half = t * std / np.sqrt(len(x))
+  return {"mean": mean, "std": std, "ci95": [mean - half, mean + half], "seeds": len(x)}
+
+
+def paired_difference(per_seed: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                      draws: int = 2000, seed: int = 0) -> dict:
+  """Mean over seeds of the per-example difference a - b of two runs on the same examples, with a
+  95% interval from a bootstrap over users: each draw resamples the users (with replacement, the
+  same draw for every seed, so a user's examples move together) and recomputes the mean.
+
+  per_seed: (users [N], a [N], b [N]) for each seed, e.g. each example's hit under both runs.
+  Returns {"mean", "ci95": [lo, hi], "users", "examples"}.
+  """
+  users = np.unique(np.concatenate([u for u, _, _ in per_seed]))
+  index = {int(u): k for k, u in enumerate(users)}
+  sums, counts = [], []  # per seed: the difference summed per user, examples per user
+  for u, a, b in per_seed:
+    k = np.array([index[int(x)] for x in u], np.int64)
+    sums.append(np.bincount(k, np.asarray(a, np.float64) - np.asarray(b, np.float64),
+                            minlength=len(users)))
+    counts.append(np.bincount(k, minlength=len(users)).astype(np.float64))
+  sums_SxU, counts_SxU = np.stack(sums), np.stack(counts)
+  mean = float(np.mean(sums_SxU.sum(1) / counts_SxU.sum(1)))
+  rng = np.random.default_rng(seed)
+  weights_DxU = rng.multinomial(len(users), np.full(len(users), 1.0 / len(users)), size=draws)
+  per_draw = (weights_DxU @ sums_SxU.T) / np.maximum(weights_DxU @ counts_SxU.T, 1.0)  # [D, S]
+  lo, hi = np.percentile(per_draw.mean(axis=1), [2.5, 97.5])
+  return {"mean": mean, "ci95": [float(lo), float(hi)], "users": int(len(users)),
+          "examples": int(counts_SxU.sum())}

@@ -8,6 +8,11 @@ history; a preference pair's smoothing factor is
 
     eps = clip(lam * sigmoid((s(u, y_l) - s(u, y_w)) / tau), eps_min, eps_max)
 
+Cross-fitting (`OracleConfig.folds` = K > 1): the training users are dealt into K folds
+(`user_folds`) and K fold oracles are trained, each without one fold; a pair's scores come from
+the oracle that never trained on its user (`cross_fitted_scores`), so its eps is out of sample.
+The oracle trained on every user is the one whose test metrics are reported.
+
 Shapes: B batch, L history length (left-padded with the padding id = num_items), D model width,
 I catalogue size, C candidates.
 """
@@ -19,7 +24,7 @@ import functools
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from flax import nnx
 import jax
@@ -44,6 +49,7 @@ class OracleConfig:
   max_epochs: int = 200
   patience: int = 10  # epochs without a better validation HitRatio@1
   seed: int = 0
+  folds: int = 3  # cross-fitting: > 1 fold oracles, each trained without one fold of the users
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +61,7 @@ class SmoothingConfig:
   eps_max: float = 0.45
   semantic_eps: float = 0.0  # pairs whose rejected item is not a candidate (no oracle score)
   cdpo_eps: float = -1.0  # cdpo / rdpo; < 0: the mean oracle eps of the negatives stage's pairs
-  fit_tau: bool = False  # True: tau is the oracle stage's fit on validation (calibration.json)
+  fit_tau: bool = True  # tau is the oracle stage's fit on validation (calibration.json); False: tau
 
 
 class SASRec(nnx.Module):
@@ -95,6 +101,31 @@ class SASRec(nnx.Module):
   def __call__(self, history_BxL: jax.Array) -> jax.Array:
     """Logits [B, I] over the catalogue: s(u, i) for every item i."""
     return self.user_state(history_BxL) @ self.item_embed[...][:self.num_items].T
+
+
+def user_folds(users: Sequence[int], folds: int, seed: int) -> dict[int, int]:
+  """The fold (0 .. folds - 1) of each distinct user of `users`: a seeded shuffle of the users
+  dealt round-robin, so that fold sizes differ by at most one user."""
+  distinct = sorted({int(u) for u in users})
+  order = np.random.default_rng(seed).permutation(len(distinct))
+  return {distinct[j]: i % folds for i, j in enumerate(order)}
+
+
+def cross_fitted_scores(oracles: Sequence["Oracle"], fallback: "Oracle",
+                        user_fold: Mapping[int, int], users: Sequence[int],
+                        histories: Sequence[Sequence[int]], items_BxC: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray]:
+  """s(u, i) [B, C] of each row by the oracle that never trained on its user: the fold oracle
+  ``oracles[user_fold[u]]``, or `fallback` for a user outside the folds (or without fold oracles).
+  Also returns each row's fold [B] (-1: `fallback`)."""
+  fold_B = np.array([user_fold.get(int(u), -1) if oracles else -1 for u in users], np.int64)
+  items_BxC = np.asarray(items_BxC)
+  out = np.zeros(items_BxC.shape, np.float32)
+  for k in np.unique(fold_B):
+    rows = np.flatnonzero(fold_B == k)
+    oracle = fallback if k < 0 else oracles[k]
+    out[rows] = oracle.scores([histories[r] for r in rows], items_BxC[rows])
+  return out, fold_B
 
 
 def smoothing_factor(score_rejected, score_chosen, cfg: SmoothingConfig):

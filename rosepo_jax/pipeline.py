@@ -3,7 +3,8 @@
   data -> sft -> oracle -> negatives -> dpo -> eval -> export -> report
   (`compile`, a check that writes nothing, runs first when named; it is not part of "all")
 
-Units: a stage, or a stage for one run ("dpo/rosepo", "eval/sft"); each stage module's `STAGE`
+Units: a stage, or a stage for one run ("dpo/rosepo", "eval/sft"), and with config.seeds, the
+units of a per-seed stage once per seed ("seed_1/dpo/rosepo"); each stage module's `STAGE`
 says which config keys its units read, which units they consume and what they write
 (`rosepo_jax.workdir`). A finished unit writes DIR/stages/<unit>.json holding its key: a hash of
 those config keys plus the run ids of its input units. A unit is up to date when its marker is
@@ -22,6 +23,7 @@ all of them read the same markers and files (`rosepo_jax.multihost`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -59,15 +61,29 @@ def read_marker(ctx: Context, unit: Unit) -> dict | None:
   return read_json(path) if os.path.isfile(path) else None
 
 
+def inputs_of(config: config_lib.Config, unit: Unit) -> list[Unit]:
+  """The units `unit` consumes, seeded: a per-seed input of a per-seed unit is its own seed's; of
+  a unit over all seeds (the report), every seed's."""
+  out = []
+  for u in BY_NAME[unit.stage].inputs(config.for_seed(unit.seed), unit):
+    if not BY_NAME[u.stage].per_seed:
+      out.append(u)
+    elif unit.seed is not None:
+      out.append(dataclasses.replace(u, seed=unit.seed))
+    else:
+      out.extend(dataclasses.replace(u, seed=s) for s in config.run_seeds)
+  return out
+
+
 def unit_key(ctx: Context, unit: Unit) -> dict:
   """What a unit's result depends on: its config keys (hashed) and its inputs' run ids."""
-  stage = BY_NAME[unit.stage]
-  sections = {s: config_lib.section_value(ctx.config, s) for s in stage.sections}
+  stage, config = BY_NAME[unit.stage], ctx.config.for_seed(unit.seed)
+  sections = {s: config_lib.section_value(config, s) for s in stage.sections}
   if stage.key_extra:
-    sections["extra"] = stage.key_extra(ctx.config, unit)
+    sections["extra"] = stage.key_extra(config, unit)
   blob = json.dumps({"unit": unit.name, "sections": sections}, sort_keys=True, default=str)
   ins = {}
-  for u in stage.inputs(ctx.config, unit):
+  for u in inputs_of(ctx.config, unit):
     m = read_marker(ctx, u)
     ins[u.name] = m["run_id"] if m and m["status"] == "done" else None
   return {"config": hashlib.sha256(blob.encode()).hexdigest()[:16], "inputs": ins}
@@ -87,7 +103,7 @@ def why_stale(ctx: Context, unit: Unit) -> str:
   changed = [u for u, run_id in key["inputs"].items() if marker["key"]["inputs"].get(u) != run_id]
   if changed:
     return f"its inputs {changed} ran again since"
-  for u in BY_NAME[unit.stage].inputs(ctx.config, unit):
+  for u in inputs_of(ctx.config, unit):
     reason = why_stale(ctx, u)
     if reason:
       return f"its input {u.name} {reason}"
@@ -95,13 +111,13 @@ def why_stale(ctx: Context, unit: Unit) -> str:
 
 
 def _missing_products(ctx: Context, unit: Unit) -> list[str]:
-  stage = BY_NAME[unit.stage]
-  return [p for p in stage.products(ctx.config, ctx.paths, unit) if not os.path.exists(p)]
+  stage, seeded = BY_NAME[unit.stage], ctx.for_seed(unit.seed)
+  return [p for p in stage.products(seeded.config, seeded.paths, unit) if not os.path.exists(p)]
 
 
 def _check_inputs(ctx: Context, unit: Unit, asked: set[str]) -> None:
   """Stops when an input of `unit` is missing or stale and its stage is not being run."""
-  for u in BY_NAME[unit.stage].inputs(ctx.config, unit):
+  for u in inputs_of(ctx.config, unit):
     if u.stage in asked:
       continue  # it ran (or was found up to date) earlier in this command
     reason = why_stale(ctx, u)
@@ -116,7 +132,12 @@ def _check_inputs(ctx: Context, unit: Unit, asked: set[str]) -> None:
 
 
 def units(config: config_lib.Config, stage: str) -> list[Unit]:
-  return BY_NAME[stage].units(config)
+  """The units of `stage`: with config.seeds, a per-seed stage's units once per seed."""
+  s = BY_NAME[stage]
+  if not s.per_seed:
+    return s.units(config)
+  return [dataclasses.replace(u, seed=seed) for seed in config.run_seeds
+          for u in s.units(config.for_seed(seed))]
 
 
 def run(config, workdir: str, stages, force: bool = False) -> dict:
@@ -130,6 +151,11 @@ def run(config, workdir: str, stages, force: bool = False) -> dict:
   if unknown:
     raise ValueError(f"unknown stage(s) {unknown}; available: {list(STAGE_NAMES)}, all, or "
                      "compile")
+  if "://" in workdir:
+    raise WorkdirError(
+        f"--workdir={workdir}: URLs are not supported; give a filesystem path that every process "
+        "of the job sees (a shared disk, or a GCS FUSE mount of the bucket, e.g. `gcsfuse BUCKET "
+        "/mnt/BUCKET` and --workdir=/mnt/BUCKET/...)")
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise WorkdirError(f"--workdir={workdir} is a file; expected a folder")
   if set(stages) - {"compile"}:
@@ -148,7 +174,7 @@ def run(config, workdir: str, stages, force: bool = False) -> dict:
   for stage in STAGES:
     if stage.name not in asked:
       continue
-    for unit in stage.units(config):
+    for unit in units(config, stage.name):
       _check_inputs(ctx, unit, asked)
       key = unit_key(ctx, unit)
       marker = read_marker(ctx, unit)
@@ -160,14 +186,15 @@ def run(config, workdir: str, stages, force: bool = False) -> dict:
         continue
       if missing and marker["status"] == "done":
         print(f"{unit.name}: {missing[0]} is missing; running it again", flush=True)
+      seeded = ctx.for_seed(unit.seed)
       if force or (marker and (marker["key"] != key or marker["status"] == "done")):
-        remove(stage.outputs(ctx.paths, unit))  # stale results: start clean
+        remove(stage.outputs(seeded.paths, unit))  # stale results: start clean
       elif marker:
         print(f"{unit.name}: resuming an interrupted run", flush=True)
       write_json(ctx.paths.marker(unit), {"status": "running", "key": key, "run_id": None})
       multihost.barrier(f"{unit.name} start")
       t0 = time.time()
-      stage.run(ctx, unit)
+      stage.run(seeded, unit)
       multihost.barrier(f"{unit.name} ran")
       write_json(ctx.paths.marker(unit), {
           "status": "done", "key": key, "run_id": uuid.uuid4().hex,

@@ -32,7 +32,7 @@ import orbax.checkpoint as ocp
 from rosepo_jax import checkpoints
 from rosepo_jax.checkpoints import peft
 from rosepo_jax import flops as flops_lib
-from rosepo_jax import losses, progress, scoring, sharding
+from rosepo_jax import losses, multihost, progress, scoring, sharding
 from rosepo_jax.data.batching import BatchShape, EncodedRow, StepSampler, eval_batches, make_batch
 from rosepo_jax.model import Decoder, LoRAParam, merge_lora
 
@@ -319,11 +319,7 @@ def restore_latest(directory: str, like: TrainState) -> TrainState | None:
   Multi-host: every process takes process 0's view of whether `directory` exists, so all of them
   run the same collectives (another process may be creating it at this moment).
   """
-  exists = os.path.isdir(directory)
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    exists = bool(multihost_utils.broadcast_one_to_all(np.int32(exists)))
-  if not exists:
+  if not multihost.agree(os.path.isdir(directory)):
     return None
   manager = ocp.CheckpointManager(os.path.abspath(directory))
   step = manager.latest_step()
@@ -360,7 +356,7 @@ def train_loop(trainer: Trainer, batch_fn: Callable[[int], dict], cfg: LoopConfi
   if state.step:
     logging.info("resumed %s at step %d", workdir, state.step)
   manager = _checkpoint_manager(ckpt_dir, cfg)
-  writer = SummaryWriter(os.path.join(workdir, "tb")) if jax.process_index() == 0 else None
+  writer = SummaryWriter(os.path.join(workdir, "tb")) if multihost.is_leader() else None
   bar = progress.bar(cfg.num_steps, os.path.basename(workdir.rstrip("/")), "step",
                      initial=state.step, enabled=cfg.progress)
   eval_metrics: dict = {}

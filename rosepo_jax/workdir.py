@@ -3,13 +3,17 @@
 Layout (owner unit in brackets; a unit that reruns removes what it owns first):
   DIR/data/{tfds,tokenizer,stats.json,row_lengths.npz}      [data]
   DIR/sft/{checkpoints,tb,metrics.jsonl,model,adapter}      [sft]
-  DIR/oracle/{model,metrics.json,calibration.json}          [oracle]
+  DIR/oracle/{model,metrics.json,calibration.json,folds.json,folds/<k>}   [oracle]
   DIR/preference/{pairs.array_record,stats.json}            [negatives]
   DIR/<method>/{reference.npz,checkpoints,tb,metrics.jsonl,model,adapter}   [dpo/<method>]
   DIR/eval/<run>.json, DIR/eval/<run>.predictions.jsonl     [eval/<run>]
   DIR/export/<run>/                                         [export/<run>]
-  DIR/report.md, DIR/plots/                                 [report]
+  DIR/report.md, DIR/plots/, DIR/eval/summary.json          [report]
   DIR/stages/<unit>.json                                    the runner's markers
+
+With config.seeds, the units of the stages marked `per_seed` (sft, negatives, dpo, eval, export) run
+once per seed, and what they write moves under DIR/seed_<s>/ (DIR/seed_<s>/sft, .../eval/<run>.json,
+...); data, oracle, the report and the markers stay in DIR.
 
 A `Stage` is what the runner (`rosepo_jax.pipeline`) knows of a stage module: the config keys it
 reads, its units, the units each consumes, the paths each writes, and its `run`. `Context` holds
@@ -20,6 +24,7 @@ the exact prompt of an example and the encoded (prompt, response) ids of a split
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+import copy
 import dataclasses
 import hashlib
 import json
@@ -43,13 +48,16 @@ from rosepo_jax.data.records import SPLITS
 
 @dataclasses.dataclass(frozen=True)
 class Unit:
-  """A piece of work with its own marker: a stage, or a stage for one run ("dpo/rosepo")."""
+  """A piece of work with its own marker: a stage, or a stage for one run ("dpo/rosepo"), for one
+  seed of config.seeds ("seed_1/dpo/rosepo") or for the one run without seeds (seed None)."""
   stage: str
   run: str = ""
+  seed: int | None = None
 
   @property
   def name(self) -> str:
-    return f"{self.stage}/{self.run}" if self.run else self.stage
+    name = f"{self.stage}/{self.run}" if self.run else self.stage
+    return name if self.seed is None else f"seed_{self.seed}/{name}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +75,7 @@ class Stage:
   run: Callable[["Context", Unit], Any]
   key_extra: Callable[[Config, Unit], Any] | None = None
   required: Callable[[Config, "Paths", Unit], list[str]] | None = None  # default: outputs
+  per_seed: bool = False  # its units run once per seed of config.seeds
 
   def products(self, config: Config, paths: "Paths", unit: Unit) -> list[str]:
     """What must exist for the unit to count as done (a missing one reruns it)."""
@@ -83,13 +92,17 @@ def model_unit(run: str) -> Unit:
 
 
 class Paths:
-  """Every path under the run folder DIR."""
+  """Every path under the run folder DIR; with a `seed`, the per-seed ones under DIR/seed_<seed>."""
 
-  def __init__(self, root: str):
-    self.root = root
+  def __init__(self, root: str, seed: int | None = None):
+    self.root, self.seed = root, seed
+    self.seed_root = root if seed is None else os.path.join(root, f"seed_{seed}")
 
   def _join(self, *parts: str) -> str:
     return os.path.join(self.root, *parts)
+
+  def _seeded(self, *parts: str) -> str:
+    return os.path.join(self.seed_root, *parts)
 
   # data
   @property
@@ -114,21 +127,21 @@ class Paths:
 
   # training runs: "sft" and each preference method
   def run(self, run: str) -> str:
-    return self._join(run)
+    return self._seeded(run)
 
   def model(self, run: str) -> str:
-    return self._join(run, "model")
+    return self._seeded(run, "model")
 
   def adapter(self, run: str) -> str:
     """A LoRA run's adapters alone, as a PEFT folder (`checkpoints.peft`)."""
-    return self._join(run, "adapter")
+    return self._seeded(run, "adapter")
 
   def metrics_log(self, run: str) -> str:
-    return self._join(run, "metrics.jsonl")
+    return self._seeded(run, "metrics.jsonl")
 
   def reference(self, run: str) -> str:
     """Rejected ids and pi_ref log-probs of a random-pairs method, made by its own unit."""
-    return self._join(run, "reference.npz")
+    return self._seeded(run, "reference.npz")
 
   # oracle
   @property
@@ -147,28 +160,42 @@ class Paths:
   def oracle_calibration(self) -> str:
     return self._join("oracle", "calibration.json")
 
+  @property
+  def oracle_folds(self) -> str:
+    """Cross-fitting: each training user's fold ({"folds": K, "user_fold": {user: k}})."""
+    return self._join("oracle", "folds.json")
+
+  def oracle_fold_model(self, k: int) -> str:
+    """The fold oracle trained without the users of fold `k`."""
+    return self._join("oracle", "folds", str(k))
+
   # negatives
   @property
   def negatives(self) -> str:
-    return self._join("preference")
+    return self._seeded("preference")
 
   @property
   def pairs(self) -> str:
-    return self._join("preference", "pairs.array_record")
+    return self._seeded("preference", "pairs.array_record")
 
   @property
   def negatives_stats(self) -> str:
-    return self._join("preference", "stats.json")
+    return self._seeded("preference", "stats.json")
 
   # eval, export, report
   def eval_summary(self, run: str) -> str:
-    return self._join("eval", f"{run}.json")
+    return self._seeded("eval", f"{run}.json")
 
   def eval_predictions(self, run: str) -> str:
-    return self._join("eval", f"{run}.predictions.jsonl")
+    return self._seeded("eval", f"{run}.predictions.jsonl")
 
   def export(self, run: str) -> str:
-    return self._join("export", run)
+    return self._seeded("export", run)
+
+  @property
+  def eval_overall(self) -> str:
+    """The report's figures over seeds and its paired differences (DIR/eval/summary.json)."""
+    return self._join("eval", "summary.json")
 
   @property
   def report(self) -> str:
@@ -314,11 +341,27 @@ class Context:
   def __init__(self, config: Config, workdir: str):
     self.config = config
     self.paths = Paths(workdir)
+    self._seeds: dict[int, Context] = {}
     self._dataset: dataset_lib.RecDataset | None = None
     self._tokenizer = None
     self._encoded: dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]] = {}
     self._max_seq_len = 0
     self._title_format = ""
+
+  def for_seed(self, seed: int | None) -> "Context":
+    """The context of seed `seed`'s units: `config.for_seed(seed)` and the per-seed paths
+    (DIR/seed_<seed>); the dataset, tokenizer and encoded examples are this context's. None: this
+    context."""
+    if seed is None:
+      return self
+    if seed not in self._seeds:
+      other = copy.copy(self)
+      other.config, other.paths = self.config.for_seed(seed), Paths(self.paths.root, seed)
+      self._seeds[seed] = other
+    other = self._seeds[seed]
+    other._dataset, other._tokenizer, other._encoded = (  # pylint: disable=protected-access
+        self._dataset, self._tokenizer, self._encoded)
+    return other
 
   @property
   def dataset(self) -> dataset_lib.RecDataset:

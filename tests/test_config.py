@@ -114,6 +114,10 @@ def test_a_workdir_that_is_a_file_or_cannot_be_made_is_named(tmp_path):
                      match=f"--workdir={tmp_path / 'file' / 'w'}: cannot create it"):
     pipeline.run(config, str(tmp_path / "file" / "w"), ["data"])
   assert (tmp_path / "file").read_text() == "keep"
+  with pytest.raises(pipeline.WorkdirError, match="--workdir=gs://b/run: URLs are not supported; "
+                     "give a filesystem path that every process of the job sees"):
+    pipeline.run(config, "gs://b/run", ["data"])
+  assert not os.path.exists("gs:")
 
 
 def test_strategy_weights_are_checked():

@@ -119,8 +119,20 @@ def test_half_precision_safetensors_import_exactly(dtype, tmp_path):
 
 def test_bf16_export_loads_in_transformers(tmp_path):
   ours = M.init_model(M.get_config("tiny"), seed=9)
-  hf.save_hf(ours, str(tmp_path / "b"), dtype="bfloat16")
+  summary = hf.save_hf(ours, str(tmp_path / "b"), dtype="bfloat16")
   assert json.load(open(tmp_path / "b" / "config.json"))["torch_dtype"] == "bfloat16"
+  # The rounding the summary reports, written out in float64 over every parameter.
+  import ml_dtypes  # pylint: disable=g-import-not-at-top
+  values = [np.asarray(v.get_value(), np.float64)
+            for _, v in nnx.state(ours, nnx.Param).flat_state()]
+  errors = [np.abs(v.astype(ml_dtypes.bfloat16).astype(np.float64) - v) for v in values]
+  want_rounding = {
+      "max_abs_error": max(e.max() for e in errors),
+      "max_relative_error": max(e.max() / np.abs(v).max() for e, v in zip(errors, values)),
+      "elements_changed": sum((e > 0).sum() for e in errors) / sum(v.size for v in values)}
+  assert summary["rounding"] == pytest.approx(want_rounding, rel=1e-12)
+  assert 0.5 < want_rounding["elements_changed"] <= 1.0
+  assert hf.save_hf(ours, str(tmp_path / "f"))["rounding"]["max_abs_error"] == 0.0
   theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "b", dtype=torch.bfloat16)
   got = theirs.model.embed_tokens.weight.detach().float().numpy()
   want = np.asarray(ours.embed[...].astype(jnp.bfloat16).astype(jnp.float32))

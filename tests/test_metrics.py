@@ -59,3 +59,40 @@ def test_ranking_metrics():
   assert m["rank_hit_ratio@1"] == pytest.approx(1 / 3)
   assert m["rank_hit_ratio@5"] == 1.0
   assert m["rank_ndcg@5"] == pytest.approx((1 + 1 / np.log2(4) + 1 / np.log2(3)) / 3)
+
+
+def test_over_seeds_is_the_t_interval_written_out():
+  x = [0.31, 0.35, 0.34]
+  f = K.over_seeds(x)
+  mean, std = sum(x) / 3, (sum((v - sum(x) / 3) ** 2 for v in x) / 2) ** 0.5
+  half = 4.303 * std / 3 ** 0.5  # t(0.975, 2 df)
+  assert f["mean"] == pytest.approx(mean, rel=1e-12) and f["std"] == pytest.approx(std, rel=1e-12)
+  assert f["ci95"] == pytest.approx([mean - half, mean + half], rel=1e-12) and f["seeds"] == 3
+  assert K.over_seeds([0.5]) == {"mean": 0.5, "std": None, "ci95": None, "seeds": 1}
+
+
+def test_paired_difference_resamples_users_with_their_examples():
+  """The point estimate is the mean over seeds of the mean per-example difference; the interval
+  is the bootstrap over users written out as a loop (each draw: users with replacement, every
+  example of a drawn user counted as often as the user is drawn, in every seed)."""
+  rs = np.random.RandomState(0)
+  users = rs.randint(0, 30, 200)
+  per_seed = [(users, rs.rand(200) < 0.4, rs.rand(200) < 0.3) for _ in range(3)]
+  got = K.paired_difference(per_seed, draws=300, seed=7)
+  want_mean = np.mean([np.mean(a.astype(float) - b) for _, a, b in per_seed])
+  assert got["mean"] == pytest.approx(want_mean, rel=1e-12)
+  distinct = np.unique(users)
+  rng = np.random.default_rng(7)
+  draws = []
+  for w in rng.multinomial(len(distinct), np.full(len(distinct), 1 / len(distinct)), size=300):
+    times = dict(zip(distinct.tolist(), w.tolist()))
+    seeds = []
+    for u, a, b in per_seed:
+      weight = np.array([times[x] for x in u], float)
+      seeds.append((weight * (a.astype(float) - b)).sum() / max(weight.sum(), 1.0))
+    draws.append(np.mean(seeds))
+  assert got["ci95"] == pytest.approx(list(np.percentile(draws, [2.5, 97.5])), rel=1e-10)
+  assert got["ci95"][0] < got["mean"] < got["ci95"][1]
+  assert got["users"] == len(distinct) and got["examples"] == 600
+  same = K.paired_difference([(users, per_seed[0][1], per_seed[0][1])])
+  assert same["mean"] == 0.0 and same["ci95"] == [0.0, 0.0]

@@ -54,6 +54,41 @@ def test_oracle_stage_learns_beyond_baselines_and_reloads(tmp_path):
   assert reloaded.evaluate(ds.examples("test"))["hit_ratio@1"] == metrics["hit_ratio@1"]
 
 
+def test_user_folds_deal_every_user_once_in_balanced_seeded_folds():
+  users = [7, 7, 3, 9, 12, 3, 40, 41, 42, 43, 44]  # repeated users count once
+  folds = O.user_folds(users, 3, seed=0)
+  assert sorted(folds) == sorted(set(users))
+  sizes = np.bincount(list(folds.values()), minlength=3)
+  assert sizes.max() - sizes.min() <= 1 and sizes.sum() == len(set(users)) == 9
+  assert folds == O.user_folds(list(reversed(users)), 3, seed=0)  # order of appearance: no matter
+  assert any(O.user_folds(users, 3, seed=s) != folds for s in range(1, 5))
+
+
+class _Fixed:
+  """An oracle whose every score is its own id."""
+
+  def __init__(self, value):
+    self.value = value
+
+  def scores(self, histories, items_BxC):
+    assert len(histories) == len(items_BxC)
+    return np.full(np.shape(items_BxC), self.value, np.float32)
+
+
+def test_cross_fitted_scores_come_from_the_fold_that_left_the_user_out():
+  """Each row is scored by oracles[fold of its user]; users outside the folds, or no fold
+  oracles at all, go to the fallback (fold -1)."""
+  folds = {10: 0, 11: 1, 12: 2, 13: 0}
+  users = [11, 13, 99, 12, 10]
+  items = np.arange(10).reshape(5, 2)
+  s, fold = O.cross_fitted_scores([_Fixed(0.0), _Fixed(1.0), _Fixed(2.0)], _Fixed(-1.0), folds,
+                                  users, [[1]] * 5, items)
+  np.testing.assert_array_equal(fold, [1, 0, -1, 2, 0])
+  np.testing.assert_array_equal(s[:, 0], [1.0, 0.0, -1.0, 2.0, 0.0])
+  s, fold = O.cross_fitted_scores([], _Fixed(-1.0), folds, users, [[1]] * 5, items)
+  assert (fold == -1).all() and (s == -1.0).all()
+
+
 def test_fitted_temperature_recovers_a_planted_one():
   """Choices drawn from softmax(scores / 0.5) over 20 candidates: the maximum-likelihood tau is
   0.5 within 5%, and it lowers the NLL below tau = 1's (float64 formula)."""

@@ -238,7 +238,7 @@ def test_changing_tau_rescores_pairs_without_retraining_the_oracle(finished_run,
   before = read_records(ctx.paths.pairs)
   oracle_files = {f: os.path.getmtime(os.path.join(ctx.paths.oracle_model, f))
                   for f in os.listdir(ctx.paths.oracle_model)}
-  config.smoothing.tau = 0.25
+  config.smoothing.update(tau=0.25, fit_tau=False)
   outcome = pipeline.run(config, workdir, ["oracle", "negatives"])
   assert outcome == {"oracle": "up to date", "negatives": "ran"}
   assert oracle_files == {f: os.path.getmtime(os.path.join(ctx.paths.oracle_model, f))
@@ -246,12 +246,28 @@ def test_changing_tau_rescores_pairs_without_retraining_the_oracle(finished_run,
   after = read_records(ctx.paths.pairs)
   assert [(p["example"], p["strategy"], p["rejected"]) for p in before] == \
       [(p["example"], p["strategy"], p["rejected"]) for p in after]
-  # eps is the formula of METHOD.md section 4 at the new tau, over the same oracle's scores.
-  oracle = O.load_oracle(ctx.paths.oracle_model)
+  # eps is the formula of METHOD.md section 4 at the new tau, over the same oracles' scores:
+  # each pair's from the fold oracle of its user, which never trained on that user.
   examples = {e.index: e for e in ctx.dataset.examples("train")}
+  folds = json.load(open(ctx.paths.oracle_folds))
+  user_fold = {int(u): k for u, k in folds["user_fold"].items()}
+  assert folds["folds"] == 3 and sorted(set(user_fold.values())) == [0, 1, 2]
+  assert user_fold.keys() == {e.user for e in examples.values()}
+  trained_on = json.load(open(ctx.paths.oracle_metrics))["fold_oracles"]
+  for k in range(3):  # fold oracle k trained on the examples of the users outside fold k
+    assert trained_on[k]["train_examples"] == sum(user_fold[e.user] != k
+                                                  for e in examples.values())
   scored = [p for p in after if p["strategy"] in ("random", "popularity", "self_hard")]
-  s = oracle.scores([examples[p["example"]].history for p in scored],
-                    np.array([[examples[p["example"]].target, p["rejected_item"]] for p in scored]))
+  assert scored and all(p["oracle_fold"] == user_fold[examples[p["example"]].user] for p in scored)
+  assert all(p["oracle_fold"] == -1 for p in after if p not in scored)
+  s = np.zeros((len(scored), 2), np.float32)
+  for k in range(3):
+    rows = [i for i, p in enumerate(scored) if p["oracle_fold"] == k]
+    fold_oracle = O.load_oracle(ctx.paths.oracle_fold_model(k))
+    s[rows] = fold_oracle.scores(
+        [examples[scored[i]["example"]].history for i in rows],
+        np.array([[examples[scored[i]["example"]].target, scored[i]["rejected_item"]]
+                  for i in rows]))
   want = np.clip(1.0 / (1.0 + np.exp(-(s[:, 1].astype(np.float64) - s[:, 0]) / 0.25)), 0.0, 0.45)
   np.testing.assert_allclose([p["eps"] for p in scored], want, rtol=1e-5, atol=1e-7)
   assert any(abs(a["eps"] - b["eps"]) > 1e-4 for a, b in zip(before, after))
@@ -266,3 +282,47 @@ def test_changing_tau_rescores_pairs_without_retraining_the_oracle(finished_run,
   want = np.clip(1.0 / (1.0 + np.exp(-(s[:, 1].astype(np.float64) - s[:, 0])
                                      / calibration["tau"])), 0.0, 0.45)
   np.testing.assert_allclose([p["eps"] for p in fitted], want, rtol=1e-5, atol=1e-7)
+
+
+def test_seeds_run_the_model_units_per_seed_over_shared_data_and_oracle(finished_run, tmp_path):
+  """config.seeds=(0, 1): data and oracle once, sft .. export once per seed under DIR/seed_<s>;
+  seed 0 is the run without seeds (model.seed 0); the report's summary.json holds every figure
+  over the seeds and the paired differences."""
+  config = _config()
+  config.seeds = (0, 1)
+  workdir = str(tmp_path / "w")
+  outcome = pipeline.run(config, workdir, ["all"])
+  assert [u for u in outcome if not u.startswith("seed_")] == ["data", "oracle", "report"]
+  for seed in (0, 1):
+    for unit in ("sft", "negatives", "dpo/dpo", "dpo/rosepo", "eval/sft", "eval/rosepo",
+                 "export/dpo"):
+      assert outcome[f"seed_{seed}/{unit}"] == "ran"
+  assert not os.path.exists(os.path.join(workdir, "sft"))
+  ref, _ = finished_run
+  runs = {}
+  for seed in (0, 1):
+    runs[seed] = {r: json.load(open(os.path.join(workdir, f"seed_{seed}", "eval", f"{r}.json")))
+                  for r in ("sft", "dpo", "rosepo")}
+  for r in ("sft", "dpo", "rosepo"):  # seed 0 is the run without seeds
+    want = json.load(open(os.path.join(ref, "eval", f"{r}.json")))
+    assert {k: runs[0][r][k] for k in EVAL_KEYS} == {k: want[k] for k in EVAL_KEYS}
+  sft = [checkpoints.load_orbax(os.path.join(workdir, f"seed_{s}", "sft", "model")) for s in (0, 1)]
+  assert not np.allclose(np.asarray(sft[0].embed[...]), np.asarray(sft[1].embed[...]))
+  summary = json.load(open(os.path.join(workdir, "eval", "summary.json")))
+  assert summary["seeds"] == [0, 1]
+  for r in ("sft", "dpo", "rosepo"):
+    f = summary["runs"][r]["rank_ndcg@10"]
+    values = [runs[s][r]["rank_ndcg@10"] for s in (0, 1)]
+    assert f["mean"] == pytest.approx(np.mean(values)) and f["seeds"] == 2
+    assert f["std"] == pytest.approx(np.std(values, ddof=1))
+  assert set(summary["differences"]) == {"rosepo - dpo", "rosepo - sft", "dpo - sft"}
+  d = summary["differences"]["rosepo - sft"]["valid_ratio"]
+  assert d["mean"] == pytest.approx(np.mean([runs[s]["rosepo"]["valid_ratio"]
+                                             - runs[s]["sft"]["valid_ratio"] for s in (0, 1)]))
+  assert "Paired differences" in open(os.path.join(workdir, "report.md")).read()
+  # Up to date as a whole; a new seed runs only its own units (and the report).
+  assert set(pipeline.run(config, workdir, ["all"]).values()) == {"up to date"}
+  config.seeds = (0, 1, 2)
+  again = pipeline.run(config, workdir, ["all"])
+  assert {u for u, how in again.items() if how == "ran"} == {
+      u for u in again if u.startswith("seed_2/")} | {"report"}

@@ -239,7 +239,9 @@ def save_hf(model: Decoder, folder: str, tokenizer=None, dtype: str | None = Non
   `dtype` is the saved dtype (default: the parameters' dtype); `tokenizer` is a folder with
   tokenizer files or an object with ``save_pretrained`` (e.g. a PreTrainedTokenizerFast).
   `overwrite` and `protect`: which existing folder may be replaced (`atomic.check_destination`).
-  Collective in a multi-process job: every process gathers the weights, the leader writes.
+  The summary's "rounding" measures what a narrower `dtype` changes: the largest absolute error,
+  the largest error relative to its tensor's largest magnitude, and the fraction of elements
+  changed (all 0 when nothing is cast). Collective in a multi-process job: every process gathers the weights, the leader writes.
   """
   cfg = model.cfg
   dtype = dtype or cfg.param_dtype
@@ -252,8 +254,18 @@ def save_hf(model: Decoder, folder: str, tokenizer=None, dtype: str | None = Non
     raise ValueError(f"save_hf: dtype={dtype!r}; expected float32, bfloat16 or float16")
   shards: list[dict[str, np.ndarray]] = [{}]  # gathered on every process, written by the leader
   shard_bytes, total = 0, 0
+  rounding = {"max_abs_error": 0.0, "max_relative_error": 0.0, "elements_changed": 0.0}
+  elements = 0
   for name, array in P.iter_tensors(model):
     tensor = P.to_theirs(name, array).astype(np_dtype)
+    if tensor.dtype != array.dtype:  # what the export dtype rounds away
+      err = np.abs(tensor.astype(np.float64) - P.to_theirs(name, array).astype(np.float64))
+      scale = float(np.abs(array).max())
+      rounding["max_abs_error"] = max(rounding["max_abs_error"], float(err.max()))
+      rounding["max_relative_error"] = max(rounding["max_relative_error"],
+                                           float(err.max()) / scale if scale else 0.0)
+      rounding["elements_changed"] += float((err > 0).sum())
+    elements += array.size
     if shards[-1] and shard_bytes + tensor.nbytes > max_shard_bytes:
       shards.append({})
       shard_bytes = 0
@@ -265,9 +277,10 @@ def save_hf(model: Decoder, folder: str, tokenizer=None, dtype: str | None = Non
     if multihost.is_leader():
       tokenizer_files = _write_hf(tmp, shards, cfg, dtype, tokenizer, total,
                                   os.path.basename(folder.rstrip("/")))
+  rounding["elements_changed"] /= max(elements, 1)
   return {"format": "hf", "path": folder, "tensors": len(P.param_names(cfg)),
           "params": cfg.num_params, "dtype": dtype, "shards": len(shards), "bytes": total,
-          "tokenizer_files": tokenizer_files}
+          "tokenizer_files": tokenizer_files, "rounding": rounding}
 
 
 def _write_hf(tmp: str, shards: list[dict[str, np.ndarray]], cfg, dtype: str, tokenizer,

@@ -14,7 +14,6 @@ import json
 import os
 
 from flax import nnx
-import jax
 import numpy as np
 from safetensors.numpy import save_file
 

@@ -9,7 +9,8 @@ Writes, for every run in config.methods (``sft`` = DIR/sft/model, others DIR/<me
                                    llara_last: LLaRA's 122 one-row-per-user rows)
   DIR/eval/<run>.predictions.jsonl one line per example: prompt (the exact text fed to the model),
                                    candidates, target, answer (decoded, stripped), valid, hit
-                                   (plus valid_substring and the item ids answer_item, target_item)
+                                   (plus valid_substring, the item ids answer_item, target_item,
+                                   and the user)
 so anyone can audit or recompute the figures from the predictions alone.
 """
 
@@ -65,7 +66,7 @@ def evaluate_model(ctx: Context, model, split: str, limit: int = 0) -> tuple[dic
       {"index": ex.index, "prompt": ctx.example_prompt(split, ex),
        "candidates": list(ex.candidate_titles), "target": ex.target_title, "answer": answer,
        "valid": rec["valid"], "hit": rec["hit"], "valid_substring": rec["valid_substring"],
-       "answer_item": rec["answer_item"], "target_item": ex.target}
+       "answer_item": rec["answer_item"], "target_item": ex.target, "user": ex.user}
       for ex, answer, rec in zip(examples, answers, records)]
   return figures, predictions
 
@@ -92,4 +93,4 @@ def _outputs(paths: Paths, unit: Unit) -> list[str]:
 STAGE = Stage(name="eval", sections=("eval", "vocab_chunk"),
               units=lambda config: [Unit("eval", m) for m in config.methods],
               inputs=lambda config, unit: [Unit("data"), model_unit(unit.run)],
-              outputs=_outputs, run=run)
+              outputs=_outputs, run=run, per_seed=True)

@@ -49,7 +49,10 @@ def run(ctx: Context, unit: Unit) -> dict:
         for name in (peft.ADAPTER_CONFIG, peft.ADAPTER_WEIGHTS):
           shutil.copy(os.path.join(adapter, name), os.path.join(tmp, name))
         peft.set_base(tmp, base)
-  print(f"export {unit.run}: {folder}", flush=True)
+  r = summary["rounding"]
+  print(f"export {unit.run}: {folder} ({summary['dtype']}; rounding: max abs error "
+        f"{r['max_abs_error']:.3g}, max relative {r['max_relative_error']:.3g}, "
+        f"{r['elements_changed']:.1%} of elements changed)", flush=True)
   return summary
 
 
@@ -60,4 +63,4 @@ def _outputs(paths: Paths, unit: Unit) -> list[str]:
 STAGE = Stage(name="export", sections=("export", "model.init"),
               units=lambda config: [Unit("export", m) for m in config.methods],
               inputs=lambda config, unit: [Unit("data"), model_unit(unit.run)],
-              outputs=_outputs, run=run)
+              outputs=_outputs, run=run, per_seed=True)

@@ -3,14 +3,16 @@
 Reads config: negatives, smoothing (lam, tau, eps_min, eps_max, semantic_eps, fit_tau: then tau is
 the oracle stage's fit, DIR/oracle/calibration.json), vocab_chunk.
 Consumes: data (dataset, tokenizer), sft (pi_ref: answers, candidate scores, title embeddings,
-reference log-probs), oracle (each pair's eps).
+reference log-probs), oracle (each pair's eps, from the fold oracle that never trained on the
+pair's user when the oracle is cross-fitted).
 Writes: DIR/preference/pairs.array_record (one JSON record per pair) and DIR/preference/stats.json.
 
 One pair per configured strategy per prompt (chosen = the target title; the strategies are the
 table `rosepo_jax.negatives.STRATEGIES`), plus one for each SFT answer that matches no candidate
 (a real hallucination) when a strategy asks for them. Each pair stores the prompt ids, the chosen
 and rejected token ids, its strategy, the rejected item (-1 for a hallucination), eps (the oracle's
-for candidates; smoothing.semantic_eps for invalid answers) and the reference log-probs of chosen
+for candidates; smoothing.semantic_eps for invalid answers), oracle_fold (the fold oracle that
+scored it; -1: the oracle trained on every user, or no oracle score) and the reference log-probs of chosen
 and rejected under the SFT model.
 """
 
@@ -23,6 +25,7 @@ import numpy as np
 from rosepo_jax import checkpoints, generate, metrics, multihost, negatives, scoring
 from rosepo_jax import oracle as oracle_lib
 from rosepo_jax.data.batching import EncodedRow, encode_response
+from rosepo_jax.stages import oracle as oracle_stage
 from rosepo_jax.workdir import (Context, Paths, Stage, Unit, read_json, write_json,
                                 write_records)
 
@@ -59,6 +62,7 @@ def run(ctx: Context, unit: Unit | None = None) -> dict:
   examples, encoded = ctx.sample("train", section.max_prompts)
   reference = checkpoints.load_orbax(ctx.paths.model("sft"), mesh=ctx.mesh())
   oracle = oracle_lib.load_oracle(ctx.paths.oracle_model)
+  fold_oracles, user_fold = oracle_stage.load_fold_oracles(ctx.paths)
   eos = tok.eos_token_id
 
   answers, answer_items = ([""] * len(examples), [None] * len(examples))
@@ -94,12 +98,15 @@ def run(ctx: Context, unit: Unit | None = None) -> dict:
       pairs.append((i, negatives.HALLUCINATION, -1, hallucination + (eos,)))
 
   # Smoothing factors: the oracle's s(u, y_l) vs s(u, y_w) for candidates, a fixed eps otherwise.
+  # Cross-fitted: each pair is scored by the fold oracle that never trained on its user.
   eps = np.full(len(pairs), config.smoothing.semantic_eps, np.float32)
+  fold = np.full(len(pairs), -1, np.int64)
   scored = [k for k, p in enumerate(pairs) if negatives.scored_by_oracle(p[1])]
   if scored:
-    hist = [examples[pairs[k][0]].history for k in scored]
-    items = np.array([[examples[pairs[k][0]].target, pairs[k][2]] for k in scored])
-    s = oracle.scores(hist, items)
+    owners = [examples[pairs[k][0]] for k in scored]
+    s, fold[scored] = oracle_lib.cross_fitted_scores(
+        fold_oracles, oracle, user_fold, [ex.user for ex in owners], [ex.history for ex in owners],
+        np.array([[ex.target, pairs[k][2]] for ex, k in zip(owners, scored)]))
     eps[scored] = oracle_lib.smoothing_factor(s[:, 1], s[:, 0], smoothing_settings(ctx))
   # Reference log-probs of chosen and rejected, once.
   rows = [EncodedRow(encoded[i][0], (encoded[i][1], rejected)) for i, _, _, rejected in pairs]
@@ -109,7 +116,8 @@ def run(ctx: Context, unit: Unit | None = None) -> dict:
   write_records(ctx.paths.pairs, [
       {"example": int(examples[i].index), "strategy": name, "prompt": list(encoded[i][0]),
        "chosen": list(encoded[i][1]), "rejected": list(rejected), "rejected_item": int(item),
-       "eps": float(eps[k]), "ref_logps": [float(ref[k, 0]), float(ref[k, 1])]}
+       "eps": float(eps[k]), "oracle_fold": int(fold[k]),
+       "ref_logps": [float(ref[k, 0]), float(ref[k, 1])]}
       for k, (i, name, item, rejected) in enumerate(pairs)])
 
   kinds = {"hit": 0, "valid_miss": 0, "hallucination": 0}
@@ -145,4 +153,4 @@ STAGE = Stage(
               "smoothing.eps_max", "smoothing.semantic_eps", "smoothing.fit_tau", "vocab_chunk"),
     units=_units, inputs=lambda config, unit: [Unit("data"), Unit("sft"), Unit("oracle")],
     outputs=_outputs, run=run,
-    required=lambda config, paths, unit: [paths.pairs, paths.negatives_stats])
+    required=lambda config, paths, unit: [paths.pairs, paths.negatives_stats], per_seed=True)

@@ -1,11 +1,16 @@
-"""The oracle stage: the SASRec preference oracle (METHOD.md section 4).
+"""The oracle stage: the SASRec preference oracle (METHOD.md section 4), cross-fitted.
 
 Reads config: oracle (the smoothing factor's settings are `smoothing`, read by negatives).
 Consumes: data (the dataset).
-Writes: DIR/oracle/model (SASRec), DIR/oracle/metrics.json (test HitRatio@1 and NDCG@10, next
-to random and popularity-only ranking measured in the same run) and DIR/oracle/calibration.json
-(the temperature tau of maximum likelihood of the validation choices, the NLL at tau = 1 and at the
-fit, a reliability table; negatives use the fitted tau when config.smoothing.fit_tau is set).
+Writes: DIR/oracle/model (SASRec on every training user: the reported oracle), DIR/oracle/metrics.json
+(its test HitRatio@1 and NDCG@10, next to random and popularity-only ranking measured in the same
+run, and each fold oracle's validation figures); with config.oracle.folds = K > 1,
+DIR/oracle/folds.json (each training user's fold) and DIR/oracle/folds/<k> (the fold oracles, each
+trained without fold k's users; they score the pairs); DIR/oracle/calibration.json (the
+temperature tau of maximum likelihood of the validation choices as the pairs are scored, each
+example by its user's fold oracle; the NLL at tau = 1 and at the fit; a reliability table).
+
+Every process of a multi-process job trains the same oracles (they are small); the leader writes.
 """
 
 from __future__ import annotations
@@ -13,43 +18,70 @@ from __future__ import annotations
 import numpy as np
 
 from rosepo_jax import oracle as oracle_lib
-from rosepo_jax.workdir import Context, Paths, Stage, Unit, single_unit, write_json
+from rosepo_jax.workdir import Context, Paths, Stage, Unit, read_json, single_unit, write_json
 
 
 def run(ctx: Context, unit: Unit | None = None) -> dict:
-  """Trains the oracle on the training split (early-stopped on validation); returns its test
-  metrics."""
+  """Trains the oracle and the fold oracles (early-stopped on validation); returns the oracle's
+  test metrics."""
   del unit
   ds, cfg = ctx.dataset, ctx.config.oracle
-  oracle, info = oracle_lib.train_oracle(ds.examples("train"), ds.examples("val"), ds.num_items,
-                                         cfg)
+  train, val = ds.examples("train"), ds.examples("val")
+  oracle, info = oracle_lib.train_oracle(train, val, ds.num_items, cfg)
   oracle_lib.save_oracle(oracle, ctx.paths.oracle_model)
+  fold_oracles, fold_info, user_fold = [], [], {}
+  if cfg.folds > 1:
+    user_fold = oracle_lib.user_folds([e.user for e in train], cfg.folds, cfg.seed)
+    write_json(ctx.paths.oracle_folds, {"folds": cfg.folds,
+                                        "user_fold": {str(u): k for u, k in user_fold.items()}})
+    for k in range(cfg.folds):
+      held_out = [e for e in train if user_fold[int(e.user)] != k]
+      fold, fold_stats = oracle_lib.train_oracle(held_out, val, ds.num_items, cfg)
+      oracle_lib.save_oracle(fold, ctx.paths.oracle_fold_model(k))
+      fold_oracles.append(fold)
+      fold_info.append({"fold": k, "train_examples": len(held_out), **fold_stats})
   test = ds.examples("test")
   target_pos = np.array([list(e.candidates).index(e.target) for e in test])
   random_scores = np.random.default_rng(cfg.seed).random((len(test), len(test[0].candidates)))
   popularity = ds.train_popularity[np.array([e.candidates for e in test])].astype(float)
   metrics = {**oracle.evaluate(test), **info, "num_examples": len(test),
              "random": oracle_lib.candidate_metrics(random_scores, target_pos),
-             "popularity": oracle_lib.candidate_metrics(popularity, target_pos)}
+             "popularity": oracle_lib.candidate_metrics(popularity, target_pos),
+             "fold_oracles": fold_info}
   write_json(ctx.paths.oracle_metrics, metrics)
-  write_json(ctx.paths.oracle_calibration, calibration(oracle, ds.examples("val")))
+  write_json(ctx.paths.oracle_calibration,
+             calibration(fold_oracles, oracle, user_fold, val))
   print(f"oracle: test hit_ratio@1 {metrics['hit_ratio@1']:.4f} ndcg@10 {metrics['ndcg@10']:.4f} "
         f"(random {metrics['random']['hit_ratio@1']:.4f}, popularity "
         f"{metrics['popularity']['hit_ratio@1']:.4f}); {info['epochs']} epochs, "
-        f"{info['seconds']} s", flush=True)
+        f"{info['seconds']} s; {len(fold_oracles)} fold oracles", flush=True)
   return metrics
 
 
-def calibration(oracle: oracle_lib.Oracle, examples) -> dict:
-  """The oracle's temperature fitted on `examples` (validation) by maximum likelihood of their
-  choices among their candidates, with the NLL before and after and a reliability table."""
-  scores = oracle.scores([e.history for e in examples], np.array([e.candidates for e in examples]))
+def calibration(fold_oracles, oracle: oracle_lib.Oracle, user_fold, examples) -> dict:
+  """The temperature fitted on `examples` (validation) by maximum likelihood of their choices
+  among their candidates, each example scored as a pair of its user would be (its fold oracle;
+  `oracle` without folds), with the NLL before and after and a reliability table."""
+  scores, _ = oracle_lib.cross_fitted_scores(
+      fold_oracles, oracle, user_fold, [e.user for e in examples], [e.history for e in examples],
+      np.array([e.candidates for e in examples]))
   target_pos = np.array([list(e.candidates).index(e.target) for e in examples])
   tau = oracle_lib.fit_temperature(scores, target_pos)
-  return {"folds": 1, "tau": tau, "val_examples": len(examples),
+  return {"folds": max(len(fold_oracles), 1), "tau": tau, "val_examples": len(examples),
+          "scored_by": "fold oracles" if fold_oracles else "oracle",
           "nll": {"tau_1": oracle_lib.choice_nll(scores, target_pos, 1.0),
                   "fitted": oracle_lib.choice_nll(scores, target_pos, tau)},
           "reliability": oracle_lib.reliability(scores, target_pos, tau)}
+
+
+def load_fold_oracles(paths: Paths) -> tuple[list[oracle_lib.Oracle], dict[int, int]]:
+  """The fold oracles and each training user's fold ([], {} without cross-fitting)."""
+  try:
+    folds = read_json(paths.oracle_folds)
+  except FileNotFoundError:
+    return [], {}
+  return ([oracle_lib.load_oracle(paths.oracle_fold_model(k)) for k in range(folds["folds"])],
+          {int(u): k for u, k in folds["user_fold"].items()})
 
 
 def _outputs(paths: Paths, unit: Unit) -> list[str]:
@@ -57,7 +89,14 @@ def _outputs(paths: Paths, unit: Unit) -> list[str]:
   return [paths.oracle]
 
 
+def _required(config, paths: Paths, unit: Unit) -> list[str]:
+  del unit
+  folds = config.oracle.folds
+  return ([paths.oracle_model, paths.oracle_metrics, paths.oracle_calibration]
+          + ([paths.oracle_folds] + [paths.oracle_fold_model(k) for k in range(folds)]
+             if folds > 1 else []))
+
+
 STAGE = Stage(name="oracle", sections=("oracle",), units=single_unit("oracle"),
               inputs=lambda config, unit: [Unit("data")], outputs=_outputs, run=run,
-              required=lambda config, paths, unit: [paths.oracle_model, paths.oracle_metrics,
-                                                    paths.oracle_calibration])
+              required=_required)

@@ -121,7 +121,8 @@ def run(ctx: Context, unit: Unit) -> int:
   trainer = train.Trainer(model, loss_fn, train.make_optimizer(section.optim, section.steps),
                           mesh=ctx.mesh(), accum_steps=section.accum_steps,
                           reference_model=reference, online_reference=online and lora)
-  sampler = train.step_sampler(len(rows), section.batch_size, config.data.seed + 1)
+  sampler = train.step_sampler(len(rows), section.batch_size,
+                               config.data.seed + config.model.seed + 1)
 
   def batch_fn(step):
     idx, batch = sampler.local_batch(rows, step, ctx.batch_shape, k + 1)
@@ -162,4 +163,4 @@ STAGE = Stage(
               "smoothing.cdpo_eps", "vocab_chunk"),
     units=lambda config: [Unit("dpo", m) for m in config.trained_runs],
     inputs=_inputs, outputs=_outputs, run=run, key_extra=_method_row,
-    required=lambda config, paths, unit: [paths.model(unit.run)])
+    required=lambda config, paths, unit: [paths.model(unit.run)], per_seed=True)

@@ -1,13 +1,17 @@
 """The report stage: DIR/report.md and DIR/plots/*.png from what the earlier units wrote.
 
 Reads config: methods (and data through the dataset, for the popularity percentiles).
-Consumes: data, eval/<run> and the model unit of every run (its metrics.jsonl), and negatives
-when configured (eps per strategy).
+Consumes: data, eval/<run> and the model unit of every run (its metrics.jsonl), and negatives and
+oracle when configured (eps per strategy, the oracle's calibration).
 Writes: DIR/report.md (one table: rows = runs, columns = METHOD.md section 6 figures; one more
-per eval subset of the split, e.g. LastFM's llara_last) and DIR/plots/:
+per eval subset of the split, e.g. LastFM's llara_last; then the figures over config.seeds and the
+paired differences rosepo - dpo, rosepo - sft, dpo - sft with bootstrap intervals over test users),
+DIR/eval/summary.json (those figures: `seed_figures`) and DIR/plots/:
   popularity.png  popularity percentile of the recommended (valid) items per run, against the
                   test targets'
-  eps.png         the smoothing factor eps per rejected-sampling strategy (negatives stage)
+  eps.png         the smoothing factor eps per rejected-sampling strategy (negatives stage),
+                  next to the oracle's reliability on validation (DIR/oracle/calibration.json:
+                  predicted probability of its top candidate vs how often that is the target)
   training.png    training curves per run: loss, rewards/margin, rewards/accuracy (and SFT loss)
 """
 
@@ -15,13 +19,12 @@ from __future__ import annotations
 
 import os
 
-import jax
 import matplotlib
 import numpy as np
 
-from rosepo_jax import metrics
+from rosepo_jax import metrics, multihost
 from rosepo_jax.workdir import (Context, Paths, Stage, Unit, model_unit, read_json, read_jsonl,
-                                read_records, write_text)
+                                read_records, write_json, write_text)
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -100,11 +103,21 @@ def make_plots(ctx: Context, predictions: dict[str, list[dict]]) -> list[str]:
     eps = {}
     for pair in read_records(ctx.paths.pairs):
       eps.setdefault(pair["strategy"], []).append(pair["eps"])
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, (ax, right) = plt.subplots(1, 2, figsize=(12, 4))
     names = sorted(eps)
     ax.boxplot([eps[n] for n in names], showfliers=False)
     ax.set_xticks(range(1, len(names) + 1), [f"{n}\n({len(eps[n])})" for n in names])
     ax.set(ylabel="eps", title="Smoothing factor per rejected-sampling strategy")
+    calibration = read_json(ctx.paths.oracle_calibration, "run the oracle stage")
+    bins = [b for b in calibration["reliability"] if b["examples"]]
+    right.plot([0, 1], [0, 1], color="gray", linewidth=0.8, label="calibrated")
+    right.plot([b["predicted"] for b in bins], [b["observed"] for b in bins], marker="o",
+               label=f"oracle ({calibration['scored_by']}, tau {calibration['tau']:.3g})")
+    for b in bins:
+      right.annotate(str(b["examples"]), (b["predicted"], b["observed"]), fontsize=7)
+    right.set(xlabel="predicted probability of the top candidate", ylabel="observed frequency",
+              xlim=(0, 1), ylim=(0, 1), title="Oracle reliability (validation; n per bin)")
+    right.legend(fontsize=8)
     written.append(_save(fig, os.path.join(folder, "eps.png")))
 
   panels = ("loss", "rewards/margin", "rewards/accuracy")
@@ -122,28 +135,102 @@ def make_plots(ctx: Context, predictions: dict[str, list[dict]]) -> list[str]:
   return written
 
 
+# Paired differences the report gives (when both runs are configured), from per-example figures.
+DIFFERENCES = (("rosepo", "dpo"), ("rosepo", "sft"), ("dpo", "sft"))
+PER_EXAMPLE = {"hit_ratio@1": "hit", "valid_ratio": "valid"}  # figure -> predictions field
+
+
+def seed_figures(summaries: dict, predictions: dict) -> dict:
+  """What DIR/eval/summary.json holds: every figure of every run over seeds (`metrics.over_seeds`)
+  and the paired differences of `DIFFERENCES` in `PER_EXAMPLE`'s figures (`metrics.
+  paired_difference`: bootstrap over test users within each seed, pooled over seeds).
+
+  summaries / predictions: {seed: {run: DIR/eval/<run>.json / its predictions}} (seed None: the
+  one run without config.seeds).
+  """
+  seeds = list(summaries)
+  runs = list(next(iter(summaries.values())))
+  out = {"seeds": seeds, "runs": {}, "differences": {}}
+  for run in runs:
+    keys = [k for k, v in summaries[seeds[0]][run].items()
+            if isinstance(v, (int, float)) and k not in ("seconds", "num_examples")]
+    out["runs"][run] = {k: metrics.over_seeds([summaries[s][run][k] for s in seeds])
+                        for k in keys}
+  for a, b in DIFFERENCES:
+    if a not in runs or b not in runs:
+      continue
+    figures = {}
+    for figure, field in PER_EXAMPLE.items():
+      per_seed = []
+      for s in seeds:
+        pa, pb = predictions[s][a], predictions[s][b]
+        if [p["index"] for p in pa] != [p["index"] for p in pb]:
+          raise ValueError(f"eval predictions of {a} and {b} (seed {s}) are not the same examples")
+        per_seed.append((np.array([p["user"] for p in pa]),
+                         np.array([float(p[field]) for p in pa]),
+                         np.array([float(p[field]) for p in pb])))
+      figures[figure] = metrics.paired_difference(per_seed)
+    out["differences"][f"{a} - {b}"] = figures
+  return out
+
+
+def _interval(d: dict) -> str:
+  return f"{d['mean']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]"
+
+
+def seeds_table(figures: dict) -> str:
+  """Markdown: per run, mean +- std over seeds of the main figures; then the paired differences."""
+  cols = ("hit_ratio@1", "valid_ratio", "head_ratio", "rank_hit_ratio@1", "rank_ndcg@10")
+  lines = [f"Over {len(figures['seeds'])} seed(s) {figures['seeds']}: mean +- std (95% "
+           "t-interval of the mean in DIR/eval/summary.json).", "",
+           "| run | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
+  for run, by_key in figures["runs"].items():
+    cells = []
+    for c in cols:
+      f = by_key.get(c)
+      cells.append("" if f is None else f"{f['mean']:.4f}"
+                   + ("" if f["std"] is None else f" +- {f['std']:.4f}"))
+    lines.append(f"| {run} | " + " | ".join(cells) + " |")
+  if figures["differences"]:
+    lines += ["", "Paired differences, mean over seeds [95% interval: bootstrap over test users "
+              "within each seed, pooled over seeds]:", "",
+              "| difference | " + " | ".join(PER_EXAMPLE) + " |", "|" + "---|" * (len(PER_EXAMPLE) + 1)]
+    for name, d in figures["differences"].items():
+      lines.append(f"| {name} | " + " | ".join(_interval(d[f]) for f in PER_EXAMPLE) + " |")
+  return "\n".join(lines)
+
+
 def run(ctx: Context, unit: Unit | None = None) -> str:
-  """Writes DIR/report.md and DIR/plots; prints the table; returns the markdown."""
+  """Writes DIR/report.md, DIR/plots and DIR/eval/summary.json; prints the tables; returns the
+  markdown. With config.seeds, the first table is the first seed's; the seeds table covers all."""
   del unit
   summaries, predictions = {}, {}
-  for name in ctx.config.methods:
-    summaries[name] = read_json(ctx.paths.eval_summary(name), "run the eval stage first")
-    predictions[name] = read_jsonl(ctx.paths.eval_predictions(name))
-  table = method_table(summaries)
-  subsets = sorted({name for s in summaries.values() for name in s.get("subsets", {})})
-  for name in subsets:
-    rows = {run: s["subsets"][name] for run, s in summaries.items() if name in s.get("subsets", {})}
+  for seed in ctx.config.run_seeds:
+    paths = ctx.for_seed(seed).paths
+    summaries[seed] = {name: read_json(paths.eval_summary(name), "run the eval stage first")
+                       for name in ctx.config.methods}
+    predictions[seed] = {name: read_jsonl(paths.eval_predictions(name))
+                         for name in ctx.config.methods}
+  first = ctx.config.run_seeds[0]
+  table = method_table(summaries[first])
+  for name in sorted({n for s in summaries[first].values() for n in s.get("subsets", {})}):
+    rows = {run: s["subsets"][name] for run, s in summaries[first].items()
+            if name in s.get("subsets", {})}
     table += f"\n\nEval subset `{name}`:\n\n" + method_table(rows)
+  figures = seed_figures(summaries, predictions)
+  table += "\n\n" + seeds_table(figures)
   print(table, flush=True)
-  if jax.process_index() != 0:
+  if not multihost.is_leader():
     return table
-  plots = make_plots(ctx, predictions)
-  split = next(iter(summaries.values()))["split"]
+  write_json(ctx.paths.eval_overall, figures)
+  plots = make_plots(ctx.for_seed(first), predictions[first])
+  split = next(iter(summaries[first].values()))["split"]
+  seed_note = "" if first is None else f" The first table is seed {first}'s."
   text = "\n".join([
       f"# Report: {os.path.abspath(ctx.paths.root)}", "",
       f"Dataset `{ctx.config.data.name}`, {split} split; greedy answers (METHOD.md section 6). "
       "Columns are the keys of DIR/eval/<run>.json; the last row gives the same popularity "
-      "figures for the targets.", "", table, "",
+      "figures for the targets." + seed_note, "", table, "",
       *[f"![{os.path.basename(p)}](plots/{os.path.basename(p)})" for p in plots], ""])
   write_text(ctx.paths.report, text)
   return text
@@ -151,14 +238,15 @@ def run(ctx: Context, unit: Unit | None = None) -> str:
 
 def _inputs(config, unit: Unit) -> list[Unit]:
   del unit
-  negatives = [Unit("negatives")] if any(config.uses_negatives(m) for m in config.methods) else []
+  negatives = ([Unit("negatives"), Unit("oracle")]
+               if any(config.uses_negatives(m) for m in config.methods) else [])
   return ([Unit("data")] + [Unit("eval", m) for m in config.methods]
           + [model_unit(m) for m in config.methods] + negatives)
 
 
 def _outputs(paths: Paths, unit: Unit) -> list[str]:
   del unit
-  return [paths.report, paths.plots]
+  return [paths.report, paths.plots, paths.eval_overall]
 
 
 STAGE = Stage(name="report", sections=("methods",), units=lambda config: [Unit("report")],

@@ -64,7 +64,7 @@ def run(ctx: Context, unit: Unit | None = None) -> dict:
   trainer = train.Trainer(backbone.build_model(config.model, ctx.tokenizer), loss_fn,
                           train.make_optimizer(section.optim, section.steps),
                           mesh=ctx.mesh(), accum_steps=section.accum_steps)
-  sampler = train.step_sampler(len(rows), section.batch_size, config.data.seed)
+  sampler = train.step_sampler(len(rows), section.batch_size, config.data.seed + config.model.seed)
   evaluate = train.loss_evaluator(trainer, loss_fn, val, ctx.batch_shape, 1,
                                   section.batch_size) if val else None
   state, metrics = train.train_loop(
@@ -94,4 +94,4 @@ def _backbone_fingerprint(config, unit: Unit):
 STAGE = Stage(name="sft", sections=("model", "sft", "vocab_chunk"), units=single_unit("sft"),
               inputs=lambda config, unit: [Unit("data")], outputs=_outputs, run=run,
               key_extra=_backbone_fingerprint,
-              required=lambda config, paths, unit: [paths.model("sft")])
+              required=lambda config, paths, unit: [paths.model("sft")], per_seed=True)
