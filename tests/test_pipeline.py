@@ -274,6 +274,11 @@ def test_changing_tau_rescores_pairs_without_retraining_the_oracle(finished_run,
   # smoothing.fit_tau: the oracle stage's maximum-likelihood tau (calibration.json), no retraining.
   calibration = json.load(open(ctx.paths.oracle_calibration))
   assert calibration["nll"]["fitted"] <= calibration["nll"]["tau_1"]
+  # The synthetic world's validation users have no training example: the oracle trained on every
+  # training user (which never saw them) scores them all.
+  val = ctx.dataset.examples("val")
+  assert not {e.user for e in val} & set(user_fold)
+  assert calibration["scored_by"] == {"fold_oracles": 0, "oracle": len(val)} and calibration["folds"] == 3
   config.smoothing.fit_tau = True
   outcome = pipeline.run(config, workdir, ["oracle", "negatives"])
   assert outcome == {"oracle": "up to date", "negatives": "ran"}

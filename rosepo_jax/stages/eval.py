@@ -90,7 +90,12 @@ def _outputs(paths: Paths, unit: Unit) -> list[str]:
   return [paths.eval_summary(unit.run), paths.eval_predictions(unit.run)]
 
 
+# The predictions' format: a workdir evaluated with an older one (no "user" field, which the
+# report's bootstrap needs) reruns its eval units.
+PREDICTIONS_FORMAT = 2
+
 STAGE = Stage(name="eval", sections=("eval", "vocab_chunk"),
               units=lambda config: [Unit("eval", m) for m in config.methods],
               inputs=lambda config, unit: [Unit("data"), model_unit(unit.run)],
-              outputs=_outputs, run=run, per_seed=True)
+              outputs=_outputs, run=run, per_seed=True,
+              key_extra=lambda config, unit: {"predictions_format": PREDICTIONS_FORMAT})

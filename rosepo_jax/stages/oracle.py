@@ -61,14 +61,15 @@ def run(ctx: Context, unit: Unit | None = None) -> dict:
 def calibration(fold_oracles, oracle: oracle_lib.Oracle, user_fold, examples) -> dict:
   """The temperature fitted on `examples` (validation) by maximum likelihood of their choices
   among their candidates, each example scored as a pair of its user would be (its fold oracle;
-  `oracle` without folds), with the NLL before and after and a reliability table."""
-  scores, _ = oracle_lib.cross_fitted_scores(
+  `oracle` for a user without training examples, or without folds), with the NLL before and
+  after, a reliability table, and how many examples each kind of oracle scored."""
+  scores, fold = oracle_lib.cross_fitted_scores(
       fold_oracles, oracle, user_fold, [e.user for e in examples], [e.history for e in examples],
       np.array([e.candidates for e in examples]))
   target_pos = np.array([list(e.candidates).index(e.target) for e in examples])
   tau = oracle_lib.fit_temperature(scores, target_pos)
   return {"folds": max(len(fold_oracles), 1), "tau": tau, "val_examples": len(examples),
-          "scored_by": "fold oracles" if fold_oracles else "oracle",
+          "scored_by": {"fold_oracles": int((fold >= 0).sum()), "oracle": int((fold < 0).sum())},
           "nll": {"tau_1": oracle_lib.choice_nll(scores, target_pos, 1.0),
                   "fitted": oracle_lib.choice_nll(scores, target_pos, tau)},
           "reliability": oracle_lib.reliability(scores, target_pos, tau)}

@@ -112,7 +112,7 @@ def make_plots(ctx: Context, predictions: dict[str, list[dict]]) -> list[str]:
     bins = [b for b in calibration["reliability"] if b["examples"]]
     right.plot([0, 1], [0, 1], color="gray", linewidth=0.8, label="calibrated")
     right.plot([b["predicted"] for b in bins], [b["observed"] for b in bins], marker="o",
-               label=f"oracle ({calibration['scored_by']}, tau {calibration['tau']:.3g})")
+               label=f"oracle (tau {calibration['tau']:.3g}; {calibration['folds']} fold(s))")
     for b in bins:
       right.annotate(str(b["examples"]), (b["predicted"], b["observed"]), fontsize=7)
     right.set(xlabel="predicted probability of the top candidate", ylabel="observed frequency",
