@@ -53,6 +53,7 @@ def training(steps_sft: int = 300, steps_preference: int = 100) -> dict:
       mesh=ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1)),
       vocab_chunk=8192,
       methods=("sft", "dpo"),
+      seeds=(),  # e.g. (0, 1, 2): the model units once per seed (README); (): one run
       negatives=ml_collections.ConfigDict(dict(
           strategies=("random", "self_hard", "semantic", "popularity"), popularity_alpha=1.0,
           max_prompts=0, max_new_tokens=32, batch_size=32)),
@@ -76,6 +77,9 @@ def training(steps_sft: int = 300, steps_preference: int = 100) -> dict:
           steps=steps_preference, batch_size=16, accum_steps=1, log_every=10, eval_every=0,
           checkpoint_every=50, keep_checkpoints=2, beta=1.0, sdpo_k=3,
           rosepo_form="conservative", sft_weight=0.0, max_prompts=0,
+          # METHOD.md section 3's mixture: each negatives-stage pair's loss weight by strategy
+          strategy_weights=dict(random=1.0, self_hard=1.0, semantic=1.0, popularity=1.0,
+                                hallucination=1.0),
           reference="precomputed",  # or "online": the frozen SFT model runs in every step
           optim=dict(learning_rate=1e-5, warmup_steps=10, decay="linear", min_lr_ratio=0.0,
                      weight_decay=0.0, max_grad_norm=1.0))),

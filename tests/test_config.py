@@ -19,8 +19,16 @@ CONFIGS = sorted(f for f in os.listdir(os.path.join(REPO, "configs"))
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_every_config_parses(name):
-  config = config_lib.parse(_config(name))
+  raw = _config(name)
+  config = config_lib.parse(raw)
   assert config.methods and config.sft.steps > 0 and config.smoothing.eps_max < 0.5
+  # Keys a command line may override (--config.seeds=..., ...) must be in the file's ConfigDict:
+  # the launcher locks it, so an absent key cannot be set there.
+  for key in ("seeds", "oracle.folds", "smoothing.fit_tau", "preference.strategy_weights"):
+    node = raw
+    for part in key.split("."):
+      assert part in node, f"{name}: no {key}"
+      node = node[part]
 
 
 def test_values_are_typed_and_defaults_filled():

@@ -129,7 +129,7 @@ def run(ctx: Context, unit: Unit) -> int:
     if not online:
       batch["ref_logps"] = ref[idx]
     batch["eps"] = eps_table[idx]
-    if weights is not None and config.preference.strategy_weights:  # else every weight is 1
+    if weights is not None and any(w != 1.0 for w in config.preference.strategy_weights.values()):
       batch["weights"] = weights[idx]
     return batch
 
