@@ -70,7 +70,9 @@ def test_candidate_scoring_equals_separate_forwards(capsys):
   scores = scoring.score_responses(model, rows, batch_size=2, desc="eval test: candidate scores")
   assert scores.shape == (3, 20)
   bar = capsys.readouterr().err.split("\r")[-1]  # the progress bar's last state: count and rate
-  assert "eval test: candidate scores" in bar and "3/3" in bar and "prompt/s" in bar, bar
+  # The rate reads prompt/s, or s/prompt on a slow (loaded) machine.
+  assert "eval test: candidate scores" in bar and "3/3" in bar, bar
+  assert "prompt/s" in bar or "s/prompt" in bar, bar
   for i, row in enumerate(rows):
     for j, resp in enumerate(row.responses):
       assert_close(scores[i, j], naive_response_logp(model, row.prompt, resp))
