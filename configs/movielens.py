@@ -13,7 +13,7 @@ def get_config():
       split_file="../shared/data/llara_movielens/split_users.json",
       eval_rows_dir="../shared/data/llara_movielens/jsonl"))
   c.prompt = ml_collections.ConfigDict(dict(domain="movies", templates=(), title_format="auto"))
-  c.tokenizer = ml_collections.ConfigDict(dict(kind="bpe", vocab_size=8192, path=""))
+  c.tokenizer = common.bpe_tokenizer(8192)
   # CPU-sized: a small Llama from scratch; real quality needs a GPU or a pretrained backbone.
   c.update(common.training(steps_sft=2000, steps_preference=500))
   c.model.overrides.max_position_embeddings = 1024

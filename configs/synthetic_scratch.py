@@ -14,7 +14,7 @@ from configs import common
 def get_config():
   c = ml_collections.ConfigDict()
   c.update(common.synthetic_data())
-  c.tokenizer = ml_collections.ConfigDict(dict(kind="bpe", vocab_size=1024, path=""))
+  c.tokenizer = common.bpe_tokenizer(1024)
   c.update(common.training(steps_sft=300, steps_preference=100))
   c.methods = ("sft", "dpo", "rosepo")
   return c

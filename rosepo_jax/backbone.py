@@ -12,6 +12,7 @@ import os
 from rosepo_jax import checkpoints
 from rosepo_jax import model as model_lib
 from rosepo_jax.config import ModelSection
+from rosepo_jax.data.codec import Codec
 
 
 def _dtypes(m: ModelSection) -> dict:
@@ -39,13 +40,14 @@ def architecture(m: ModelSection) -> model_lib.ModelConfig:
   return cfg
 
 
-def build_model(m: ModelSection, tok) -> model_lib.Decoder:
+def build_model(m: ModelSection, codec: Codec) -> model_lib.Decoder:
   """The SFT starting point: the preset initialised from scratch (with copy heads in
-  `m.copy_init_layers`), or the pretrained checkpoint; LoRA adapters added when configured."""
+  `m.copy_init_layers`; its vocabulary covers every id of `codec`, title tokens included), or
+  the pretrained checkpoint; LoRA adapters added when configured."""
   if m.init == "scratch":
-    cfg = model_lib.get_config(m.preset, vocab_size=scratch_vocab_size(len(tok)),
-                               bos_token_id=None, eos_token_ids=(tok.eos_token_id,),
-                               pad_token_id=tok.pad_token_id, **m.overrides, **_dtypes(m))
+    cfg = model_lib.get_config(m.preset, vocab_size=scratch_vocab_size(codec.vocab_size),
+                               bos_token_id=None, eos_token_ids=(codec.eos_token_id,),
+                               pad_token_id=codec.pad_token_id, **m.overrides, **_dtypes(m))
     model = model_lib.init_model(cfg, seed=m.seed)
     if m.copy_init_layers:
       model = model_lib.init_copy_heads(model, m.copy_init_layers, m.copy_init_gain, seed=m.seed)
@@ -54,9 +56,9 @@ def build_model(m: ModelSection, tok) -> model_lib.Decoder:
       raise ValueError(f"config.model.copy_init_layers={m.copy_init_layers} applies only to a "
                        f"model trained from scratch, not to config.model.init={m.init!r}")
     model = checkpoints.load_model(m.init, **_dtypes(m))
-    if model.cfg.vocab_size < len(tok):
+    if model.cfg.vocab_size < codec.vocab_size:
       raise ValueError(f"config.model.init={m.init}: vocabulary {model.cfg.vocab_size} is "
-                       f"smaller than the tokenizer's {len(tok)}")
+                       f"smaller than the tokenizer's {codec.vocab_size}")
   return add_lora(m, model)
 
 

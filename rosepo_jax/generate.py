@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rosepo_jax import multihost, progress, sharding
+from rosepo_jax.data.codec import Codec
 from rosepo_jax.model import Decoder, KVCache, positions_from_mask
 
 
@@ -249,9 +250,9 @@ def trim_at_eos(tokens: Sequence[int], eos_ids: Sequence[int]) -> list[int]:
   return out
 
 
-def greedy_answers(model: Decoder, tok, prompt_ids: Sequence[Sequence[int]], batch_size: int,
-                   max_new_tokens: int, desc: str = "decoding") -> list[str]:
-  """Greedy answers (decoded up to EOS, stripped) of `model` to each prompt.
+def greedy_answers(model: Decoder, codec: Codec, prompt_ids: Sequence[Sequence[int]],
+                   batch_size: int, max_new_tokens: int, desc: str = "decoding") -> list[str]:
+  """Greedy answers (decoded by `codec` up to EOS, stripped) of `model` to each prompt.
 
   Prompts are left-padded to a multiple of 32 tokens and chunks are filled up to `batch_size`
   (repeating the last prompt), so few shapes are ever compiled. Shows progress as `desc`.
@@ -264,9 +265,9 @@ def greedy_answers(model: Decoder, tok, prompt_ids: Sequence[Sequence[int]], bat
     real = len(chunk)
     chunk += [chunk[-1]] * (batch_size - real)
     length = -(-max(len(p) for p in chunk) // 32) * 32
-    tokens, valid = left_pad(chunk, tok.pad_token_id, length)
+    tokens, valid = left_pad(chunk, codec.pad_token_id, length)
     out = greedy_generate(model, tokens, valid, max_new_tokens)
-    answers += [tok.decode(trim_at_eos(row.tolist(), eos)).strip() for row in out[:real]]
+    answers += [codec.decode(trim_at_eos(row.tolist(), eos)).strip() for row in out[:real]]
     bar.update(real)
   bar.close()
   return answers

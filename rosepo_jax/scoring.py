@@ -19,6 +19,7 @@ import numpy as np
 from rosepo_jax import multihost, progress, sharding
 from rosepo_jax.data import batching
 from rosepo_jax.data.batching import EncodedRow
+from rosepo_jax.data.codec import Codec
 from rosepo_jax.model import Decoder, prefix_shared_mask
 
 
@@ -112,8 +113,8 @@ def _score_fn(graphdef, num_responses: int, vocab_chunk: int):
       nnx.merge(graphdef, state), batch, num_responses, vocab_chunk)[0])
 
 
-def candidate_rows(tok, prompt_ids: Sequence[Sequence[int]], candidates: Sequence[Sequence[int]],
-                   titles: Sequence[str]) -> list[EncodedRow]:
+def candidate_rows(codec: Codec, prompt_ids: Sequence[Sequence[int]],
+                   candidates: Sequence[Sequence[int]], titles: Sequence[str]) -> list[EncodedRow]:
   """One row per prompt: its ids and every candidate's response ids (title + EOS), for scoring
   all candidates of a prompt in one forward; `candidates[n]` are prompt n's item ids."""
   title_ids: dict[int, tuple[int, ...]] = {}
@@ -121,6 +122,6 @@ def candidate_rows(tok, prompt_ids: Sequence[Sequence[int]], candidates: Sequenc
   for prompt, items in zip(prompt_ids, candidates):
     for c in items:
       if c not in title_ids:
-        title_ids[c] = batching.encode_response(tok, titles[c])
+        title_ids[c] = codec.encode_response(titles[c])
     rows.append(EncodedRow(tuple(prompt), tuple(title_ids[c] for c in items)))
   return rows

@@ -467,12 +467,13 @@ def batch_flops_fn(cfg, lora: bool, online_reference: bool = False):
   return fn
 
 
-def save_trained(trainer: Trainer, state: TrainState, folder: str, tok,
+def save_trained(trainer: Trainer, state: TrainState, folder: str, codec,
                  adapter_folder: str = "") -> None:
-  """The trained model (LoRA merged into the weights) as an orbax model dir with its tokenizer;
+  """The trained model (LoRA merged into the weights) as an orbax model dir with its tokenizer
+  (`codec`: a `data.codec.Codec` or an HF tokenizer, anything with ``save_pretrained``);
   a LoRA model's adapters also alone, as a PEFT folder in `adapter_folder`. Collective in a
   multi-process job (every process writes its shards)."""
   model = trainer.model(state.params)
-  checkpoints.save_orbax(merge_lora(model), folder, tokenizer=tok)
+  checkpoints.save_orbax(merge_lora(model), folder, tokenizer=codec)
   if adapter_folder and model.cfg.lora_rank:
     peft.save_adapter(model, adapter_folder)

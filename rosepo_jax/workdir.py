@@ -42,7 +42,8 @@ from rosepo_jax.data.candidates import subset_indices
 from rosepo_jax.data import lengths as lengths_lib
 from rosepo_jax.data import prompts
 from rosepo_jax.data import tokenizer as tokenizer_lib
-from rosepo_jax.data.batching import BatchShape, encode_prompts, encode_response
+from rosepo_jax.data.batching import BatchShape
+from rosepo_jax.data.codec import Codec
 from rosepo_jax.data.records import SPLITS
 
 
@@ -344,6 +345,7 @@ class Context:
     self._seeds: dict[int, Context] = {}
     self._dataset: dataset_lib.RecDataset | None = None
     self._tokenizer = None
+    self._codec: Codec | None = None
     self._encoded: dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]] = {}
     self._max_seq_len = 0
     self._title_format = ""
@@ -359,8 +361,8 @@ class Context:
       other.config, other.paths = self.config.for_seed(seed), Paths(self.paths.root, seed)
       self._seeds[seed] = other
     other = self._seeds[seed]
-    other._dataset, other._tokenizer, other._encoded = (  # pylint: disable=protected-access
-        self._dataset, self._tokenizer, self._encoded)
+    other._dataset, other._tokenizer, other._codec, other._encoded = (  # pylint: disable=protected-access
+        self._dataset, self._tokenizer, self._codec, self._encoded)
     return other
 
   @property
@@ -381,7 +383,16 @@ class Context:
 
   def set_tokenizer(self, tok) -> None:
     """The data stage's freshly built tokenizer (encoded examples of another one are dropped)."""
-    self._tokenizer, self._encoded = tok, {}
+    self._tokenizer, self._codec, self._encoded = tok, None, {}
+
+  @property
+  def codec(self) -> Codec:
+    """Prompts, titles and answers <-> ids: the tokenizer, with the catalogue's titles as tokens
+    when config.tokenizer.title_tokens (`data.codec`)."""
+    if self._codec is None:
+      self._codec = Codec(self.tokenizer, self.dataset.titles
+                          if self.config.tokenizer.title_tokens else None)
+    return self._codec
 
   def _row_bounds(self, catalogue_max: int) -> tuple[int, int, int]:
     """(most rejected responses of a configured method, bound on a non-candidate rejected
@@ -440,22 +451,29 @@ class Context:
     m = self.config.mesh
     return sharding.make_mesh(data=m.data, fsdp=m.fsdp, tensor=m.tensor)
 
-  def example_prompt(self, split: str, ex, candidate_titles: Sequence[str] | None = None) -> str:
-    """The exact prompt text of an example (template chosen per example when several); with
-    `candidate_titles`, the same prompt showing those candidates instead of all of the example's."""
+  def example_pieces(self, split: str, ex, candidate_titles: Sequence[str] | None = None
+                     ) -> list[prompts.Piece]:
+    """The prompt of an example as pieces (`prompts.render_pieces`; template chosen per example
+    when several); with `candidate_titles`, the same prompt showing those candidates instead of
+    all of the example's."""
     templates = prompts.templates_for(self.config.prompt, self.dataset.name, self.title_format)
     template = prompts.choose_template(templates, self.config.data.seed, split, ex.index)
-    return prompts.render_prompt(template, ex.history_titles,
+    return prompts.render_pieces(template, ex.history_titles,
                                  ex.candidate_titles if candidate_titles is None
                                  else candidate_titles, self.title_format)
+
+  def example_prompt(self, split: str, ex) -> str:
+    """The exact prompt text of an example (its pieces joined)."""
+    return "".join(text for text, _ in self.example_pieces(split, ex))
 
   @property
   def title_format(self) -> str:
     """How prompts list titles: config.prompt.title_format, "auto" resolved on the catalogue."""
     if not self._title_format:
       try:
-        self._title_format = prompts.resolve_title_format(self.config.prompt.title_format,
-                                                          self.dataset.titles)
+        self._title_format = prompts.resolve_title_format(
+            self.config.prompt.title_format, self.dataset.titles,
+            self.config.tokenizer.title_tokens)
       except ValueError as e:
         raise ConfigError(f"config.{e}") from None
     return self._title_format
@@ -474,9 +492,9 @@ class Context:
 
   def _encode(self, split: str, examples) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
     """(prompt ids, target response ids) of `examples` of `split`."""
-    tok = self.tokenizer
-    prompt_ids = encode_prompts(tok, [self.example_prompt(split, ex) for ex in examples])
-    return [(p, encode_response(tok, ex.target_title)) for p, ex in zip(prompt_ids, examples)]
+    codec = self.codec
+    prompt_ids = codec.encode_prompts([self.example_pieces(split, ex) for ex in examples])
+    return [(p, codec.encode_response(ex.target_title)) for p, ex in zip(prompt_ids, examples)]
 
   def encoded_examples(self, split: str, limit: int = 0
                        ) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:

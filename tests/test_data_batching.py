@@ -7,6 +7,7 @@ import pytest
 
 from rosepo_jax import model as M
 from rosepo_jax.data import batching as B
+from rosepo_jax.data.codec import Codec
 
 
 def test_pack_layout_and_scored_tokens():
@@ -87,6 +88,7 @@ def test_encode_prompts_equals_one_call_per_prompt():
   raw.train_from_iterator(texts, trainers.BpeTrainer(
       vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
   tok = PreTrainedTokenizerFast(tokenizer_object=raw)
-  assert B.encode_prompts(tok, texts) == [
+  codec = Codec(tok)
+  assert codec.encode_prompts([[(t, False)] for t in texts]) == [
       tuple(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
-  assert B.encode_prompts(tok, []) == []
+  assert codec.encode_prompts([]) == []

@@ -14,7 +14,7 @@ import pytest
 from rosepo_jax import pipeline, scoring
 from rosepo_jax.config import ConfigError
 from rosepo_jax.data import batching
-from rosepo_jax.data.batching import encode_response
+from rosepo_jax.data import codec as codec_lib
 from rosepo_jax.stages import data as data_stage
 from rosepo_jax.stages import sft
 from rosepo_jax.data import prompts
@@ -239,12 +239,12 @@ def test_max_seq_len_zero_is_sized_from_the_longest_row(tmp_path):
   data_stage.run(context(config, tmp_path))
   ctx = context(config, tmp_path)
   rows = ctx.longest_rows()
-  ds, tok = ctx.dataset, ctx.tokenizer
+  ds, codec = ctx.dataset, ctx.codec
   expect = {"sft": 0, "scoring": 0, "decoding": 0, "preference": 0}
   for split in ("train", "val", "test"):
     examples = ds.examples(split)
     for ex, (prompt, target) in zip(examples, ctx.encoded_examples(split)):
-      titles = [encode_response(tok, ds.titles[c]) for c in ex.candidates]
+      titles = [codec.encode_response(ds.titles[c]) for c in ex.candidates]
       others = sorted((len(t) for c, t in zip(ex.candidates, titles) if c != ex.target))
       expect["sft"] = max(expect["sft"], len(prompt) + len(target))
       expect["scoring"] = max(expect["scoring"], len(prompt) + sum(map(len, titles)))
@@ -297,7 +297,7 @@ def test_a_tokenizer_that_adds_bos_starts_every_prompt_with_it(tmp_path):
   config = _demo(users=60)
   plain = context(config, tmp_path / "plain")
   data_stage.run(plain)
-  assert batching.bos_prefix(plain.tokenizer) == ()
+  assert codec_lib.bos_prefix(plain.tokenizer) == ()
   tok = AutoTokenizer.from_pretrained(str(tmp_path / "plain" / "data" / "tokenizer"))
   tok.add_special_tokens({"bos_token": "<s>"})
   bos = tok.bos_token_id
@@ -308,11 +308,11 @@ def test_a_tokenizer_that_adds_bos_starts_every_prompt_with_it(tmp_path):
   config.sft.candidate_curriculum = ((10, 5),)
   ctx = context(config, tmp_path / "bos")
   data_stage.run(ctx)
-  assert batching.bos_prefix(ctx.tokenizer) == (bos,)
+  assert codec_lib.bos_prefix(ctx.tokenizer) == (bos,)
   with_bos, without = ctx.encoded_examples("test"), plain.encoded_examples("test")
   assert [p for p, _ in with_bos] == [(bos,) + p for p, _ in without]  # decoding prompts
   assert [r for _, r in with_bos] == [r for _, r in without] and bos not in with_bos[0][1]
-  rows = scoring.candidate_rows(ctx.tokenizer, [p for p, _ in with_bos],
+  rows = scoring.candidate_rows(ctx.codec, [p for p, _ in with_bos],
                                 [ex.candidates for ex in ctx.dataset.examples("test")],
                                 ctx.dataset.titles)
   assert all(r.prompt[0] == bos and r.prompt.count(bos) == 1 for r in rows)  # scoring rows

@@ -16,7 +16,7 @@ import pytest
 
 from rosepo_jax import checkpoints, generate, losses, methods, pipeline, scoring
 from rosepo_jax import oracle as O
-from rosepo_jax.data.batching import encode_prompts
+from rosepo_jax.data.codec import Codec
 from rosepo_jax.data.candidates import subset_indices
 from rosepo_jax.stages import eval as eval_stage
 from rosepo_jax.stages import preference
@@ -112,9 +112,10 @@ def test_export_loads_in_transformers_and_answers_like_ours(finished_run):
   tok = AutoTokenizer.from_pretrained(folder)
   ours = checkpoints.load_orbax(os.path.join(workdir, "rosepo", "model"))
   ctx = context(_config(), workdir)  # prompts encoded by the exported tokenizer
-  prompt_ids = encode_prompts(tok, [ctx.example_prompt("test", ex)
-                                    for ex in ctx.dataset.examples("test", 20)])
-  answers = generate.greedy_answers(ours, tok, prompt_ids, 8, 6)
+  codec = Codec(tok)
+  prompt_ids = codec.encode_prompts([ctx.example_pieces("test", ex)
+                                     for ex in ctx.dataset.examples("test", 20)])
+  answers = generate.greedy_answers(ours, codec, prompt_ids, 8, 6)
   for ids, answer in zip(prompt_ids, answers):
     out = theirs.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False,
                           eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)

@@ -11,7 +11,8 @@ import pytest
 from rosepo_jax import backbone, checkpoints, methods, pipeline
 from rosepo_jax import config as config_lib
 from rosepo_jax.stages import preference, sft
-from rosepo_jax.workdir import read_records
+from rosepo_jax.data.codec import Codec
+from rosepo_jax.workdir import read_jsonl, read_records
 from test_data_pipeline import _config
 from test_model import _value_output_map
 
@@ -24,11 +25,8 @@ def _tiny(steps=4):
 
 
 class _Vocab:
-  """What build_model reads of a tokenizer."""
-  eos_token_id, pad_token_id = 1, 0
-
-  def __len__(self):
-    return 300
+  """What build_model reads of a codec."""
+  eos_token_id, pad_token_id, vocab_size = 1, 0, 300
 
 
 def test_build_model_copy_init_layers():
@@ -165,3 +163,38 @@ def test_sft_candidate_curriculum(tmp_path):
     config.sft.candidate_curriculum = bad
     with pytest.raises(ValueError, match="config.sft.candidate_curriculum"):
       config_lib.parse(config)
+
+
+def test_title_tokens_through_the_pipeline(tmp_path):
+  """config.tokenizer.title_tokens: every title is one token after the BPE's vocabulary; the data
+  stats split the vocabulary; prompts hold the history and candidate titles as their tokens,
+  responses and pairs are (title token, EOS); answers decode to titles, so a valid answer is a
+  candidate's title; the saved models and the export carry the title vocabulary."""
+  config = _tiny(steps=2)
+  config.tokenizer.title_tokens = True
+  config.methods = ["sft", "rosepo"]
+  workdir = str(tmp_path)
+  pipeline.run(config, workdir, ["all"])
+  ctx = context(config, workdir)
+  codec, ds = ctx.codec, ctx.dataset
+  stats = json.load(open(tmp_path / "data" / "stats.json"))
+  assert stats["tokenizer"] == {"kind": "bpe", "subwords": len(ctx.tokenizer),
+                                "title_tokens": ds.num_items,
+                                "vocab_size": len(ctx.tokenizer) + ds.num_items}
+  assert stats["splits"]["test"]["prompt_tokens"]["max"] > 0
+  offset = codec.title_offset
+  for ex, (prompt, response) in zip(ds.examples("train")[:50], ctx.encoded_examples("train")):
+    assert [i - offset for i in prompt if i >= offset] == list(ex.history + ex.candidates)
+    assert response == (offset + ex.target, codec.eos_token_id)
+    assert codec.decode(prompt) == ctx.example_prompt("train", ex)
+  for p in read_records(ctx.paths.pairs):
+    assert p["chosen"][0] - offset == ds.examples_at("train", [p["example"]])[0].target
+    if p["rejected_item"] >= 0:
+      assert p["rejected"] == [offset + p["rejected_item"], codec.eos_token_id]
+  for p in read_jsonl(ctx.paths.eval_predictions("rosepo")):
+    assert p["valid"] == (p["answer"] in p["candidates"])
+  model = checkpoints.load_orbax(ctx.paths.model("rosepo"))
+  assert model.cfg.vocab_size >= codec.vocab_size
+  for folder in (ctx.paths.model("rosepo"), ctx.paths.export("rosepo")):
+    saved = Codec.load(folder)
+    assert saved.title_offset == offset and list(saved.titles) == ds.titles

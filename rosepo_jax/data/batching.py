@@ -23,8 +23,6 @@ import dataclasses
 
 import numpy as np
 
-from rosepo_jax.data.prompts import response_text
-
 PAD_SEGMENT, PROMPT_SEGMENT = 0, 1
 
 
@@ -40,31 +38,6 @@ class EncodedRow:
   @property
   def scored(self) -> int:
     return sum(len(r) for r in self.responses)
-
-
-def bos_prefix(tokenizer) -> tuple[int, ...]:
-  """(BOS id,) when the tokenizer starts a text with its BOS token (Llama-2, Llama-3), else ()
-  (SmolLM2, Qwen2, our BPE). Read from the tokenizer's own behaviour, not from a model list."""
-  bos = getattr(tokenizer, "bos_token_id", None)
-  if bos is None:
-    return ()
-  ids = tokenizer("a", add_special_tokens=True)["input_ids"]
-  return (bos,) if ids[:1] == [bos] else ()
-
-
-def encode_prompts(tokenizer, texts: Sequence[str]) -> list[tuple[int, ...]]:
-  """Token ids of each prompt text, in one batched tokenizer call (a fast tokenizer encodes a
-  batch in parallel, many times faster than one call per prompt). A prompt starts with the BOS
-  token when the tokenizer adds one (`bos_prefix`); no other special token is added."""
-  if not texts:
-    return []
-  bos = bos_prefix(tokenizer)
-  return [bos + tuple(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
-
-
-def encode_response(tokenizer, title: str) -> tuple[int, ...]:
-  ids = tokenizer(response_text(title), add_special_tokens=False)["input_ids"]
-  return tuple(ids) + (tokenizer.eos_token_id,)
 
 
 def _round_up(n: int, multiple: int) -> int:

@@ -4,13 +4,15 @@ A template is a format string with {history}, {candidates} and {n}. How a list o
 written is the title format:
   comma  "A, B, C": unambiguous only while no title contains ", "
   lines  one "- title" line per title: unambiguous for every title without a newline
-  auto   (config default) comma when no title of the catalogue contains ", ", else lines
+  auto   (config default) comma when no title of the catalogue contains ", " or titles are
+         tokens (`data.codec`), else lines
 The response is " " + target title, followed by EOS at tokenization time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+import string
 
 from rosepo_jax.data.candidates import example_rng
 
@@ -32,23 +34,64 @@ DATASET_DOMAINS = {"lastfm": "music", "movielens100k": "movies", "synthetic": "i
 PROMPT_PURPOSE = 1  # rng stream id for template sampling (the rest: candidates.py)
 
 
-def join_titles(titles: Sequence[str], title_format: str) -> str:
-  if title_format == "lines":
-    return "\n".join("- " + t for t in titles)
-  return ", ".join(titles)
+Piece = tuple[str, bool]  # (text, is a title)
+
+
+def title_pieces(titles: Sequence[str], title_format: str) -> list[Piece]:
+  """A list of titles as pieces: each title, and the separators of the title format around it."""
+  out: list[Piece] = []
+  for k, t in enumerate(titles):
+    if title_format == "lines":
+      out += [("\n- " if k else "- ", False), (t, True)]
+    else:
+      out += ([(", ", False)] if k else []) + [(t, True)]
+  return out
+
+
+def render_pieces(template: str, history: Sequence[str], candidates: Sequence[str],
+                  title_format: str = "comma") -> list[Piece]:
+  """The prompt as pieces in order: template text and titles, each title marked where the
+  template placed it (never found by matching text), so a tokenizer can give it its own token.
+  Empty text pieces are dropped; adjacent text pieces are merged."""
+  lists = {"history": title_pieces(history, title_format),
+           "candidates": title_pieces(candidates, title_format)}
+  out: list[Piece] = []
+  for literal, field, _, _ in string.Formatter().parse(template):
+    parts = [(literal, False)]
+    if field is not None:
+      parts += lists[field] if field in lists else [(template_field(field, len(candidates)),
+                                                     False)]
+    for text, is_title in parts:
+      if not text:
+        continue
+      if out and not is_title and not out[-1][1]:
+        out[-1] = (out[-1][0] + text, False)
+      else:
+        out.append((text, is_title))
+  return out
+
+
+def template_field(field: str, n: int) -> str:
+  if field != "n":
+    raise ValueError(f"prompt template field {{{field}}}: expected {{history}}, {{candidates}} "
+                     "or {n}")
+  return str(n)
 
 
 def render_prompt(template: str, history: Sequence[str], candidates: Sequence[str],
                   title_format: str = "comma") -> str:
-  return template.format(history=join_titles(history, title_format),
-                         candidates=join_titles(candidates, title_format), n=len(candidates))
+  """The prompt text: its pieces (`render_pieces`) joined."""
+  return "".join(text for text, _ in render_pieces(template, history, candidates, title_format))
 
 
-def resolve_title_format(title_format: str, titles: Sequence[str]) -> str:
+def resolve_title_format(title_format: str, titles: Sequence[str],
+                         title_tokens: bool = False) -> str:
   """The title format a catalogue is shown in: `title_format`, or for "auto" the comma format
-  unless a title contains its separator. A title with a newline cannot be shown as lines."""
+  unless a title written as text contains its separator (a title token is never split, so with
+  `title_tokens` "auto" is always comma). A title with a newline cannot be shown as lines."""
   if title_format == "auto":
-    title_format = "lines" if any(", " in t for t in titles) else "comma"
+    title_format = ("lines" if not title_tokens and any(", " in t for t in titles)
+                    else "comma")
   if title_format not in TITLE_FORMATS:
     raise ValueError(f"prompt.title_format={title_format!r}; expected auto or one of "
                      f"{list(TITLE_FORMATS)}")

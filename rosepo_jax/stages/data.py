@@ -4,7 +4,9 @@ Reads config: data, prompt, tokenizer; and, from outside DIR, the raw dataset fi
 pretrained tokenizer (their content fingerprint is part of the unit's key: an edited file reruns it).
 Consumes: nothing (the raw files of config.data, or the synthetic world).
 Writes: DIR/data/tfds (TFDS, array_record), DIR/data/tokenizer (a BPE trained here; nothing for a
-pretrained tokenizer), DIR/data/stats.json, DIR/data/row_lengths.npz (the token counts that bound
+pretrained tokenizer; with title tokens the BPE of the text around titles: the title tokens follow
+it, one per catalogue item, `data.codec`), DIR/data/stats.json (with the vocabulary split into
+subwords and title tokens, and prompt lengths per split), DIR/data/row_lengths.npz (the token counts that bound
 every later row, `data.lengths`). Stops before any training when config.data.max_seq_len is
 shorter than the longest row a later stage of this config will build.
 
@@ -23,20 +25,24 @@ from rosepo_jax.data import dataset as dataset_lib
 from rosepo_jax.data import lengths as lengths_lib
 from rosepo_jax.data import prompts
 from rosepo_jax.data import tokenizer as tokenizer_lib
-from rosepo_jax.data.batching import encode_prompts, encode_response
 from rosepo_jax.workdir import (Context, Paths, Stage, Unit, fingerprint, save_npz, single_unit,
                                 write_json)
 
 
 def build_tokenizer(ctx: Context):
   """Trains the BPE on the training prompts and titles (kind "bpe") and saves it, or loads the
-  backbone's tokenizer (kind "pretrained")."""
+  backbone's tokenizer (kind "pretrained"). With title tokens the BPE learns the prompts' text
+  around the titles, which are tokens of their own (`data.codec`)."""
   t = ctx.config.tokenizer
   if t.kind == "pretrained":
     return tokenizer_lib.load_pretrained_tokenizer(t.path)
   ds = ctx.dataset
-  texts = [ctx.example_prompt("train", ex) for ex in ds.examples("train")]
-  texts += [prompts.response_text(title) for title in ds.titles]
+  pieces = [ctx.example_pieces("train", ex) for ex in ds.examples("train")]
+  if t.title_tokens:
+    texts = [text for p in pieces for text, is_title in p if not is_title]
+  else:
+    texts = ["".join(text for text, _ in p) for p in pieces]
+    texts += [prompts.response_text(title) for title in ds.titles]
   tok = tokenizer_lib.train_bpe(texts, t.vocab_size)
   tokenizer_lib.save_tokenizer(tok, ctx.paths.tokenizer)
   return tok
@@ -55,19 +61,21 @@ def prepare(ctx: Context) -> dict:
   """The data stage's work, in one process."""
   t0 = time.time()
   ds = ctx.dataset
-  tok = build_tokenizer(ctx)
-  ctx.set_tokenizer(tok)
+  ctx.set_tokenizer(build_tokenizer(ctx))
+  codec = ctx.codec
   stats = {"dataset": ds.name, "catalogue_size": ds.num_items,
            "duplicate_titles_resolved": ds.duplicate_titles,
            "num_candidates": ctx.config.data.num_candidates, "title_format": ctx.title_format,
            "splits": {},
-           "tokenizer": {"kind": ctx.config.tokenizer.kind, "vocab_size": len(tok)}}
-  response_len_I = np.array([len(encode_response(tok, t)) for t in ds.titles], np.int64)
+           "tokenizer": {"kind": ctx.config.tokenizer.kind, "vocab_size": codec.vocab_size,
+                         "subwords": len(codec.tokenizer),
+                         "title_tokens": codec.vocab_size - len(codec.tokenizer)}}
+  response_len_I = np.array([len(codec.encode_response(t)) for t in ds.titles], np.int64)
   row_lengths = {"catalogue_max": response_len_I.max()}
   for split in ("train", "val", "test"):
     examples = ds.examples(split)
     split_stats = dataset_lib.split_stats(examples)
-    prompt_ids = encode_prompts(tok, [ctx.example_prompt(split, ex) for ex in examples])
+    prompt_ids = codec.encode_prompts([ctx.example_pieces(split, ex) for ex in examples])
     per_example = lengths_lib.example_lengths(
         prompt_ids, [ex.target for ex in examples], [ex.candidates for ex in examples],
         response_len_I)

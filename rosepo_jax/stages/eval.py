@@ -42,15 +42,15 @@ def evaluate_model(ctx: Context, model, split: str, limit: int = 0) -> tuple[dic
   When the dataset defines eval subsets of `split` (e.g. LLaRA's one-row-per-user rows),
   ``figures["subsets"][name]`` holds the same figures over the subset's evaluated examples.
   """
-  section, ds, tok = ctx.config.eval, ctx.dataset, ctx.tokenizer
+  section, ds, codec = ctx.config.eval, ctx.dataset, ctx.codec
   examples, encoded = ctx.sample(split, limit)
   prompt_ids = [p for p, _ in encoded]
-  answers = generate.greedy_answers(model, tok, prompt_ids, section.batch_size,
+  answers = generate.greedy_answers(model, codec, prompt_ids, section.batch_size,
                                     section.max_new_tokens, desc=f"eval {split}: answers")
   scores = None
   if section.ranking:
     scores = scoring.score_responses(
-        model, scoring.candidate_rows(tok, prompt_ids, [ex.candidates for ex in examples],
+        model, scoring.candidate_rows(codec, prompt_ids, [ex.candidates for ex in examples],
                                       ds.titles),
         batch_size=max(section.batch_size // 4, 1), shape=ctx.batch_shape,
         vocab_chunk=ctx.config.vocab_chunk, desc=f"eval {split}: candidate scores")

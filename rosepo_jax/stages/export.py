@@ -29,8 +29,8 @@ def _adapter_base(ctx: Context, run: str) -> str:
   if init and os.path.isfile(os.path.join(init, "config.json")):
     return os.path.abspath(init)
   folder = os.path.join(ctx.paths.export("sft"), "base")
-  base = backbone.build_model(dataclasses.replace(m, lora_rank=0), ctx.tokenizer)
-  checkpoints.save_hf(base, folder, tokenizer=ctx.tokenizer)
+  base = backbone.build_model(dataclasses.replace(m, lora_rank=0), ctx.codec)
+  checkpoints.save_hf(base, folder, tokenizer=ctx.codec)
   return os.path.abspath(folder)
 
 
@@ -39,7 +39,7 @@ def run(ctx: Context, unit: Unit) -> dict:
   takes part (the weights are gathered), the leader writes."""
   folder = ctx.paths.export(unit.run)
   model = checkpoints.load_orbax(ctx.paths.model(unit.run), mesh=ctx.mesh())
-  summary = checkpoints.save_hf(model, folder, tokenizer=ctx.tokenizer,
+  summary = checkpoints.save_hf(model, folder, tokenizer=ctx.codec,
                                 dtype=ctx.config.export.dtype or None)
   adapter = ctx.paths.adapter(unit.run)
   if os.path.isdir(adapter):

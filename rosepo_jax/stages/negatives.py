@@ -24,7 +24,7 @@ import numpy as np
 
 from rosepo_jax import checkpoints, generate, metrics, multihost, negatives, scoring
 from rosepo_jax import oracle as oracle_lib
-from rosepo_jax.data.batching import EncodedRow, encode_response
+from rosepo_jax.data.batching import EncodedRow
 from rosepo_jax.stages import oracle as oracle_stage
 from rosepo_jax.workdir import (Context, Paths, Stage, Unit, read_json, write_json,
                                 write_records)
@@ -34,7 +34,7 @@ from rosepo_jax.workdir import (Context, Paths, Stage, Unit, read_json, write_js
 def sft_answers(ctx: Context, reference, examples, encoded) -> tuple[list[str], list[int | None]]:
   """The SFT model's greedy answers and the candidate each one names (None: no candidate)."""
   section = ctx.config.negatives
-  answers = generate.greedy_answers(reference, ctx.tokenizer, [p for p, _ in encoded],
+  answers = generate.greedy_answers(reference, ctx.codec, [p for p, _ in encoded],
                                     section.batch_size, section.max_new_tokens,
                                     desc="negatives: SFT answers")
   items = []
@@ -56,14 +56,14 @@ def smoothing_settings(ctx: Context) -> oracle_lib.SmoothingConfig:
 def run(ctx: Context, unit: Unit | None = None) -> dict:
   """Builds and writes the pairs; returns the stats."""
   del unit
-  config, section, tok, ds = ctx.config, ctx.config.negatives, ctx.tokenizer, ctx.dataset
+  config, section, codec, ds = ctx.config, ctx.config.negatives, ctx.codec, ctx.dataset
   strategies = {name: negatives.STRATEGIES[name] for name in section.strategies}
   needs = set().union(*(s.needs for s in strategies.values())) if strategies else set()
   examples, encoded = ctx.sample("train", section.max_prompts)
   reference = checkpoints.load_orbax(ctx.paths.model("sft"), mesh=ctx.mesh())
   oracle = oracle_lib.load_oracle(ctx.paths.oracle_model)
   fold_oracles, user_fold = oracle_stage.load_fold_oracles(ctx.paths)
-  eos = tok.eos_token_id
+  eos = codec.eos_token_id
 
   answers, answer_items = ([""] * len(examples), [None] * len(examples))
   if "answers" in needs:
@@ -72,16 +72,18 @@ def run(ctx: Context, unit: Unit | None = None) -> dict:
   if "candidate_logps" in needs:  # where the answer is not already a valid mistake
     todo = [i for i, (ex, item) in enumerate(zip(examples, answer_items))
             if item is None or item == ex.target]
-    rows = scoring.candidate_rows(tok, [encoded[i][0] for i in todo],
+    rows = scoring.candidate_rows(codec, [encoded[i][0] for i in todo],
                                   [examples[i].candidates for i in todo], ds.titles)
     scores = scoring.score_responses(reference, rows, batch_size=max(section.batch_size // 4, 1),
                                      shape=ctx.batch_shape, vocab_chunk=config.vocab_chunk,
                                      desc="negatives: candidate scores")
     cand_logps = dict(zip(todo, scores))
-  title_ids = [encode_response(tok, t)[:-1] or (eos,) for t in ds.titles]
+  response_ids = [codec.encode_response(t) for t in ds.titles]
   embeddings = None
-  if "embeddings" in needs:
-    embeddings = negatives.title_embeddings(title_ids, multihost.to_host(reference.embed[...]).astype(np.float32))
+  if "embeddings" in needs:  # closeness of the titles' text: the mean of their subword embeddings
+    text_ids = [codec.title_text_ids(t) or (eos,) for t in ds.titles]
+    embeddings = negatives.title_embeddings(
+        text_ids, multihost.to_host(reference.embed[...]).astype(np.float32))
 
   pairs = []  # (example position, strategy, rejected item or -1, rejected token ids)
   for i, ex in enumerate(examples):
@@ -91,11 +93,10 @@ def run(ctx: Context, unit: Unit | None = None) -> dict:
         answer_item=answer_items[i], candidate_logps=cand_logps.get(i))
     for name, strategy in strategies.items():
       item = strategy.choose(ex, evidence)
-      pairs.append((i, name, item, title_ids[item] + (eos,)))
+      pairs.append((i, name, item, response_ids[item]))
     if (any(s.hallucinations for s in strategies.values()) and answer_items[i] is None
         and answers[i]):
-      hallucination = tuple(tok(" " + answers[i], add_special_tokens=False)["input_ids"])
-      pairs.append((i, negatives.HALLUCINATION, -1, hallucination + (eos,)))
+      pairs.append((i, negatives.HALLUCINATION, -1, codec.encode_answer(answers[i]) + (eos,)))
 
   # Smoothing factors: the oracle's s(u, y_l) vs s(u, y_w) for candidates, a fixed eps otherwise.
   # Cross-fitted: each pair is scored by the fold oracle that never trained on its user.

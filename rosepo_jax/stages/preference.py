@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from rosepo_jax import backbone, checkpoints, methods, negatives, scoring, train
-from rosepo_jax.data.batching import EncodedRow, encode_response
+from rosepo_jax.data.batching import EncodedRow
 from rosepo_jax.workdir import Context, Paths, Stage, Unit, read_records, save_npz
 
 _PAIRS_HINT = "run the negatives stage first"
@@ -29,7 +29,7 @@ def random_pairs(ctx: Context, method: str, num_rejected: int, with_reference: b
   seed = ctx.config.data.seed
   rejected = np.array([negatives.random_rejected(ex.candidates, ex.target, num_rejected, seed,
                                                  "train", ex.index) for ex in examples])
-  rows = [EncodedRow(p, (r,) + tuple(encode_response(ctx.tokenizer, ctx.dataset.titles[j])
+  rows = [EncodedRow(p, (r,) + tuple(ctx.codec.encode_response(ctx.dataset.titles[j])
                                      for j in rej))
           for (p, r), rej in zip(encoded, rejected)]
   if not with_reference:
@@ -135,7 +135,7 @@ def run(ctx: Context, unit: Unit) -> int:
 
   state, _ = train.train_loop(trainer, batch_fn, section.loop(), ctx.paths.run(name),
                               batch_flops=train.batch_flops_fn(trainer.model_cfg, lora, online))
-  train.save_trained(trainer, state, ctx.paths.model(name), ctx.tokenizer,
+  train.save_trained(trainer, state, ctx.paths.model(name), ctx.codec,
                      ctx.paths.adapter(name))
   print(f"{name}: {state.step} steps on {len(rows)} prompts (k={k})", flush=True)
   return int(state.step)

@@ -13,7 +13,6 @@ candidates (`curriculum_phases`).
 from __future__ import annotations
 
 from rosepo_jax import backbone, checkpoints, train
-from rosepo_jax.data import batching
 from rosepo_jax.data import candidates as candidates_lib
 from rosepo_jax.data.batching import EncodedRow
 from rosepo_jax.workdir import Context, Paths, Stage, Unit, fingerprint, single_unit
@@ -39,11 +38,11 @@ def curriculum_phases(ctx: Context) -> list[tuple[int, list[EncodedRow]]]:
   responses = [r for _, r in ctx.encoded_examples("train")]
   out = []
   for end, shown in ctx.config.sft.candidate_curriculum:
-    texts = [ctx.example_prompt("train", ex, candidate_titles=(
+    pieces = [ctx.example_pieces("train", ex, candidate_titles=(
         candidates_lib.curriculum_subset(ex.candidate_titles, ex.target_title, shown, seed,
                                          "train", ex.index))) for ex in examples]
     out.append((end, [EncodedRow(p, (r,))
-                      for p, r in zip(batching.encode_prompts(ctx.tokenizer, texts), responses)]))
+                      for p, r in zip(ctx.codec.encode_prompts(pieces), responses)]))
   return out
 
 
@@ -61,7 +60,7 @@ def run(ctx: Context, unit: Unit | None = None) -> dict:
   phases = curriculum_phases(ctx)
   val = training_rows(ctx, "val")[:section.eval_examples]
   loss_fn = train.sft_loss_fn(config.vocab_chunk)
-  trainer = train.Trainer(backbone.build_model(config.model, ctx.tokenizer), loss_fn,
+  trainer = train.Trainer(backbone.build_model(config.model, ctx.codec), loss_fn,
                           train.make_optimizer(section.optim, section.steps),
                           mesh=ctx.mesh(), accum_steps=section.accum_steps)
   sampler = train.step_sampler(len(rows), section.batch_size, config.data.seed + config.model.seed)
@@ -73,7 +72,7 @@ def run(ctx: Context, unit: Unit | None = None) -> dict:
                                        1)[1],
       section.loop(best_metric="loss" if evaluate else ""), ctx.paths.run("sft"), evaluate,
       batch_flops=train.batch_flops_fn(trainer.model_cfg, bool(config.model.lora_rank)))
-  train.save_trained(trainer, state, ctx.paths.model("sft"), ctx.tokenizer,
+  train.save_trained(trainer, state, ctx.paths.model("sft"), ctx.codec,
                      ctx.paths.adapter("sft"))
   print(f"sft: {state.step} steps, validation {metrics}", flush=True)
   return metrics

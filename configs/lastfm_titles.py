@@ -1,0 +1,14 @@
+"""LastFM with every title one token (`tokenizer.title_tokens`), a 2-layer Llama from scratch
+with copy heads and the fewer-candidates curriculum, sized for 2 CPU cores
+(`common.title_tokens_from_scratch`).
+
+  python -m launch.main --config=configs/lastfm_titles.py --workdir=DIR
+"""
+
+from configs import common, lastfm
+
+
+def get_config():
+  c = lastfm.get_config()
+  common.title_tokens_from_scratch(c, sft_steps=4000)
+  return c

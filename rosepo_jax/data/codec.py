@@ -1,0 +1,169 @@
+"""Text <-> token ids for prompts, responses and answers, with item titles as text or as tokens.
+
+`config.tokenizer.title_tokens` chooses how a title is written:
+  off  (default) a title is text like the rest: the prompt's text is tokenized as one string.
+  on   every catalogue title is one token of its own, id `title_offset + item` (after the text
+       tokenizer's vocabulary): a prompt is assembled piece by piece (`prompts.render_pieces`),
+       template text tokenized, titles placed where the template put them. A title is never
+       found by matching text, so an artist called "Love" or "Yes" cannot swallow a template
+       word. Responses are the title token then EOS; an answer decodes to the title of its
+       title token, so validity and every metric keep their meaning (a title token that is not
+       one of the prompt's candidates is a hallucination, like any other non-candidate text).
+
+The text tokenizer (an HF tokenizer) is the data stage's BPE or the backbone's, unchanged; the
+title vocabulary is the dataset's catalogue (`RecDataset.titles`). A saved model (orbax model dir,
+HF export) carries both: the tokenizer files and, with title tokens, TITLE_TOKENS_FILE
+({"offset": id of item 0's token, "titles": [...]}); `Codec.load` reads them back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+import dataclasses
+import json
+import os
+
+from rosepo_jax.data import tokenizer as tokenizer_lib
+from rosepo_jax.data.prompts import Piece, response_text
+
+TITLE_TOKENS_FILE = "title_tokens.json"
+
+
+def bos_prefix(tokenizer) -> tuple[int, ...]:
+  """(BOS id,) when the tokenizer starts a text with its BOS token (Llama-2, Llama-3), else ()
+  (SmolLM2, Qwen2, our BPE). Read from the tokenizer's own behaviour, not from a model list."""
+  bos = getattr(tokenizer, "bos_token_id", None)
+  if bos is None:
+    return ()
+  ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+  return (bos,) if ids[:1] == [bos] else ()
+
+
+@dataclasses.dataclass
+class Codec:
+  """How the system turns prompts, titles and answers into ids and back.
+
+  tokenizer: the text tokenizer (HF); titles: the catalogue (item id -> title) when titles are
+  tokens, else None.
+  """
+  tokenizer: object
+  titles: Sequence[str] | None = None
+
+  def __post_init__(self):
+    self._bos = bos_prefix(self.tokenizer)
+    self._text_ids: dict[str, tuple[int, ...]] = {}
+    self._item_of = ({t: i for i, t in enumerate(self.titles)} if self.titles is not None
+                     else None)
+
+  def save_pretrained(self, folder: str) -> None:
+    """The tokenizer files, and with title tokens TITLE_TOKENS_FILE, into `folder`."""
+    self.tokenizer.save_pretrained(folder)
+    if self.title_tokens:
+      with open(os.path.join(folder, TITLE_TOKENS_FILE), "w", encoding="utf-8") as f:
+        json.dump({"offset": self.title_offset, "titles": list(self.titles)}, f,
+                  ensure_ascii=False)
+
+  @classmethod
+  def load(cls, folder: str) -> "Codec":
+    """The codec saved in `folder` (`save_pretrained`)."""
+    codec = cls(tokenizer_lib.load_saved_tokenizer(folder))
+    path = os.path.join(folder, TITLE_TOKENS_FILE)
+    if os.path.isfile(path):
+      with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+      codec = cls(codec.tokenizer, saved["titles"])
+      if codec.title_offset != saved["offset"]:
+        raise ValueError(f"{path}: title token offset {saved['offset']} but the tokenizer in "
+                         f"{folder} has {codec.title_offset} tokens")
+    return codec
+
+  @property
+  def title_tokens(self) -> bool:
+    return self.titles is not None
+
+  @property
+  def title_offset(self) -> int:
+    """The id of item 0's title token (the text tokenizer's size)."""
+    return len(self.tokenizer)
+
+  @property
+  def vocab_size(self) -> int:
+    """Every id the codec produces: the text tokenizer's, then one per title when titles are
+    tokens."""
+    return len(self.tokenizer) + (len(self.titles) if self.title_tokens else 0)
+
+  @property
+  def eos_token_id(self) -> int:
+    return self.tokenizer.eos_token_id
+
+  @property
+  def pad_token_id(self) -> int:
+    return self.tokenizer.pad_token_id
+
+  def text_ids(self, texts: Sequence[str]) -> list[tuple[int, ...]]:
+    """Token ids of plain texts (no special tokens), in one batched tokenizer call."""
+    if not texts:
+      return []
+    return [tuple(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+  def encode_prompts(self, prompts: Sequence[Sequence[Piece]]) -> list[tuple[int, ...]]:
+    """Token ids of each prompt (its pieces, `prompts.render_pieces`), starting with the BOS
+    token when the tokenizer adds one. Titles as text: the joined text in one batched call;
+    titles as tokens: template text pieces tokenized (cached), each title its token."""
+    if not self.title_tokens:
+      texts = ["".join(text for text, _ in pieces) for pieces in prompts]
+      return [self._bos + ids for ids in self.text_ids(texts)]
+    new = sorted({text for pieces in prompts for text, is_title in pieces
+                  if not is_title and text not in self._text_ids})
+    self._text_ids.update(zip(new, self.text_ids(new)))
+    out = []
+    for pieces in prompts:
+      ids = list(self._bos)
+      for text, is_title in pieces:
+        ids += [self.title_id(text)] if is_title else self._text_ids[text]
+      out.append(tuple(ids))
+    return out
+
+  def title_id(self, title: str) -> int:
+    """The title token of a catalogue title (titles as tokens only)."""
+    item = self._item_of.get(title)
+    if item is None:
+      raise KeyError(f"{title!r} is not a title of the catalogue")
+    return self.title_offset + item
+
+  def encode_response(self, title: str) -> tuple[int, ...]:
+    """A response's ids: the title (its token, or the text " " + title), then EOS."""
+    if self.title_tokens:
+      return (self.title_id(title), self.eos_token_id)
+    return self.text_ids([response_text(title)])[0] + (self.eos_token_id,)
+
+  def encode_answer(self, answer: str) -> tuple[int, ...]:
+    """The ids of a decoded answer (without EOS), as the model would write it: a catalogue
+    title's token when titles are tokens and the answer is exactly one, else its text."""
+    if self.title_tokens and answer in self._item_of:
+      return (self.title_id(answer),)
+    return self.text_ids([response_text(answer)])[0]
+
+  def title_text_ids(self, title: str) -> tuple[int, ...]:
+    """The text tokenizer's ids of a title (as a response writes it, without EOS), whichever
+    way titles are written in prompts."""
+    return self.text_ids([response_text(title)])[0]
+
+  def decode(self, ids: Sequence[int]) -> str:
+    """Text of ids (no EOS): title tokens become their titles, runs of text ids are decoded by
+    the tokenizer."""
+    if not self.title_tokens:
+      return self.tokenizer.decode(list(ids))
+    out, run = [], []
+    offset = self.title_offset
+    for i in ids:
+      if offset <= i < offset + len(self.titles):
+        if run:
+          out.append(self.tokenizer.decode(run))
+          run = []
+        out.append(self.titles[i - offset])
+      else:
+        run.append(int(i))
+    if run:
+      out.append(self.tokenizer.decode(run))
+    return "".join(out)

@@ -1,0 +1,85 @@
+"""Titles as tokens (rosepo_jax/data/codec.py): one token per catalogue title, placed where the
+template put it, decoded back to the title; titles as text unchanged."""
+
+import os
+
+import pytest
+
+from rosepo_jax.data import prompts, records
+from rosepo_jax.data import tokenizer as tokenizer_lib
+from rosepo_jax.data.codec import Codec
+from test_data_records import SHARED, needs_shared
+
+# Titles that are template words ("Which", "Answer", "Love", "Yes"), hold a list separator, quotes,
+# slashes, double spaces or non-ASCII letters.
+TRICKY = ("Love", "Yes", "Which", "Answer", "these", "AC/DC", "Guns N' Roses", 'The "Band"',
+          "Sigur Rós", "Crosby, Stills & Nash", "Motörhead", "Björk", "spaced  out", "東京事変",
+          "- dash", "a, b, c", "Which one of these")
+
+
+def _codec(titles, title_tokens=True):
+  template = prompts.DEFAULT_TEMPLATES["music"]["lines"]
+  texts = [text for text, is_title in prompts.render_pieces(template, ["x"], ["y"], "lines")
+           if not is_title] * 20
+  tok = tokenizer_lib.train_bpe(texts, 300)
+  return Codec(tok, list(titles) if title_tokens else None)
+
+
+def test_every_title_round_trips_through_one_token():
+  codec = _codec(TRICKY)
+  assert codec.vocab_size == len(codec.tokenizer) + len(TRICKY)
+  for item, title in enumerate(TRICKY):
+    token = codec.title_offset + item
+    assert codec.encode_response(title) == (token, codec.eos_token_id)
+    assert codec.encode_answer(title) == (token,)
+    assert codec.decode([token]) == title
+  with pytest.raises(KeyError, match="not a title of the catalogue"):
+    codec.encode_response("Lov")
+  # An answer that is not exactly a title stays text; so does a title with titles as text.
+  assert codec.encode_answer("Love me") == codec.text_ids([" Love me"])[0]
+  text = _codec(TRICKY, title_tokens=False)
+  assert text.encode_response("Love") == text.text_ids([" Love"])[0] + (text.eos_token_id,)
+
+
+@pytest.mark.parametrize("title_format", ["comma", "lines"])
+def test_titles_are_placed_by_position_never_matched_in_the_template(title_format):
+  """Titles named like template words ("Which", "Answer", "these") get their token only where the
+  template puts a title; the template's own words stay text, and the ids decode to the exact
+  prompt text."""
+  codec = _codec(TRICKY)
+  template = prompts.DEFAULT_TEMPLATES["music"][title_format]
+  history = ["Which", "Love", "Sigur Rós"]
+  candidates = ["Answer", "Yes", "these", "東京事変"]
+  pieces = prompts.render_pieces(template, history, candidates, title_format)
+  (ids,) = codec.encode_prompts([pieces])
+  offset = codec.title_offset
+  assert [i - offset for i in ids if i >= offset] == [TRICKY.index(t) for t in history + candidates]
+  assert codec.decode(ids) == prompts.render_prompt(template, history, candidates, title_format)
+  text_only = [i for i in ids if i < offset]
+  assert codec.tokenizer.decode(text_only).count("Which") == 1  # the template's question
+  assert codec.tokenizer.decode(text_only).count("Answer") == 1
+
+
+def test_titles_as_text_tokenize_the_joined_prompt():
+  codec = _codec(TRICKY, title_tokens=False)
+  template = prompts.DEFAULT_TEMPLATES["music"]["comma"]
+  pieces = prompts.render_pieces(template, ["Love"], ["Yes", "Björk"], "comma")
+  text = prompts.render_prompt(template, ["Love"], ["Yes", "Björk"], "comma")
+  assert codec.encode_prompts([pieces]) == [codec.text_ids([text])[0]]
+  assert codec.vocab_size == len(codec.tokenizer)
+
+
+@needs_shared
+@pytest.mark.parametrize("name", ["lastfm", "movielens100k"])
+def test_every_title_of_a_real_catalogue_round_trips(name):
+  """Every LastFM artist and MovieLens title (commas, quotes, non-ASCII) is one token and back."""
+  if name == "lastfm":
+    raw = records.read_lastfm(os.path.join(SHARED, "llara_lastfm"))
+  else:
+    raw = records.read_movielens(os.path.join(SHARED, "movielens_100k"))
+  codec = _codec(raw.titles)
+  assert any("," in t for t in raw.titles) and any(not t.isascii() for t in raw.titles)
+  for item, title in enumerate(raw.titles):
+    token, eos = codec.encode_response(title)
+    assert (token, eos) == (codec.title_offset + item, codec.eos_token_id)
+    assert codec.decode([token]) == title
