@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from rosepo_jax import checkpoints
 from rosepo_jax import model as model_lib
+from rosepo_jax.checkpoints import params as P
 from rosepo_jax.config import ModelSection
 from rosepo_jax.data.codec import Codec
 
@@ -56,10 +59,37 @@ def build_model(m: ModelSection, codec: Codec) -> model_lib.Decoder:
       raise ValueError(f"config.model.copy_init_layers={m.copy_init_layers} applies only to a "
                        f"model trained from scratch, not to config.model.init={m.init!r}")
     model = checkpoints.load_model(m.init, **_dtypes(m))
+    if codec.title_tokens:
+      model = with_title_tokens(model, codec)
     if model.cfg.vocab_size < codec.vocab_size:
       raise ValueError(f"config.model.init={m.init}: vocabulary {model.cfg.vocab_size} is "
                        f"smaller than the tokenizer's {codec.vocab_size}")
   return add_lora(m, model)
+
+
+def with_title_tokens(model: model_lib.Decoder, codec: Codec) -> model_lib.Decoder:
+  """A pretrained `model` whose vocabulary holds `codec`'s title tokens (ids title_offset + item):
+  each title token's input embedding, and its output embedding when the head is untied, starts
+  as the mean of the rows of the title's subword tokens (`Codec.title_text_ids`), so the model
+  reads a title token roughly as it read the title's text. Rows past the tokenizer that the
+  checkpoint already had (padding rows no text produces) are taken over first; the vocabulary
+  grows by what is still missing."""
+  cfg = model.cfg
+  first, count = codec.title_offset, len(codec.titles)
+  vocab = max(cfg.vocab_size, first + count)
+  text_ids = [list(codec.title_text_ids(t)) for t in codec.titles]
+  tensors = {}
+  for name, array in P.iter_tensors(model):
+    if name.path in (("embed",), ("lm_head", "kernel")):
+      rows_VxD = array if name.path == ("embed",) else array.T  # lm_head kernel is [D, V]
+      means_NxD = np.stack([rows_VxD[ids].astype(np.float64).mean(axis=0) for ids in text_ids])
+      grown = np.zeros((vocab, rows_VxD.shape[1]), rows_VxD.dtype)
+      grown[:cfg.vocab_size] = rows_VxD
+      grown[first:first + count] = means_NxD.astype(rows_VxD.dtype)
+      array = grown if name.path == ("embed",) else grown.T
+    tensors[name.path] = array
+  return P.model_from_tensors(cfg.replace(vocab_size=vocab), lambda name: tensors[name.path],
+                              "title tokens")
 
 
 def add_lora(m: ModelSection, model: model_lib.Decoder) -> model_lib.Decoder:

@@ -424,10 +424,6 @@ def _check_consistency(c: Config) -> None:
     if s not in negatives_lib.STRATEGIES:
       raise ConfigError(f"config.negatives.strategies[{i}]={s!r}: expected one of "
                         f"{list(negatives_lib.STRATEGIES)}")
-  if c.tokenizer.title_tokens and c.tokenizer.kind != "bpe":
-    raise ConfigError("config.tokenizer.title_tokens=True works with config.tokenizer.kind='bpe' "
-                      "(a model trained from scratch) only; title tokens for a pretrained "
-                      f"backbone's tokenizer (kind {c.tokenizer.kind!r}) are not built yet")
   if c.model.copy_init_layers and c.model.init != "scratch":
     raise ConfigError(f"config.model.copy_init_layers={c.model.copy_init_layers} applies only to "
                       f"a model trained from scratch, not to config.model.init={c.model.init!r}")

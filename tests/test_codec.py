@@ -83,3 +83,46 @@ def test_every_title_of_a_real_catalogue_round_trips(name):
     token, eos = codec.encode_response(title)
     assert (token, eos) == (codec.title_offset + item, codec.eos_token_id)
     assert codec.decode([token]) == title
+
+
+def test_smollm2_with_title_tokens_exports_and_answers_like_ours(smollm2_gguf, tmp_path):
+  """SmolLM2 grown by one token per title: each new embedding row is the mean of the title's
+  subword rows (float64 reference), the old rows are untouched; the HF export loads in
+  transformers, whose greedy answers on 20 prompts (ids in, ids out) equal ours."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  from transformers import AutoModelForCausalLM  # pylint: disable=g-import-not-at-top
+  from conftest import context  # pylint: disable=g-import-not-at-top
+  from rosepo_jax import backbone, checkpoints, generate  # pylint: disable=g-import-not-at-top
+  from rosepo_jax.stages import data as data_stage  # pylint: disable=g-import-not-at-top
+  from test_data_pipeline import _config  # pylint: disable=g-import-not-at-top
+  config = _config("synthetic_smollm2.py")
+  config.data.world.num_users = 60
+  config.tokenizer.title_tokens = True
+  config.model.lora_rank = 0
+  ctx = context(config, tmp_path / "w")
+  data_stage.run(ctx)
+  codec = ctx.codec
+  base = checkpoints.load_model(smollm2_gguf)
+  model = backbone.build_model(ctx.config.model, codec)
+  old = np.asarray(base.embed[...], np.float64)
+  new = np.asarray(model.embed[...], np.float64)
+  assert new.shape[0] >= codec.vocab_size and codec.title_offset == len(ctx.tokenizer)
+  np.testing.assert_array_equal(new[:old.shape[0]][:codec.title_offset], old[:codec.title_offset])
+  for item, title in enumerate(ctx.dataset.titles):
+    want = old[list(codec.title_text_ids(title))].mean(axis=0)
+    np.testing.assert_allclose(new[codec.title_offset + item], want, rtol=1e-5, atol=1e-7)
+  folder = str(tmp_path / "hf")
+  checkpoints.save_hf(model, folder, tokenizer=codec)
+  theirs = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+  saved = Codec.load(folder)
+  prompt_ids = [p for p, _ in ctx.encoded_examples("test")[:20]]
+  for ex, ids in zip(ctx.dataset.examples("test"), prompt_ids):
+    assert [i - codec.title_offset for i in ids if i >= codec.title_offset] == list(
+        ex.history + ex.candidates)
+  answers = generate.greedy_answers(model, codec, prompt_ids, 10, 4)
+  for ids, answer in zip(prompt_ids, answers):
+    out = theirs.generate(torch.tensor([ids]), max_new_tokens=4, do_sample=False,
+                          eos_token_id=codec.eos_token_id, pad_token_id=codec.pad_token_id)
+    new_ids = generate.trim_at_eos(out[0, len(ids):].tolist(), (codec.eos_token_id,))
+    assert saved.decode(new_ids).strip() == answer

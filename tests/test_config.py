@@ -96,11 +96,6 @@ def test_cross_key_checks():
   with pytest.raises(config_lib.ConfigError, match="config.oracle.max_len=5: expected >= "
                      "config.data.max_history=10"):
     config_lib.parse(config)
-  config = _config("synthetic_smollm2.py")
-  config.tokenizer.title_tokens = True
-  with pytest.raises(config_lib.ConfigError, match="config.tokenizer.title_tokens=True works "
-                     "with config.tokenizer.kind='bpe'"):
-    config_lib.parse(config)
 
 
 def test_launcher_prints_an_input_error_as_one_line(tmp_path):
