@@ -120,9 +120,9 @@ def test_smollm2_with_title_tokens_exports_and_answers_like_ours(smollm2_gguf, t
   for ex, ids in zip(ctx.dataset.examples("test"), prompt_ids):
     assert [i - codec.title_offset for i in ids if i >= codec.title_offset] == list(
         ex.history + ex.candidates)
-  answers = generate.greedy_answers(model, codec, prompt_ids, 10, 4)
+  answers = generate.greedy_answers(model, codec, prompt_ids, 20, 2)  # title token, EOS
   for ids, answer in zip(prompt_ids, answers):
-    out = theirs.generate(torch.tensor([ids]), max_new_tokens=4, do_sample=False,
+    out = theirs.generate(torch.tensor([ids]), max_new_tokens=2, do_sample=False,
                           eos_token_id=codec.eos_token_id, pad_token_id=codec.pad_token_id)
     new_ids = generate.trim_at_eos(out[0, len(ids):].tolist(), (codec.eos_token_id,))
     assert saved.decode(new_ids).strip() == answer
