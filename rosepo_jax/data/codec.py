@@ -66,15 +66,16 @@ class Codec:
   @classmethod
   def load(cls, folder: str) -> "Codec":
     """The codec saved in `folder` (`save_pretrained`)."""
-    codec = cls(tokenizer_lib.load_saved_tokenizer(folder))
     path = os.path.join(folder, TITLE_TOKENS_FILE)
+    saved = None
     if os.path.isfile(path):
       with open(path, encoding="utf-8") as f:
         saved = json.load(f)
-      codec = cls(codec.tokenizer, saved["titles"])
-      if codec.title_offset != saved["offset"]:
-        raise ValueError(f"{path}: title token offset {saved['offset']} but the tokenizer in "
-                         f"{folder} has {codec.title_offset} tokens")
+    codec = cls(tokenizer_lib.load_saved_tokenizer(folder),
+                None if saved is None else saved["titles"])
+    if saved is not None and codec.title_offset != saved["offset"]:
+      raise ValueError(f"{path}: title token offset {saved['offset']} but the tokenizer in "
+                       f"{folder} has {codec.title_offset} tokens")
     return codec
 
   @property
@@ -133,20 +134,19 @@ class Codec:
 
   def encode_response(self, title: str) -> tuple[int, ...]:
     """A response's ids: the title (its token, or the text " " + title), then EOS."""
-    if self.title_tokens:
-      return (self.title_id(title), self.eos_token_id)
-    return self.text_ids([response_text(title)])[0] + (self.eos_token_id,)
+    ids = (self.title_id(title),) if self.title_tokens else self.title_text_ids(title)
+    return ids + (self.eos_token_id,)
 
   def encode_answer(self, answer: str) -> tuple[int, ...]:
     """The ids of a decoded answer (without EOS), as the model would write it: a catalogue
     title's token when titles are tokens and the answer is exactly one, else its text."""
     if self.title_tokens and answer in self._item_of:
       return (self.title_id(answer),)
-    return self.text_ids([response_text(answer)])[0]
+    return self.title_text_ids(answer)
 
   def title_text_ids(self, title: str) -> tuple[int, ...]:
-    """The text tokenizer's ids of a title (as a response writes it, without EOS), whichever
-    way titles are written in prompts."""
+    """The text tokenizer's ids of a title or any answer text (as a response writes it, without
+    EOS), whichever way titles are written in prompts."""
     return self.text_ids([response_text(title)])[0]
 
   def decode(self, ids: Sequence[int]) -> str:
