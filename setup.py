@@ -33,7 +33,7 @@ setuptools.setup(
     ],
     extras_require={
         # torch is installed separately as exactly torch==2.13.0 (CPU build); see .ci/run.
-        "test": ["pytest>=8", "accelerate>=1.0", "gguf>=0.10", "peft>=0.13"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "accelerate>=1.0", "gguf>=0.10", "peft>=0.13"],
         "gguf": ["gguf>=0.10"],
         # The peers of benchmarks/ (docs/benchmarks.md): trl's DPOTrainer (with its datasets
         # dependency) for preference_step.py; torch==2.13.0 is installed separately as above.

@@ -167,3 +167,62 @@ def test_two_processes_join_one_job_with_the_documented_variables(tmp_path):
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
     assert "mesh {'data': 1, 'fsdp': 2, 'tensor': 1} on 2 x cpu" in out, out
+
+
+# ------------------------------------------------------------------------------------------------
+# The cluster commands of launch/README.md, on localhost (tests/fake_cluster.py stands in for
+# gcloud and srun).
+
+_JOB = ("--config=configs/tiny.py", "--config.mesh.data=1", "--config.mesh.fsdp=2",
+        "--config.seeds=(0, 1)", "--stages=compile")  # "(0, 1)": one argument with a space
+
+
+def _fake_cluster(tmp_path, workers: int = 2) -> dict:
+  """An environment whose PATH has the fake gcloud / srun (and, on fake TPU workers, python3)."""
+  shims, worker_shims = tmp_path / "bin", tmp_path / "worker_bin"
+  for folder, tools in ((shims, ("gcloud", "srun", "python")), (worker_shims, ("python3",))):
+    folder.mkdir()
+    for tool in tools:
+      (folder / tool).write_text(f'#!/bin/sh\nexec "$FAKE_PYTHON" "$FAKE_CLUSTER" {tool} "$@"\n')
+      (folder / tool).chmod(0o755)
+  return dict(os.environ, PATH=f"{shims}{os.pathsep}{os.environ['PATH']}",
+              FAKE_PYTHON=sys.executable, FAKE_CLUSTER=os.path.join(REPO, "tests", "fake_cluster.py"),
+              FAKE_CLUSTER_LOG=str(tmp_path / "calls.jsonl"), FAKE_TPU_ROOT=str(tmp_path / "tpu"),
+              FAKE_TPU_WORKERS=str(workers), FAKE_WORKER_SHIMS=str(worker_shims))
+
+
+def _calls(tmp_path) -> list[dict]:
+  return [json.loads(line) for line in (tmp_path / "calls.jsonl").open()]
+
+
+def test_tpu_pod_script_runs_one_job_on_every_worker(tmp_path):
+  """launch/README.md's TPU command: the slice is created, this checkout reaches every worker and
+  `launch.main --distributed` runs there with the flags after `--` unchanged; the 2 workers'
+  processes are one job (one mesh over both)."""
+  env = _fake_cluster(tmp_path)
+  proc = subprocess.run(
+      ["launch/tpu_pod.sh", "--tpu=my-v5p", "--zone=us-east5-a", "--create=v5p-16", "--",
+       *_JOB, f"--workdir={tmp_path / 'w'}"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  assert proc.stdout.count("mesh {'data': 1, 'fsdp': 2, 'tensor': 1} on 2 x cpu") == 2
+  verbs = [c["args"][3] for c in _calls(tmp_path) if c["tool"] == "gcloud"]
+  assert verbs == ["create", "scp", "ssh"]
+  assert "--accelerator-type=v5p-16" in _calls(tmp_path)[0]["args"]
+  for i in range(2):  # each worker has its copy of the checkout
+    assert (tmp_path / "tpu" / f"worker{i}" / "rosepo-jax" / "launch" / "main.py").is_file()
+  bad = subprocess.run(["launch/tpu_pod.sh", "--zone=z", "--", *_JOB], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=60)
+  assert bad.returncode == 2 and "--tpu=NAME and --zone=ZONE are required" in bad.stderr
+
+
+def test_srun_command_runs_one_job_detected_by_jax(tmp_path):
+  """launch/README.md's SLURM command: no JAX_* variables, so `--distributed` leaves the
+  coordinator, process count and id to JAX's SLURM detection."""
+  env = _fake_cluster(tmp_path)
+  proc = subprocess.run(
+      ["srun", "--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=8", "python", "-m",
+       "launch.main", "--distributed", *_JOB, f"--workdir={tmp_path / 'w'}"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  assert proc.stdout.count("mesh {'data': 1, 'fsdp': 2, 'tensor': 1} on 2 x cpu") == 2

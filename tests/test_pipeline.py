@@ -19,7 +19,7 @@ from rosepo_jax import oracle as O
 from rosepo_jax.data.codec import Codec
 from rosepo_jax.data.candidates import subset_indices
 from rosepo_jax.stages import eval as eval_stage
-from rosepo_jax.stages import preference
+from rosepo_jax.stages import preference, report
 from rosepo_jax.workdir import Unit, read_records
 from test_stages import _tiny
 
@@ -321,7 +321,7 @@ def test_seeds_run_the_model_units_per_seed_over_shared_data_and_oracle(finished
     values = [runs[s][r]["rank_ndcg@10"] for s in (0, 1)]
     assert f["mean"] == pytest.approx(np.mean(values)) and f["seeds"] == 2
     assert f["std"] == pytest.approx(np.std(values, ddof=1))
-  assert set(summary["differences"]) == {"rosepo - dpo", "rosepo - sft", "dpo - sft"}
+  assert list(summary["differences"]) == ["rosepo - sft", "rosepo - dpo", "dpo - sft"]
   d = summary["differences"]["rosepo - sft"]["valid_ratio"]
   assert d["mean"] == pytest.approx(np.mean([runs[s]["rosepo"]["valid_ratio"]
                                              - runs[s]["sft"]["valid_ratio"] for s in (0, 1)]))
@@ -332,3 +332,12 @@ def test_seeds_run_the_model_units_per_seed_over_shared_data_and_oracle(finished
   again = pipeline.run(config, workdir, ["all"])
   assert {u for u, how in again.items() if how == "ran"} == {
       u for u in again if u.startswith("seed_2/")} | {"report"}
+
+
+def test_report_differences_are_rosepo_against_each_run_and_each_run_against_sft():
+  runs = ("sft", "dpo", "sdpo", "rosepo", "rosepo_no_semantic")
+  assert report.differences(runs) == [
+      ("rosepo", "sft"), ("rosepo", "dpo"), ("rosepo", "sdpo"), ("rosepo", "rosepo_no_semantic"),
+      ("dpo", "sft"), ("sdpo", "sft"), ("rosepo_no_semantic", "sft")]
+  assert report.differences(("sft", "dpo")) == [("dpo", "sft")]
+  assert report.differences(("dpo", "ipo")) == []

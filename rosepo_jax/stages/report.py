@@ -5,7 +5,8 @@ Consumes: data, eval/<run> and the model unit of every run (its metrics.jsonl), 
 oracle when configured (eps per strategy, the oracle's calibration).
 Writes: DIR/report.md (one table: rows = runs, columns = METHOD.md section 6 figures; one more
 per eval subset of the split, e.g. LastFM's llara_last; then the figures over config.seeds and the
-paired differences rosepo - dpo, rosepo - sft, dpo - sft with bootstrap intervals over test users),
+paired differences, rosepo - every other run and every other run - sft, with bootstrap intervals
+over test users),
 DIR/eval/summary.json (those figures: `seed_figures`) and DIR/plots/:
   popularity.png  popularity percentile of the recommended (valid) items per run, against the
                   test targets'
@@ -135,14 +136,21 @@ def make_plots(ctx: Context, predictions: dict[str, list[dict]]) -> list[str]:
   return written
 
 
-# Paired differences the report gives (when both runs are configured), from per-example figures.
-DIFFERENCES = (("rosepo", "dpo"), ("rosepo", "sft"), ("dpo", "sft"))
 PER_EXAMPLE = {"hit_ratio@1": "hit", "valid_ratio": "valid"}  # figure -> predictions field
+
+
+def differences(runs) -> list[tuple[str, str]]:
+  """The paired differences a - b the report gives for the configured runs (in their order):
+  rosepo against every other run (for an ablation, what the left-out part adds), then every other
+  run against sft."""
+  out = [("rosepo", r) for r in runs if r != "rosepo"] if "rosepo" in runs else []
+  out += [(r, "sft") for r in runs if "sft" in runs and r not in ("sft", "rosepo")]
+  return out
 
 
 def seed_figures(summaries: dict, predictions: dict) -> dict:
   """What DIR/eval/summary.json holds: every figure of every run over seeds (`metrics.over_seeds`)
-  and the paired differences of `DIFFERENCES` in `PER_EXAMPLE`'s figures (`metrics.
+  and the paired `differences` in `PER_EXAMPLE`'s figures (`metrics.
   paired_difference`: bootstrap over test users within each seed, pooled over seeds).
 
   summaries / predictions: {seed: {run: DIR/eval/<run>.json / its predictions}} (seed None: the
@@ -156,9 +164,7 @@ def seed_figures(summaries: dict, predictions: dict) -> dict:
             if isinstance(v, (int, float)) and k not in ("seconds", "num_examples")]
     out["runs"][run] = {k: metrics.over_seeds([summaries[s][run][k] for s in seeds])
                         for k in keys}
-  for a, b in DIFFERENCES:
-    if a not in runs or b not in runs:
-      continue
+  for a, b in differences(runs):
     figures = {}
     for figure, field in PER_EXAMPLE.items():
       per_seed = []
