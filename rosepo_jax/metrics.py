@@ -138,25 +138,45 @@ def over_seeds(values: Sequence[float]) -> dict:
 def paired_difference(per_seed: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
                       draws: int = 2000, seed: int = 0) -> dict:
   """Mean over seeds of the per-example difference a - b of two runs on the same examples, with a
-  95% interval from a bootstrap over users: each draw resamples the users (with replacement, the
-  same draw for every seed, so a user's examples move together) and recomputes the mean.
+  95% interval from a bootstrap over users (`paired_ratio_difference` with every denominator 1).
 
   per_seed: (users [N], a [N], b [N]) for each seed, e.g. each example's hit under both runs.
   Returns {"mean", "ci95": [lo, hi], "users", "examples"}.
   """
-  users = np.unique(np.concatenate([u for u, _, _ in per_seed]))
+  return paired_ratio_difference(
+      [(u, a, np.ones(len(u)), b, np.ones(len(u))) for u, a, b in per_seed], draws, seed)
+
+
+def paired_ratio_difference(per_seed: Sequence[tuple[np.ndarray, ...]], draws: int = 2000,
+                            seed: int = 0) -> dict:
+  """Mean over seeds of sum(num_a) / sum(den_a) - sum(num_b) / sum(den_b), two runs' ratios over
+  the same examples (e.g. head_ratio: head answers over valid answers), with a 95% interval from
+  a bootstrap over users: each draw resamples the users (with replacement, the same draw for
+  every seed, so a user's examples move together) and recomputes both ratios (a ratio over no
+  examples counts as 0).
+
+  per_seed: (users [N], num_a [N], den_a [N], num_b [N], den_b [N]) for each seed.
+  Returns {"mean", "ci95": [lo, hi], "users", "examples"}.
+  """
+  users = np.unique(np.concatenate([s[0] for s in per_seed]))
   index = {int(u): k for k, u in enumerate(users)}
-  sums, counts = [], []  # per seed: the difference summed per user, examples per user
-  for u, a, b in per_seed:
+  per_user, counts = [], []  # per seed: [4, U] num_a, den_a, num_b, den_b summed per user
+  for u, *parts in per_seed:
     k = np.array([index[int(x)] for x in u], np.int64)
-    sums.append(np.bincount(k, np.asarray(a, np.float64) - np.asarray(b, np.float64),
-                            minlength=len(users)))
-    counts.append(np.bincount(k, minlength=len(users)).astype(np.float64))
-  sums_SxU, counts_SxU = np.stack(sums), np.stack(counts)
-  mean = float(np.mean(sums_SxU.sum(1) / counts_SxU.sum(1)))
+    per_user.append(np.stack([np.bincount(k, np.asarray(x, np.float64), minlength=len(users))
+                              for x in parts]))
+    counts.append(len(u))
+  sums_Sx4xU = np.stack(per_user)
+
+  def difference(totals_Sx4):  # [..., S, 4] -> [..., S]: ratio a - ratio b
+    num, den = totals_Sx4[..., 0::2], totals_Sx4[..., 1::2]
+    ratios = num / np.where(den > 0, den, 1.0)
+    return ratios[..., 0] - ratios[..., 1]
+
+  mean = float(np.mean(difference(sums_Sx4xU.sum(-1))))
   rng = np.random.default_rng(seed)
   weights_DxU = rng.multinomial(len(users), np.full(len(users), 1.0 / len(users)), size=draws)
-  per_draw = (weights_DxU @ sums_SxU.T) / np.maximum(weights_DxU @ counts_SxU.T, 1.0)  # [D, S]
-  lo, hi = np.percentile(per_draw.mean(axis=1), [2.5, 97.5])
+  per_draw_DxS = difference(np.einsum("du,sfu->dsf", weights_DxU, sums_Sx4xU))
+  lo, hi = np.percentile(per_draw_DxS.mean(axis=1), [2.5, 97.5])
   return {"mean": mean, "ci95": [float(lo), float(hi)], "users": int(len(users)),
-          "examples": int(counts_SxU.sum())}
+          "examples": int(sum(counts))}

@@ -96,3 +96,30 @@ def test_paired_difference_resamples_users_with_their_examples():
   assert got["users"] == len(distinct) and got["examples"] == 600
   same = K.paired_difference([(users, per_seed[0][1], per_seed[0][1])])
   assert same["mean"] == 0.0 and same["ci95"] == [0.0, 0.0]
+
+
+def test_paired_ratio_difference_recomputes_both_ratios_per_draw():
+  """head_ratio's form: each run's ratio of sums (head answers over valid answers) within a seed,
+  the difference averaged over seeds; the bootstrap written out as a loop over users."""
+  rs = np.random.RandomState(1)
+  users = rs.randint(0, 25, 150)
+  per_seed = []
+  for _ in range(2):
+    den_a, den_b = rs.rand(150) < 0.8, rs.rand(150) < 0.6
+    per_seed.append((users, den_a & (rs.rand(150) < 0.5), den_a, den_b & (rs.rand(150) < 0.3),
+                     den_b))
+  got = K.paired_ratio_difference(per_seed, draws=200, seed=3)
+  ratio = lambda n, d, w: (w * n).sum() / (w * d).sum()  # pylint: disable=unnecessary-lambda-assignment
+  ones = np.ones(150)
+  assert got["mean"] == pytest.approx(np.mean([ratio(na, da, ones) - ratio(nb, db, ones)
+                                               for _, na, da, nb, db in per_seed]), rel=1e-12)
+  distinct = np.unique(users)
+  rng = np.random.default_rng(3)
+  draws = []
+  for w in rng.multinomial(len(distinct), np.full(len(distinct), 1 / len(distinct)), size=200):
+    times = dict(zip(distinct.tolist(), w.tolist()))
+    weight = np.array([times[x] for x in users], float)
+    draws.append(np.mean([ratio(na, da, weight) - ratio(nb, db, weight)
+                          for _, na, da, nb, db in per_seed]))
+  assert got["ci95"] == pytest.approx(list(np.percentile(draws, [2.5, 97.5])), rel=1e-10)
+  assert got["users"] == len(distinct) and got["examples"] == 300

@@ -322,9 +322,10 @@ def test_seeds_run_the_model_units_per_seed_over_shared_data_and_oracle(finished
     assert f["mean"] == pytest.approx(np.mean(values)) and f["seeds"] == 2
     assert f["std"] == pytest.approx(np.std(values, ddof=1))
   assert list(summary["differences"]) == ["rosepo - sft", "rosepo - dpo", "dpo - sft"]
-  d = summary["differences"]["rosepo - sft"]["valid_ratio"]
-  assert d["mean"] == pytest.approx(np.mean([runs[s]["rosepo"]["valid_ratio"]
-                                             - runs[s]["sft"]["valid_ratio"] for s in (0, 1)]))
+  for figure in ("valid_ratio", "hit_ratio@1", "head_ratio"):  # per-example sums = eval's figures
+    d = summary["differences"]["rosepo - sft"][figure]
+    assert d["mean"] == pytest.approx(np.mean([runs[s]["rosepo"][figure] - runs[s]["sft"][figure]
+                                               for s in (0, 1)]), abs=1e-12)
   assert "Paired differences" in open(os.path.join(workdir, "report.md")).read()
   # Up to date as a whole; a new seed runs only its own units (and the report).
   assert set(pipeline.run(config, workdir, ["all"]).values()) == {"up to date"}

@@ -136,7 +136,14 @@ def make_plots(ctx: Context, predictions: dict[str, list[dict]]) -> list[str]:
   return written
 
 
-PER_EXAMPLE = {"hit_ratio@1": "hit", "valid_ratio": "valid"}  # figure -> predictions field
+# The figures with paired differences: each example's (numerator, denominator) of the figure from
+# its prediction and the head items (`metrics.head_items`); a figure is sum(num) / sum(den).
+PER_EXAMPLE = {
+    "hit_ratio@1": lambda p, head: (float(p["hit"]), 1.0),
+    "valid_ratio": lambda p, head: (float(p["valid"]), 1.0),
+    "head_ratio": lambda p, head: ((0.0, 0.0) if p["answer_item"] is None
+                                   else (float(head[p["answer_item"]]), 1.0)),
+}
 
 
 def differences(runs) -> list[tuple[str, str]]:
@@ -148,13 +155,13 @@ def differences(runs) -> list[tuple[str, str]]:
   return out
 
 
-def seed_figures(summaries: dict, predictions: dict) -> dict:
+def seed_figures(summaries: dict, predictions: dict, head: np.ndarray) -> dict:
   """What DIR/eval/summary.json holds: every figure of every run over seeds (`metrics.over_seeds`)
   and the paired `differences` in `PER_EXAMPLE`'s figures (`metrics.
-  paired_difference`: bootstrap over test users within each seed, pooled over seeds).
+  paired_ratio_difference`: bootstrap over test users within each seed, pooled over seeds).
 
   summaries / predictions: {seed: {run: DIR/eval/<run>.json / its predictions}} (seed None: the
-  one run without config.seeds).
+  one run without config.seeds); head: bool [I], the head items of the training popularity.
   """
   seeds = list(summaries)
   runs = list(next(iter(summaries.values())))
@@ -166,16 +173,16 @@ def seed_figures(summaries: dict, predictions: dict) -> dict:
                         for k in keys}
   for a, b in differences(runs):
     figures = {}
-    for figure, field in PER_EXAMPLE.items():
+    for figure, of in PER_EXAMPLE.items():
       per_seed = []
       for s in seeds:
         pa, pb = predictions[s][a], predictions[s][b]
         if [p["index"] for p in pa] != [p["index"] for p in pb]:
           raise ValueError(f"eval predictions of {a} and {b} (seed {s}) are not the same examples")
-        per_seed.append((np.array([p["user"] for p in pa]),
-                         np.array([float(p[field]) for p in pa]),
-                         np.array([float(p[field]) for p in pb])))
-      figures[figure] = metrics.paired_difference(per_seed)
+        na_N, da_N = np.array([of(p, head) for p in pa]).T
+        nb_N, db_N = np.array([of(p, head) for p in pb]).T
+        per_seed.append((np.array([p["user"] for p in pa]), na_N, da_N, nb_N, db_N))
+      figures[figure] = metrics.paired_ratio_difference(per_seed)
     out["differences"][f"{a} - {b}"] = figures
   return out
 
@@ -223,7 +230,8 @@ def run(ctx: Context, unit: Unit | None = None) -> str:
     rows = {run: s["subsets"][name] for run, s in summaries[first].items()
             if name in s.get("subsets", {})}
     table += f"\n\nEval subset `{name}`:\n\n" + method_table(rows)
-  figures = seed_figures(summaries, predictions)
+  figures = seed_figures(summaries, predictions,
+                         metrics.head_items(ctx.dataset.train_popularity))
   table += "\n\n" + seeds_table(figures)
   print(table, flush=True)
   if not multihost.is_leader():
