@@ -231,16 +231,17 @@ def _file_digest(path: str) -> str:
   return f"{size}:{h.hexdigest()[:16]}"
 
 
-def fingerprint(paths: Sequence[str]) -> dict[str, Any]:
-  """{path: {relative file: "size:sha256"}} of files and folders read from outside DIR: a
-  changed, added or removed file changes it (content, not mtime, so a copy of the same data is
-  the same input). A missing path is recorded as None."""
-  out: dict[str, Any] = {}
+def fingerprint(paths: Sequence[str]) -> list[Any]:
+  """The content of files and folders read from outside DIR, one entry per path in order ("size:
+  sha256" of a file; {relative file: "size:sha256"} of a folder; None for a missing path): a
+  changed, added or removed file changes it. Content only, neither mtime nor where the path is, so
+  a copy of the same data (another checkout, another mount point) is the same input."""
+  out: list[Any] = []
   for path in paths:
     if not path:
       continue
     if os.path.isfile(path):
-      out[path] = _file_digest(path)
+      out.append(_file_digest(path))
     elif os.path.isdir(path):
       files = {}
       for root, dirs, names in os.walk(path):
@@ -248,9 +249,9 @@ def fingerprint(paths: Sequence[str]) -> dict[str, Any]:
         for name in sorted(names):
           full = os.path.join(root, name)
           files[os.path.relpath(full, path)] = _file_digest(full)
-      out[path] = files
+      out.append(files)
     else:
-      out[path] = None
+      out.append(None)
   return out
 
 

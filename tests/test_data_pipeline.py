@@ -15,6 +15,7 @@ from rosepo_jax import pipeline, scoring
 from rosepo_jax.config import ConfigError
 from rosepo_jax.data import batching
 from rosepo_jax.data import codec as codec_lib
+from rosepo_jax.data import dataset as dataset_lib
 from rosepo_jax.stages import data as data_stage
 from rosepo_jax.stages import sft
 from rosepo_jax.data import prompts
@@ -194,6 +195,25 @@ def test_edited_inputs_and_missing_outputs_rerun_the_data_stage(tmp_path):
   shutil.rmtree(os.path.join(workdir, "data", "tfds"))  # a missing output
   assert pipeline.run(config, workdir, ["data"]) == {"data": "ran"}
   assert pipeline.run(config, workdir, ["data"]) == {"data": "up to date"}
+
+
+def test_the_same_config_from_another_checkout_keeps_the_run(tmp_path, monkeypatch):
+  """Relative data paths resolve against the checkout; from another checkout holding a copy of
+  the same raw files the data unit (and so the whole run) stays up to date, and the TFDS folder
+  is the same."""
+  for checkout in ("a", "b"):
+    _generic_folder(str(tmp_path / checkout / "raw"))
+  config = _demo()
+  config.data.update(name="generic", manual_dir="raw", num_candidates=3)
+  workdir = str(tmp_path / "w")
+  monkeypatch.setattr(dataset_lib, "REPO_ROOT", str(tmp_path / "a"))
+  assert pipeline.run(config, workdir, ["data"]) == {"data": "ran"}
+  built = sorted(os.listdir(os.path.join(workdir, "data", "tfds", "rosepo_generic")))
+  monkeypatch.setattr(dataset_lib, "REPO_ROOT", str(tmp_path / "b"))
+  assert pipeline.run(config, workdir, ["data"]) == {"data": "up to date"}
+  _generic_folder(str(tmp_path / "b" / "raw"), titles=TITLES[:5] + ("Omega",) + TITLES[6:])
+  assert pipeline.run(config, workdir, ["data"]) == {"data": "ran"}  # its content differs
+  assert sorted(os.listdir(os.path.join(workdir, "data", "tfds", "rosepo_generic"))) == built
 
 
 def test_an_interrupted_build_leaves_no_incomplete_folder(tmp_path):

@@ -96,18 +96,20 @@ def resolve_path(path: str | None) -> str | None:
 
 def builder_params(data_cfg) -> dict:
   """The parameters that determine the data (hashed into the TFDS config name), from the typed
-  `config.data` section (`rosepo_jax.config.DataConfig`)."""
+  `config.data` section (`rosepo_jax.config.DataConfig`). Paths as configured, not resolved: the
+  same config in another checkout names the same dataset (the data stage's key holds the
+  content of the files, `workdir.fingerprint`)."""
   name = data_cfg.name
   p = {"seed": data_cfg.seed, "num_candidates": data_cfg.num_candidates,
        "max_history": data_cfg.max_history, "min_history": data_cfg.min_history}
   if name == "lastfm":
     p["reader"] = records.LASTFM_READER_VERSION  # a changed reader is a different dataset
     if data_cfg.candidates_dir:
-      p["candidates_dir"] = resolve_path(data_cfg.candidates_dir)
+      p["candidates_dir"] = data_cfg.candidates_dir
   if name == "movielens100k":
     for key in ("split_file", "eval_rows_dir"):
       if getattr(data_cfg, key):
-        p[key] = resolve_path(getattr(data_cfg, key))
+        p[key] = getattr(data_cfg, key)
   if name == "synthetic":
     p["world"] = dataclasses.asdict(data_cfg.world)
     p["generator"] = synthetic.GENERATOR_VERSION  # a changed generator is a different dataset
