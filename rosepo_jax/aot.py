@@ -193,7 +193,8 @@ def format_report(report: dict, budget_gib: float = 0.0) -> str:
   n = report["params"]
   size = f"{n / 1e9:.3f}B" if n >= 1e8 else f"{n / 1e6:.3f}M"
   lines = [f"compile: {size} params, mesh {report['mesh']} on "
-           f"{report['devices']} x {report['device_kind']}, sequence {report['seq_len']}",
+           f"{report['devices']} x {report['device_kind']}, sequence {report['seq_len']}, "
+           f"vocabulary {report['vocab_size']:,} ({report['vocab_source']})",
            "| program | params GiB | opt state GiB | XLA args GiB | XLA temp GiB | XLA peak GiB "
            "| analytic peak GiB | XLA TFLOP/device | model TFLOP/step |",
            "|---|---|---|---|---|---|---|---|---|"]

@@ -22,14 +22,20 @@ def _dtypes(m: ModelSection) -> dict:
   return dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat)
 
 
-def scratch_vocab_size(tokenizer_size: int) -> int:
-  """A from-scratch model's vocabulary: the tokenizer's, rounded up to a multiple of 64."""
-  return -(-tokenizer_size // 64) * 64
+def model_vocab_size(m: ModelSection, checkpoint_vocab: int, codec_vocab: int) -> int:
+  """The vocabulary `build_model` gives the model for a codec of `codec_vocab` ids: from scratch,
+  the codec's rounded up to a multiple of 64; pretrained, the checkpoint's `checkpoint_vocab`,
+  grown to hold title tokens (`with_title_tokens`)."""
+  if m.init == "scratch":
+    return -(-codec_vocab // 64) * 64
+  return max(checkpoint_vocab, codec_vocab)
 
 
-def architecture(m: ModelSection) -> model_lib.ModelConfig:
+def architecture(m: ModelSection, codec_vocab: int = 0) -> model_lib.ModelConfig:
   """The configured architecture without loading weights: the checkpoint's config when
-  `m.init` exists on this machine, else the `m.preset` with `m.overrides` (LoRA included)."""
+  `m.init` exists on this machine, else the `m.preset` with `m.overrides` (LoRA included);
+  `codec_vocab` > 0: with the vocabulary `build_model` gives it for a codec of that many ids
+  (title tokens included), else the checkpoint's or preset's."""
   init = checkpoints.resolve_model_path(m.init) if m.init != "scratch" else ""
   if init and os.path.exists(init):
     cfg = checkpoints.read_model_config(init).replace(**_dtypes(m))
@@ -38,6 +44,8 @@ def architecture(m: ModelSection) -> model_lib.ModelConfig:
       raise ValueError(f"config.model.init={m.init!r} is not on this machine and config.model "
                        "has no preset to describe it")
     cfg = model_lib.get_config(m.preset, **m.overrides, **_dtypes(m))
+  if codec_vocab:
+    cfg = cfg.replace(vocab_size=model_vocab_size(m, cfg.vocab_size, codec_vocab))
   if m.lora_rank:
     cfg = cfg.replace(lora_rank=m.lora_rank, lora_alpha=m.lora_alpha)
   return cfg
@@ -48,7 +56,7 @@ def build_model(m: ModelSection, codec: Codec) -> model_lib.Decoder:
   `m.copy_init_layers`; its vocabulary covers every id of `codec`, title tokens included), or
   the pretrained checkpoint; LoRA adapters added when configured."""
   if m.init == "scratch":
-    cfg = model_lib.get_config(m.preset, vocab_size=scratch_vocab_size(codec.vocab_size),
+    cfg = model_lib.get_config(m.preset, vocab_size=model_vocab_size(m, 0, codec.vocab_size),
                                bos_token_id=None, eos_token_ids=(codec.eos_token_id,),
                                pad_token_id=codec.pad_token_id, **m.overrides, **_dtypes(m))
     model = model_lib.init_model(cfg, seed=m.seed)
@@ -76,7 +84,7 @@ def with_title_tokens(model: model_lib.Decoder, codec: Codec) -> model_lib.Decod
   grows by what is still missing."""
   cfg = model.cfg
   first, count = codec.title_offset, len(codec.titles)
-  vocab = max(cfg.vocab_size, first + count)
+  vocab = max(cfg.vocab_size, codec.vocab_size)  # codec.vocab_size == first + count
   text_ids = [list(codec.title_text_ids(t)) for t in codec.titles]
   tensors = {}
   for name, array in P.iter_tensors(model):

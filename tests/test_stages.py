@@ -10,7 +10,7 @@ import pytest
 
 from rosepo_jax import backbone, checkpoints, methods, pipeline
 from rosepo_jax import config as config_lib
-from rosepo_jax.stages import preference, sft
+from rosepo_jax.stages import compile as compile_stage, preference, sft
 from rosepo_jax.data.codec import Codec
 from rosepo_jax.workdir import read_jsonl, read_records
 from test_data_pipeline import _config
@@ -199,3 +199,12 @@ def test_title_tokens_through_the_pipeline(tmp_path):
   for folder in (ctx.paths.model("rosepo"), ctx.paths.export("rosepo")):
     saved = Codec.load(folder)
     assert saved.title_offset == offset and list(saved.titles) == ds.titles
+  # --stages=compile sizes the model as SFT did, title tokens included, once the data stage has
+  # run in the workdir; before that, the preset's vocabulary, and the table says which.
+  sft_model = checkpoints.load_orbax(ctx.paths.model("sft"))
+  report = compile_stage.run(context(config, workdir))
+  assert (report["vocab_size"], report["params"]) == (sft_model.cfg.vocab_size,
+                                                      sft_model.cfg.num_params)
+  assert "title tokens" in report["vocab_source"]
+  fresh = compile_stage.run(context(config, str(tmp_path / "fresh")))
+  assert fresh["vocab_size"] != sft_model.cfg.vocab_size and "has not run" in fresh["vocab_source"]

@@ -4,25 +4,43 @@ eval / negatives batch, for the merged model they decode) for the configured mod
 sizes without weights or data, prints per-device memory and FLOPs (`rosepo_jax.aot`), and fails
 when a program's peak exceeds `config.compile.hbm_gib`.
 
+The model is sized to the tokenizer as SFT sizes it (title tokens included) when the data stage
+has run in the workdir (its DIR/data/stats.json); before that, to the checkpoint's or preset's
+vocabulary. The table's first line says which.
+
 Reads config: model, mesh, sft, preference, methods (with their rows of `rosepo_jax.methods`),
 negatives, eval, vocab_chunk, data.max_seq_len, compile.
-Consumes: nothing. Writes: nothing.
+Consumes: the data stage's DIR/data/stats.json when it exists. Writes: nothing.
 """
 
 from __future__ import annotations
+
+import os
 
 import jax
 
 from rosepo_jax import aot, backbone, methods, sharding, train
 from rosepo_jax import model as model_lib
 from rosepo_jax.config import ConfigError
-from rosepo_jax.workdir import Context
+from rosepo_jax.workdir import Context, read_json
+
+
+def _codec_vocab(ctx: Context) -> tuple[int, str]:
+  """(ids of the data stage's tokenizer, title tokens included, or 0 before the data stage;
+  where the model's vocabulary size comes from)."""
+  if os.path.isfile(ctx.paths.data_stats):
+    stats = read_json(ctx.paths.data_stats, "the data stage's stats")
+    tok = stats["tokenizer"]
+    return tok["vocab_size"], (f"sized to the tokenizer of {ctx.paths.data_stats} "
+                               f"({tok.get('title_tokens', 0)} title tokens)")
+  return 0, "the checkpoint's or preset's vocabulary (the data stage has not run here)"
 
 
 def run(ctx: Context) -> dict:
   """Compiles the steps; prints the memory table; checks the HBM budget; returns the report."""
   config = ctx.config
-  cfg = backbone.architecture(config.model)
+  codec_vocab, vocab_source = _codec_vocab(ctx)
+  cfg = backbone.architecture(config.model, codec_vocab)
   mesh = ctx.mesh() or sharding.make_mesh(data=1)
   seq_len = config.compile.seq_len or config.data.max_seq_len
   if not seq_len:
@@ -43,6 +61,7 @@ def run(ctx: Context) -> dict:
   new_tokens = max(config.eval.max_new_tokens, config.negatives.max_new_tokens)
   report = {"mesh": dict(mesh.shape), "devices": jax.device_count(),
             "device_kind": jax.devices()[0].device_kind, "params": cfg.num_params,
+            "vocab_size": cfg.vocab_size, "vocab_source": vocab_source,
             "seq_len": seq_len, "steps": {}}
   for name, (loss_fn, section, responses, preference, online_ref) in steps.items():
     optimizer = train.make_optimizer(section.optim, section.steps)
