@@ -17,6 +17,7 @@ setuptools.setup(
         "flax>=0.12.8,<0.13",
         "optax>=0.2.5",  # optax.tree.norm
         "orbax-checkpoint>=0.11",
+        "etils[epath]>=1.7",  # rosepo_jax.files: local paths and gs:// (with the gcs extra)
         "transformers>=4.50",
         "tensorflow-datasets>=4.9.9",
         "array-record>=0.8",
@@ -35,6 +36,9 @@ setuptools.setup(
         # torch is installed separately as exactly torch==2.13.0 (CPU build); see .ci/run.
         "test": ["pytest>=8", "pytest-xdist>=3.5", "accelerate>=1.0", "gguf>=0.10", "peft>=0.13"],
         "gguf": ["gguf>=0.10"],
+        # --workdir=gs://...: epath's fsspec backend (gcsfs brings google-cloud-storage, which
+        # tensorboardX uses for gs://).
+        "gcs": ["gcsfs>=2024.2"],
         # The peers of benchmarks/ (docs/benchmarks.md): trl's DPOTrainer (with its datasets
         # dependency) for preference_step.py; torch==2.13.0 is installed separately as above.
         "bench": ["trl>=1.16", "datasets>=3.0"],

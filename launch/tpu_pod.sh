@@ -4,13 +4,12 @@
 #
 #   launch/tpu_pod.sh --tpu=NAME --zone=ZONE [--project=P] [--create=v5p-64] [--version=RUNTIME] \
 #       [--repo=GIT_URL] [--ref=BRANCH] -- --config=configs/llama3_8b_lora_pod.py \
-#       --workdir=/mnt/BUCKET/runs/NAME [--stages=all] [--config.x=y ...]
+#       --workdir=gs://BUCKET/runs/NAME [--stages=all] [--config.x=y ...]
 #
 # Without --repo the local checkout is copied to every worker (scp --worker=all). Everything after
-# "--" goes to launch.main unchanged; --distributed is added. The workdir is a path every worker
-# sees (a GCS FUSE mount, e.g. `gcsfuse BUCKET /mnt/BUCKET` on each worker, or a shared disk);
-# gs:// URLs are refused. The data stage needs ../shared/data (or config.data.manual_dir) on
-# every worker.
+# "--" goes to launch.main unchanged; --distributed is added. The workdir is a gs:// URL (the
+# package is installed with its gcs extra) or a path every worker sees (a GCS FUSE mount or a
+# shared disk). The data stage needs ../shared/data (or config.data.manual_dir) on every worker.
 set -euo pipefail
 
 TPU="" ZONE="" PROJECT="" CREATE="" VERSION="v2-alpha-tpuv5" REPO="" REF="main"
@@ -32,7 +31,7 @@ if [[ -z "$TPU" || -z "$ZONE" ]]; then
   echo "tpu_pod.sh: --tpu=NAME and --zone=ZONE are required" >&2; exit 2
 fi
 if [[ $# -eq 0 ]]; then
-  echo "tpu_pod.sh: give launch.main's flags after --, e.g. -- --config=... --workdir=/mnt/..." >&2
+  echo "tpu_pod.sh: give launch.main's flags after --, e.g. -- --config=... --workdir=gs://..." >&2
   exit 2
 fi
 GCLOUD=(gcloud compute tpus tpu-vm)
@@ -60,6 +59,6 @@ printf -v ARGS ' %q' "$@"
   $FETCH
   cd $DEST
   python3 -m pip install -q 'jax[tpu]' -f https://storage.googleapis.com/jax-releases/libtpu_releases.html
-  python3 -m pip install -q -e .
+  python3 -m pip install -q -e '.[gcs]'
   python3 -m launch.main --distributed $ARGS
 "

@@ -7,11 +7,9 @@ pretrained checkpoint (a .gguf file, pkg:NAME, a Hugging Face folder or an orbax
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
-from rosepo_jax import checkpoints
+from rosepo_jax import checkpoints, files
 from rosepo_jax import model as model_lib
 from rosepo_jax.checkpoints import params as P
 from rosepo_jax.config import ModelSection
@@ -37,7 +35,7 @@ def architecture(m: ModelSection, codec_vocab: int = 0) -> model_lib.ModelConfig
   `codec_vocab` > 0: with the vocabulary `build_model` gives it for a codec of that many ids
   (title tokens included), else the checkpoint's or preset's."""
   init = checkpoints.resolve_model_path(m.init) if m.init != "scratch" else ""
-  if init and os.path.exists(init):
+  if init and files.exists(init):
     cfg = checkpoints.read_model_config(init).replace(**_dtypes(m))
   else:
     if m.init != "scratch" and not m.preset:

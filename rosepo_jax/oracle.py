@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 import time
 from collections.abc import Mapping, Sequence
 
@@ -33,7 +32,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from rosepo_jax import multihost, progress
+from rosepo_jax import files, multihost, progress
 from rosepo_jax.checkpoints.atomic import atomic_dir
 
 
@@ -275,25 +274,24 @@ def save_oracle(oracle: Oracle, folder: str) -> None:
   params = jax.tree.map(multihost.to_host, nnx.state(oracle.model, nnx.Param).to_pure_dict())
   with atomic_dir(folder) as tmp:
     ckpt = ocp.StandardCheckpointer()
-    ckpt.save(os.path.join(os.path.abspath(tmp), "params"), params)
+    ckpt.save(files.native(files.join(tmp, "params")), params)
     ckpt.wait_until_finished()
     if multihost.is_leader():
-      with open(os.path.join(tmp, "oracle_config.json"), "w") as f:
-        json.dump({"num_items": oracle.model.num_items, **dataclasses.asdict(oracle.cfg)}, f)
+      files.write_text(files.join(tmp, "oracle_config.json"), json.dumps(
+          {"num_items": oracle.model.num_items, **dataclasses.asdict(oracle.cfg)}))
 
 
 def load_oracle(folder: str) -> Oracle:
-  path = os.path.join(folder, "oracle_config.json")
-  if not os.path.isfile(path):
+  path = files.join(folder, "oracle_config.json")
+  if not files.isfile(path):
     raise FileNotFoundError(f"{folder}: no oracle_config.json (run the oracle stage first)")
-  with open(path, encoding="utf-8") as f:
-    d = json.load(f)
+  d = json.loads(files.read_text(path))
   num_items = d.pop("num_items")
   cfg = OracleConfig(**d)
   model = SASRec(num_items, cfg, nnx.Rngs(params=0, dropout=1))
   params = nnx.state(model, nnx.Param)
   restored = ocp.StandardCheckpointer().restore(
-      os.path.join(os.path.abspath(folder), "params"),
+      files.native(files.join(folder, "params")),
       jax.tree.map(ocp.utils.to_shape_dtype_struct, params.to_pure_dict()))
   nnx.replace_by_pure_dict(params, restored)
   nnx.update(model, params)

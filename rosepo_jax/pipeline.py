@@ -31,7 +31,7 @@ import time
 import uuid
 
 from rosepo_jax import config as config_lib
-from rosepo_jax import multihost
+from rosepo_jax import files, multihost
 from rosepo_jax.errors import InputError
 from rosepo_jax.stages import compile as compile_stage
 from rosepo_jax.stages import data, eval as eval_stage, export, negatives, oracle, preference
@@ -58,7 +58,7 @@ class WorkdirError(InputError, NotADirectoryError):
 
 def read_marker(ctx: Context, unit: Unit) -> dict | None:
   path = ctx.paths.marker(unit)
-  return read_json(path) if os.path.isfile(path) else None
+  return read_json(path) if files.isfile(path) else None
 
 
 def inputs_of(config: config_lib.Config, unit: Unit) -> list[Unit]:
@@ -112,7 +112,7 @@ def why_stale(ctx: Context, unit: Unit) -> str:
 
 def _missing_products(ctx: Context, unit: Unit) -> list[str]:
   stage, seeded = BY_NAME[unit.stage], ctx.for_seed(unit.seed)
-  return [p for p in stage.products(seeded.config, seeded.paths, unit) if not os.path.exists(p)]
+  return [p for p in stage.products(seeded.config, seeded.paths, unit) if not files.exists(p)]
 
 
 def _check_inputs(ctx: Context, unit: Unit, asked: set[str]) -> None:
@@ -140,6 +140,22 @@ def units(config: config_lib.Config, stage: str) -> list[Unit]:
           for u in s.units(config.for_seed(seed))]
 
 
+def _check_workdir(workdir: str, writes: bool) -> None:
+  """A WorkdirError unless `workdir` (a path or a gs:// URL) is a folder this job can write."""
+  try:
+    if files.exists(workdir) and not files.isdir(workdir):
+      raise WorkdirError(f"--workdir={workdir} is a file; expected a folder")
+    if writes:
+      files.makedirs(workdir)
+  except (ImportError, NotImplementedError) as e:  # e.g. gs:// without gcsfs
+    raise WorkdirError(f"--workdir={workdir}: {e} (gs:// needs `pip install "
+                       "rosepo-jax[gcs]`)") from None
+  except OSError as e:
+    raise WorkdirError(f"--workdir={workdir}: cannot create it ({e.strerror or e})") from None
+  if writes and not files.is_remote(workdir) and not os.access(workdir, os.W_OK | os.X_OK):
+    raise WorkdirError(f"--workdir={workdir} is not writable by this user")
+
+
 def run(config, workdir: str, stages, force: bool = False) -> dict:
   """Runs `stages` (names from STAGE_NAMES, "all", or "compile") in pipeline order, skipping
   up-to-date units. `config` is a ConfigDict (parsed and validated here, before any work) or a
@@ -151,20 +167,7 @@ def run(config, workdir: str, stages, force: bool = False) -> dict:
   if unknown:
     raise ValueError(f"unknown stage(s) {unknown}; available: {list(STAGE_NAMES)}, all, or "
                      "compile")
-  if "://" in workdir:
-    raise WorkdirError(
-        f"--workdir={workdir}: URLs are not supported; give a filesystem path that every process "
-        "of the job sees (a shared disk, or a GCS FUSE mount of the bucket, e.g. `gcsfuse BUCKET "
-        "/mnt/BUCKET` and --workdir=/mnt/BUCKET/...)")
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise WorkdirError(f"--workdir={workdir} is a file; expected a folder")
-  if set(stages) - {"compile"}:
-    try:
-      os.makedirs(workdir, exist_ok=True)
-    except OSError as e:
-      raise WorkdirError(f"--workdir={workdir}: cannot create it ({e.strerror})") from None
-    if not os.access(workdir, os.W_OK | os.X_OK):
-      raise WorkdirError(f"--workdir={workdir} is not writable by this user")
+  _check_workdir(workdir, writes=bool(set(stages) - {"compile"}))
   ctx = Context(config, workdir)
   outcome = {}
   if "compile" in stages:

@@ -29,7 +29,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from rosepo_jax import checkpoints
+from rosepo_jax import checkpoints, files
 from rosepo_jax.checkpoints import peft
 from rosepo_jax import flops as flops_lib
 from rosepo_jax import losses, multihost, progress, scoring, sharding
@@ -304,7 +304,7 @@ def _checkpoint_manager(directory: str, cfg: LoopConfig) -> ocp.CheckpointManage
   options = ocp.CheckpointManagerOptions(
       create=True, enable_async_checkpointing=True,
       preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies))
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+  return ocp.CheckpointManager(files.native(directory), options=options)
 
 
 def _save(manager, state: TrainState, metrics: dict | None = None) -> None:
@@ -319,9 +319,9 @@ def restore_latest(directory: str, like: TrainState) -> TrainState | None:
   Multi-host: every process takes process 0's view of whether `directory` exists, so all of them
   run the same collectives (another process may be creating it at this moment).
   """
-  if not multihost.agree(os.path.isdir(directory)):
+  if not multihost.agree(files.isdir(directory)):
     return None
-  manager = ocp.CheckpointManager(os.path.abspath(directory))
+  manager = ocp.CheckpointManager(files.native(directory))
   step = manager.latest_step()
   if step is None:
     return None
@@ -350,13 +350,13 @@ def train_loop(trainer: Trainer, batch_fn: Callable[[int], dict], cfg: LoopConfi
   """
   from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
 
-  os.makedirs(workdir, exist_ok=True)
-  ckpt_dir = os.path.join(workdir, "checkpoints")
+  files.makedirs(workdir)
+  ckpt_dir = files.join(workdir, "checkpoints")
   state = (restore_latest(ckpt_dir, trainer.initial) if resume else None) or trainer.initial
   if state.step:
     logging.info("resumed %s at step %d", workdir, state.step)
   manager = _checkpoint_manager(ckpt_dir, cfg)
-  writer = SummaryWriter(os.path.join(workdir, "tb")) if multihost.is_leader() else None
+  writer = SummaryWriter(files.native(files.join(workdir, "tb"))) if multihost.is_leader() else None
   bar = progress.bar(cfg.num_steps, os.path.basename(workdir.rstrip("/")), "step",
                      initial=state.step, enabled=cfg.progress)
   eval_metrics: dict = {}
@@ -390,8 +390,8 @@ def train_loop(trainer: Trainer, batch_fn: Callable[[int], dict], cfg: LoopConfi
     if writer:
       for k, v in metrics.items():
         writer.add_scalar(f"train/{k}", v, step)
-      with open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8") as f:
-        f.write(json.dumps({"step": int(step), **metrics}) + "\n")
+      files.append_text(files.join(workdir, "metrics.jsonl"),
+                        json.dumps({"step": int(step), **metrics}) + "\n")
 
   pending = None  # (step, device metrics, batch) of the last dispatched step, not yet read
   try:

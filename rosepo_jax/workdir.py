@@ -15,6 +15,9 @@ With config.seeds, the units of the stages marked `per_seed` (sft, negatives, dp
 once per seed, and what they write moves under DIR/seed_<s>/ (DIR/seed_<s>/sft, .../eval/<run>.json,
 ...); data, oracle, the report and the markers stay in DIR.
 
+DIR is a local path or a gs:// URL: every file under it is read and written through
+`rosepo_jax.files` (the helpers below; orbax and TensorBoard get `files.native` paths).
+
 A `Stage` is what the runner (`rosepo_jax.pipeline`) knows of a stage module: the config keys it
 reads, its units, the units each consumes, the paths each writes, and its `run`. `Context` holds
 the typed config, the paths and what stages share, each opened once: the dataset, the tokenizer,
@@ -27,15 +30,16 @@ from collections.abc import Callable, Sequence
 import copy
 import dataclasses
 import hashlib
+import io
 import json
 import os
-import shutil
 from typing import Any
 
+from array_record.python import array_record_module
 import jax
 import numpy as np
 
-from rosepo_jax import multihost, sharding
+from rosepo_jax import files, multihost, sharding
 from rosepo_jax.config import Config, ConfigError
 from rosepo_jax.data import dataset as dataset_lib
 from rosepo_jax.data.candidates import subset_indices
@@ -97,13 +101,13 @@ class Paths:
 
   def __init__(self, root: str, seed: int | None = None):
     self.root, self.seed = root, seed
-    self.seed_root = root if seed is None else os.path.join(root, f"seed_{seed}")
+    self.seed_root = root if seed is None else files.join(root, f"seed_{seed}")
 
   def _join(self, *parts: str) -> str:
-    return os.path.join(self.root, *parts)
+    return files.join(self.root, *parts)
 
   def _seeded(self, *parts: str) -> str:
-    return os.path.join(self.seed_root, *parts)
+    return files.join(self.seed_root, *parts)
 
   # data
   @property
@@ -243,20 +247,21 @@ def fingerprint(paths: Sequence[str]) -> list[Any]:
     if os.path.isfile(path):
       out.append(_file_digest(path))
     elif os.path.isdir(path):
-      files = {}
+      digests = {}
       for root, dirs, names in os.walk(path):
         dirs.sort()
         for name in sorted(names):
           full = os.path.join(root, name)
-          files[os.path.relpath(full, path)] = _file_digest(full)
-      out.append(files)
+          digests[os.path.relpath(full, path)] = _file_digest(full)
+      out.append(digests)
     else:
       out.append(None)
   return out
 
 
 # ------------------------------------------------------------------------------------------------
-# Files: atomic writes (temp, then rename) by the leader (process 0); reads.
+# Files under DIR (through `files`, so DIR may be gs://): atomic writes by the leader (process
+# 0); reads.
 
 
 def write_json(path: str, obj) -> None:
@@ -264,13 +269,8 @@ def write_json(path: str, obj) -> None:
 
 
 def write_text(path: str, text: str) -> None:
-  if not multihost.is_leader():
-    return
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-  os.replace(tmp, path)
+  if multihost.is_leader():
+    files.write_text(path, text)
 
 
 def write_jsonl(path: str, rows: Sequence[dict]) -> None:
@@ -278,58 +278,56 @@ def write_jsonl(path: str, rows: Sequence[dict]) -> None:
 
 
 def read_json(path: str, what: str = "") -> Any:
-  if not os.path.isfile(path):
+  if not files.isfile(path):
     raise FileNotFoundError(f"{path} not found{'; ' + what if what else ''}")
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  return json.loads(files.read_text(path))
 
 
 def read_jsonl(path: str) -> list[dict]:
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in files.read_text(path).splitlines() if line.strip()]
 
 
 def write_records(path: str, rows: Sequence[dict]) -> None:
   """JSON records in an array_record file, atomically."""
-  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
   if not multihost.is_leader():
     return
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  writer = array_record_module.ArrayRecordWriter(path + ".tmp", "group_size:1")
-  for row in rows:
-    writer.write(json.dumps(row).encode())
-  writer.close()
-  os.replace(path + ".tmp", path)
+  with files.local_output(path) as local:
+    writer = array_record_module.ArrayRecordWriter(local, "group_size:1")
+    for row in rows:
+      writer.write(json.dumps(row).encode())
+    writer.close()
 
 
 def read_records(path: str, what: str = "") -> list[dict]:
-  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
-  if not os.path.isfile(path):
+  if not files.isfile(path):
     raise FileNotFoundError(f"{path} not found{'; ' + what if what else ''}")
-  reader = array_record_module.ArrayRecordReader(path)
-  try:
-    return [json.loads(r) for r in reader.read_all()]
-  finally:
-    reader.close()
+  with files.local_copy(path) as local:
+    reader = array_record_module.ArrayRecordReader(local)
+    try:
+      return [json.loads(r) for r in reader.read_all()]
+    finally:
+      reader.close()
 
 
 def save_npz(path: str, **arrays) -> None:
   if not multihost.is_leader():
     return
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  np.savez(path + ".tmp.npz", **arrays)
-  os.replace(path + ".tmp.npz", path)
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  files.write_bytes(path, buffer.getvalue())
+
+
+def load_npz(path: str) -> dict[str, np.ndarray]:
+  """Every array of an .npz file written by `save_npz`."""
+  with np.load(io.BytesIO(files.read_bytes(path))) as z:
+    return {key: z[key] for key in z.files}
 
 
 def remove(paths: Sequence[str]) -> None:
   """Removes files and folders (the leader)."""
-  if not multihost.is_leader():
-    return
-  for path in paths:
-    if os.path.isdir(path):
-      shutil.rmtree(path)
-    elif os.path.exists(path):
-      os.remove(path)
+  if multihost.is_leader():
+    for path in paths:
+      files.remove(path)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -409,10 +407,9 @@ class Context:
     return k, bound, max(c.eval.max_new_tokens, c.negatives.max_new_tokens if negatives else 0)
 
   def _row_lengths(self) -> dict[str, Any]:
-    if not os.path.isfile(self.paths.row_lengths):
+    if not files.isfile(self.paths.row_lengths):
       raise FileNotFoundError(f"{self.paths.row_lengths} not found; run the data stage")
-    with np.load(self.paths.row_lengths) as z:
-      return {key: z[key] for key in z.files}
+    return load_npz(self.paths.row_lengths)
 
   def longest_rows(self) -> dict[str, dict]:
     """The longest row of each kind this config's stages build (`data.lengths.longest_rows`),

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 from conftest import REPO
+from etils.epath import backend as epath_backend
 import ml_collections
 import pytest
 
@@ -113,7 +114,7 @@ def test_launcher_prints_an_input_error_as_one_line(tmp_path):
   assert proc.returncode != 0 and "Traceback" in proc.stderr
 
 
-def test_a_workdir_that_is_a_file_or_cannot_be_made_is_named(tmp_path):
+def test_a_workdir_that_is_a_file_or_cannot_be_made_is_named(tmp_path, monkeypatch):
   config = _config("demo.py")
   (tmp_path / "file").write_text("keep")
   with pytest.raises(pipeline.WorkdirError, match=f"--workdir={tmp_path / 'file'} is a file"):
@@ -122,10 +123,15 @@ def test_a_workdir_that_is_a_file_or_cannot_be_made_is_named(tmp_path):
                      match=f"--workdir={tmp_path / 'file' / 'w'}: cannot create it"):
     pipeline.run(config, str(tmp_path / "file" / "w"), ["data"])
   assert (tmp_path / "file").read_text() == "keep"
-  with pytest.raises(pipeline.WorkdirError, match="--workdir=gs://b/run: URLs are not supported; "
-                     "give a filesystem path that every process of the job sees"):
+  # gs:// without the gcs extra (gcsfs): named, with what to install
+  monkeypatch.setitem(sys.modules, "gcsfs", None)  # unimportable, installed or not
+  epath_backend.fsspec_backend._get_filesystem.cache_clear()  # pylint: disable=protected-access
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(pipeline.WorkdirError, match=r"--workdir=gs://b/run: .*gcsfs.* \(gs:// needs "
+                     r"`pip install rosepo-jax\[gcs\]`\)"):
     pipeline.run(config, "gs://b/run", ["data"])
-  assert not os.path.exists("gs:")
+  epath_backend.fsspec_backend._get_filesystem.cache_clear()  # pylint: disable=protected-access
+  assert not os.path.exists(tmp_path / "gs:")
 
 
 def test_strategy_weights_are_checked():

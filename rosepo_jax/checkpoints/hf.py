@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
+import tempfile
 from typing import Any
 
 import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from rosepo_jax import multihost, progress
+from rosepo_jax import files, multihost, progress
 from rosepo_jax.checkpoints import params as P
 from rosepo_jax.errors import InputError
 from rosepo_jax.checkpoints.atomic import atomic_dir
@@ -191,20 +191,23 @@ def load_hf(folder: str, mesh=None, **overrides: Any) -> Decoder:
   `overrides` are ModelConfig fields (e.g. ``param_dtype="bfloat16"``, ``remat=True``);
   parameters default to float32 whatever the file's dtype.
   """
+  if files.is_remote(folder):  # safetensors reads local files
+    with files.local_copy(folder) as local:
+      return load_hf(local, mesh, **overrides)
   config_path = os.path.join(folder, "config.json")
   if not os.path.isdir(folder) or not os.path.exists(config_path):
     raise FileNotFoundError(f"{folder}: not a Hugging Face model folder; expected config.json "
                             "and model.safetensors (or model.safetensors.index.json + shards)")
   cfg = config_from_hf(_read_json(config_path), config_path, **overrides)
-  files = _weight_files(folder)
+  weight_files = _weight_files(folder)
   names = P.param_names(cfg)
-  missing = [n.hf for n in names if n.hf not in files]
+  missing = [n.hf for n in names if n.hf not in weight_files]
   if missing:
-    raise P.missing_error(folder, missing, list(files))
+    raise P.missing_error(folder, missing, list(weight_files))
   handles: dict[str, Any] = {}
   try:
     def get(name: P.ParamName) -> np.ndarray:
-      path = files[name.hf]
+      path = weight_files[name.hf]
       if path not in handles:
         handles[path] = _open_safetensors(path).__enter__()
       return P.from_theirs(name, handles[path].get_tensor(name.hf))
@@ -220,16 +223,20 @@ def save_tokenizer(tokenizer, folder: str) -> list[str]:
   if tokenizer is None:
     return []
   if isinstance(tokenizer, (str, os.PathLike)):
-    copied = [f for f in TOKENIZER_FILES if os.path.exists(os.path.join(tokenizer, f))]
+    tokenizer = os.fspath(tokenizer)
+    copied = [f for f in TOKENIZER_FILES if files.exists(files.join(tokenizer, f))]
     if not copied:
       raise FileNotFoundError(f"{tokenizer}: no tokenizer files found; expected one of "
                               f"{list(TOKENIZER_FILES)}")
     for f in copied:
-      shutil.copy2(os.path.join(tokenizer, f), os.path.join(folder, f))
+      files.copy(files.join(tokenizer, f), files.join(folder, f))
     return copied
-  before = set(os.listdir(folder))
-  tokenizer.save_pretrained(folder)
-  return sorted(set(os.listdir(folder)) - before)
+  with tempfile.TemporaryDirectory(prefix="rosepo_jax.") as local:  # it writes local files
+    tokenizer.save_pretrained(local)
+    written = sorted(os.listdir(local))
+    for name in written:
+      files.copy(os.path.join(local, name), files.join(folder, name))
+  return written
 
 
 def save_hf(model: Decoder, folder: str, tokenizer=None, dtype: str | None = None,
@@ -290,23 +297,26 @@ def _write_hf(tmp: str, shards: list[dict[str, np.ndarray]], cfg, dtype: str, to
   metadata = {"format": "pt"}
   bar = progress.bar(total, f"export {what}", "B", unit_scale=True)
   if len(shards) == 1:
-    save_file(shards[0], os.path.join(tmp, "model.safetensors"), metadata=metadata)
+    _save_safetensors(shards[0], files.join(tmp, "model.safetensors"), metadata)
     bar.update(total)
   else:
     weight_map = {}
     for i, shard in enumerate(shards):
       fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-      save_file(shard, os.path.join(tmp, fname), metadata=metadata)
+      _save_safetensors(shard, files.join(tmp, fname), metadata)
       weight_map.update({k: fname for k in shard})
       bar.update(sum(t.nbytes for t in shard.values()))
-    with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
-      json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    files.write_text(files.join(tmp, "model.safetensors.index.json"), json.dumps(
+        {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
   bar.close()
-  with open(os.path.join(tmp, "config.json"), "w") as f:
-    json.dump(config_to_hf(cfg, dtype), f, indent=2)
+  files.write_text(files.join(tmp, "config.json"), json.dumps(config_to_hf(cfg, dtype), indent=2))
   gen = {"bos_token_id": cfg.bos_token_id, "pad_token_id": cfg.pad_token_id,
          "eos_token_id": list(cfg.eos_token_ids) if len(cfg.eos_token_ids) > 1 else
          (cfg.eos_token_ids[0] if cfg.eos_token_ids else None)}
-  with open(os.path.join(tmp, "generation_config.json"), "w") as f:
-    json.dump(gen, f, indent=2)
+  files.write_text(files.join(tmp, "generation_config.json"), json.dumps(gen, indent=2))
   return save_tokenizer(tokenizer, tmp)
+
+
+def _save_safetensors(tensors: dict[str, np.ndarray], path: str, metadata: dict) -> None:
+  with files.local_output(path) as local:  # safetensors writes local files
+    save_file(tensors, local, metadata=metadata)

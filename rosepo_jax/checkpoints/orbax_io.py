@@ -10,13 +10,12 @@ Layout of a model directory written here::
 from __future__ import annotations
 
 import json
-import os
 
 from flax import nnx
 import jax
 import orbax.checkpoint as ocp
 
-from rosepo_jax import multihost, sharding
+from rosepo_jax import files, multihost, sharding
 from rosepo_jax.checkpoints.atomic import atomic_dir
 from rosepo_jax.checkpoints.hf import save_tokenizer
 from rosepo_jax.model import Decoder, abstract_model, config_from_dict, config_to_dict
@@ -26,8 +25,8 @@ PARAMS_DIR = "params"
 
 
 def is_orbax_model_dir(path: str) -> bool:
-  return os.path.isfile(os.path.join(path, CONFIG_FILE)) and os.path.isdir(
-      os.path.join(path, PARAMS_DIR))
+  return files.isfile(files.join(path, CONFIG_FILE)) and files.isdir(
+      files.join(path, PARAMS_DIR))
 
 
 def save_orbax(model: Decoder, folder: str, tokenizer=None, overwrite: bool = True,
@@ -39,11 +38,11 @@ def save_orbax(model: Decoder, folder: str, tokenizer=None, overwrite: bool = Tr
   tokenizer_files = []
   with atomic_dir(folder, overwrite, protect) as tmp:
     checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(os.path.join(os.path.abspath(tmp), PARAMS_DIR), state)
+    checkpointer.save(files.native(files.join(tmp, PARAMS_DIR)), state)
     checkpointer.wait_until_finished()
     if multihost.is_leader():
-      with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
-        json.dump(config_to_dict(model.cfg), f, indent=2)
+      files.write_text(files.join(tmp, CONFIG_FILE),
+                       json.dumps(config_to_dict(model.cfg), indent=2))
       tokenizer_files = save_tokenizer(tokenizer, tmp)
   return {"format": "orbax", "path": folder, "params": model.cfg.num_params,
           "dtype": model.cfg.param_dtype, "tokenizer_files": tokenizer_files}
@@ -55,8 +54,8 @@ def load_orbax(folder: str, mesh=None, rules=sharding.RULES, **overrides) -> Dec
   if not is_orbax_model_dir(folder):
     raise FileNotFoundError(f"{folder}: not an orbax model directory; expected {CONFIG_FILE} "
                             f"and {PARAMS_DIR}/")
-  with open(os.path.join(folder, CONFIG_FILE), encoding="utf-8") as f:
-    cfg = config_from_dict(json.load(f), source=os.path.join(folder, CONFIG_FILE))
+  cfg = config_from_dict(json.loads(files.read_text(files.join(folder, CONFIG_FILE))),
+                         source=files.join(folder, CONFIG_FILE))
   cfg = cfg.replace(**overrides)
   graphdef, abstract = nnx.split(abstract_model(cfg))
   params = nnx.state(abstract_model(cfg), nnx.Param)
@@ -68,6 +67,6 @@ def load_orbax(folder: str, mesh=None, rules=sharding.RULES, **overrides) -> Dec
   target = jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s),
                         params.to_pure_dict(), shardings.to_pure_dict())
   restored = ocp.StandardCheckpointer().restore(
-      os.path.join(os.path.abspath(folder), PARAMS_DIR), target)
+      files.native(files.join(folder, PARAMS_DIR)), target)
   nnx.replace_by_pure_dict(abstract, restored)
   return nnx.merge(graphdef, abstract)

@@ -11,13 +11,12 @@ B @ A; so lora_A = a.T and lora_B = b.T, named after the layer's HF weight under
 from __future__ import annotations
 
 import json
-import os
 
 from flax import nnx
 import numpy as np
 from safetensors.numpy import save_file
 
-from rosepo_jax import multihost
+from rosepo_jax import files, multihost
 from rosepo_jax.checkpoints import params as P
 from rosepo_jax.checkpoints.atomic import atomic_dir
 from rosepo_jax.model import Decoder
@@ -53,17 +52,14 @@ def save_adapter(model: Decoder, folder: str, base_model: str = "") -> None:
   tensors = adapter_tensors(model)
   with atomic_dir(folder) as tmp:
     if multihost.is_leader():
-      save_file(tensors, os.path.join(tmp, ADAPTER_WEIGHTS), metadata={"format": "pt"})
-      with open(os.path.join(tmp, ADAPTER_CONFIG), "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2)
+      with files.local_output(files.join(tmp, ADAPTER_WEIGHTS)) as local:
+        save_file(tensors, local, metadata={"format": "pt"})
+      files.write_text(files.join(tmp, ADAPTER_CONFIG), json.dumps(config, indent=2))
 
 
 def set_base(folder: str, base_model: str) -> None:
   """Points an adapter folder's config at `base_model` (atomic rewrite of adapter_config.json)."""
-  path = os.path.join(folder, ADAPTER_CONFIG)
-  with open(path, encoding="utf-8") as f:
-    config = json.load(f)
+  path = files.join(folder, ADAPTER_CONFIG)
+  config = json.loads(files.read_text(path))
   config["base_model_name_or_path"] = base_model
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    json.dump(config, f, indent=2)
-  os.replace(path + ".tmp", path)
+  files.write_text(path, json.dumps(config, indent=2))

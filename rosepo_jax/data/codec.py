@@ -21,8 +21,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 import dataclasses
 import json
-import os
 
+from rosepo_jax import files
 from rosepo_jax.data import tokenizer as tokenizer_lib
 from rosepo_jax.data.prompts import Piece, response_text
 
@@ -59,18 +59,14 @@ class Codec:
     """The tokenizer files, and with title tokens TITLE_TOKENS_FILE, into `folder`."""
     self.tokenizer.save_pretrained(folder)
     if self.title_tokens:
-      with open(os.path.join(folder, TITLE_TOKENS_FILE), "w", encoding="utf-8") as f:
-        json.dump({"offset": self.title_offset, "titles": list(self.titles)}, f,
-                  ensure_ascii=False)
+      files.write_text(files.join(folder, TITLE_TOKENS_FILE), json.dumps(
+          {"offset": self.title_offset, "titles": list(self.titles)}, ensure_ascii=False))
 
   @classmethod
   def load(cls, folder: str) -> "Codec":
     """The codec saved in `folder` (`save_pretrained`)."""
-    path = os.path.join(folder, TITLE_TOKENS_FILE)
-    saved = None
-    if os.path.isfile(path):
-      with open(path, encoding="utf-8") as f:
-        saved = json.load(f)
+    path = files.join(folder, TITLE_TOKENS_FILE)
+    saved = json.loads(files.read_text(path)) if files.isfile(path) else None
     codec = cls(tokenizer_lib.load_saved_tokenizer(folder),
                 None if saved is None else saved["titles"])
     if saved is not None and codec.title_offset != saved["offset"]:

@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from rosepo_jax import files, multihost
 from rosepo_jax.data import records, synthetic, tfds_builders
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -121,9 +122,18 @@ def manual_dir_of(data_cfg) -> str | None:
 
 
 def load_dataset(data_cfg, data_dir: str) -> RecDataset:
-  """Prepares (first call) and opens the dataset described by `config.data` under `data_dir`."""
-  builder = tfds_builders.prepare(data_cfg.name, builder_params(data_cfg), data_dir,
+  """Prepares (first call) and opens the dataset described by `config.data` under `data_dir`.
+
+  A gs:// `data_dir` is read through a local copy (`files.local_mirror`: TFDS's array_record
+  reader needs local files); a dataset built here is copied up by the leader.
+  """
+  local = files.local_mirror(data_dir)
+  builder = tfds_builders.prepare(data_cfg.name, builder_params(data_cfg), local,
                                   manual_dir_of(data_cfg))
+  if files.is_remote(data_dir) and multihost.is_leader():
+    built = files.join(data_dir, os.path.relpath(os.fspath(builder.data_dir), local))
+    if not files.isfile(files.join(built, "dataset_info.json")):
+      files.copy(os.fspath(builder.data_dir), built)
   meta = builder.info.metadata
   return RecDataset(name=data_cfg.name, titles=list(meta["titles"]),
                     train_popularity=np.asarray(meta["train_popularity"], np.int64),

@@ -8,9 +8,8 @@ the trained one is saved as tokenizer.json (+ config) loadable by AutoTokenizer.
 from __future__ import annotations
 
 from collections.abc import Iterable
-import os
 
-from rosepo_jax import checkpoints
+from rosepo_jax import checkpoints, files
 
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<unk>")
 
@@ -43,12 +42,15 @@ def load_pretrained_tokenizer(path: str):
 
 
 def save_tokenizer(tok, folder: str) -> None:
-  os.makedirs(folder, exist_ok=True)
-  tok.save_pretrained(folder)
+  """Writes `tok`'s files as the folder `folder` (local or gs://), replacing it."""
+  with files.local_output(folder) as local:  # save_pretrained writes local files
+    tok.save_pretrained(local)
 
 
 def load_saved_tokenizer(folder: str):
+  """The tokenizer `save_tokenizer` wrote in `folder` (local or gs://)."""
   from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
-  if not os.path.isfile(os.path.join(folder, "tokenizer.json")):
+  if not files.isfile(files.join(folder, "tokenizer.json")):
     raise FileNotFoundError(f"{folder}: no tokenizer.json (run the data stage first)")
-  return AutoTokenizer.from_pretrained(folder)
+  with files.local_copy(folder) as local:  # from_pretrained reads local files
+    return AutoTokenizer.from_pretrained(local)

@@ -15,11 +15,10 @@ Consumes: the data stage's DIR/data/stats.json when it exists. Writes: nothing.
 
 from __future__ import annotations
 
-import os
 
 import jax
 
-from rosepo_jax import aot, backbone, methods, sharding, train
+from rosepo_jax import aot, backbone, files, methods, sharding, train
 from rosepo_jax import model as model_lib
 from rosepo_jax.config import ConfigError
 from rosepo_jax.workdir import Context, read_json
@@ -28,7 +27,7 @@ from rosepo_jax.workdir import Context, read_json
 def _codec_vocab(ctx: Context) -> tuple[int, str]:
   """(ids of the data stage's tokenizer, title tokens included, or 0 before the data stage;
   where the model's vocabulary size comes from)."""
-  if os.path.isfile(ctx.paths.data_stats):
+  if files.isfile(ctx.paths.data_stats):
     stats = read_json(ctx.paths.data_stats, "the data stage's stats")
     tok = stats["tokenizer"]
     return tok["vocab_size"], (f"sized to the tokenizer of {ctx.paths.data_stats} "

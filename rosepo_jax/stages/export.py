@@ -12,10 +12,8 @@ when the backbone is not one (from scratch, GGUF, orbax), its export in DIR/expo
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
 
-from rosepo_jax import backbone, checkpoints, multihost
+from rosepo_jax import backbone, checkpoints, files, multihost
 from rosepo_jax.checkpoints import atomic, peft
 from rosepo_jax.workdir import Context, Paths, Stage, Unit, model_unit
 
@@ -23,15 +21,15 @@ from rosepo_jax.workdir import Context, Paths, Stage, Unit, model_unit
 def _adapter_base(ctx: Context, run: str) -> str:
   """The HF folder a run's adapters apply to (exporting the SFT backbone when it is not one)."""
   if run != "sft":
-    return os.path.abspath(ctx.paths.export("sft"))
+    return files.absolute(ctx.paths.export("sft"))
   m = ctx.config.model
   init = checkpoints.resolve_model_path(m.init) if m.init != "scratch" else ""
-  if init and os.path.isfile(os.path.join(init, "config.json")):
-    return os.path.abspath(init)
-  folder = os.path.join(ctx.paths.export("sft"), "base")
+  if init and files.isfile(files.join(init, "config.json")):
+    return files.absolute(init)
+  folder = files.join(ctx.paths.export("sft"), "base")
   base = backbone.build_model(dataclasses.replace(m, lora_rank=0), ctx.codec)
   checkpoints.save_hf(base, folder, tokenizer=ctx.codec)
-  return os.path.abspath(folder)
+  return files.absolute(folder)
 
 
 def run(ctx: Context, unit: Unit) -> dict:
@@ -42,12 +40,12 @@ def run(ctx: Context, unit: Unit) -> dict:
   summary = checkpoints.save_hf(model, folder, tokenizer=ctx.codec,
                                 dtype=ctx.config.export.dtype or None)
   adapter = ctx.paths.adapter(unit.run)
-  if os.path.isdir(adapter):
+  if files.isdir(adapter):
     base = _adapter_base(ctx, unit.run)
-    with atomic.atomic_dir(os.path.join(folder, "adapter")) as tmp:
+    with atomic.atomic_dir(files.join(folder, "adapter")) as tmp:
       if multihost.is_leader():
         for name in (peft.ADAPTER_CONFIG, peft.ADAPTER_WEIGHTS):
-          shutil.copy(os.path.join(adapter, name), os.path.join(tmp, name))
+          files.copy(files.join(adapter, name), files.join(tmp, name))
         peft.set_base(tmp, base)
   r = summary["rounding"]
   print(f"export {unit.run}: {folder} ({summary['dtype']}; rounding: max abs error "

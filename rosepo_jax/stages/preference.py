@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from rosepo_jax import backbone, checkpoints, methods, negatives, scoring, train
+from rosepo_jax import backbone, checkpoints, files, methods, negatives, scoring, train
 from rosepo_jax.data.batching import EncodedRow
-from rosepo_jax.workdir import Context, Paths, Stage, Unit, read_records, save_npz
+from rosepo_jax.workdir import Context, Paths, Stage, Unit, load_npz, read_records, save_npz
 
 _PAIRS_HINT = "run the negatives stage first"
 
@@ -35,12 +35,10 @@ def random_pairs(ctx: Context, method: str, num_rejected: int, with_reference: b
   if not with_reference:
     return rows, None
   path = ctx.paths.reference(method)
-  try:
-    cached = np.load(path)
+  if files.isfile(path):
+    cached = load_npz(path)
     if np.array_equal(cached["rejected"], rejected):
       return rows, cached["ref_logps"]
-  except FileNotFoundError:
-    pass
   reference = checkpoints.load_orbax(ctx.paths.model("sft"), mesh=ctx.mesh())
   ref = scoring.score_responses(reference, rows, batch_size=section.batch_size,
                                 shape=ctx.batch_shape, vocab_chunk=ctx.config.vocab_chunk,

@@ -18,12 +18,13 @@ DIR/eval/summary.json (those figures: `seed_figures`) and DIR/plots/:
 
 from __future__ import annotations
 
-import os
+import io
+import posixpath
 
 import matplotlib
 import numpy as np
 
-from rosepo_jax import metrics, multihost
+from rosepo_jax import files, metrics, multihost
 from rosepo_jax.workdir import (Context, Paths, Stage, Unit, model_unit, read_json, read_jsonl,
                                 read_records, write_json, write_text)
 
@@ -59,7 +60,7 @@ def method_table(summaries: dict[str, dict]) -> str:
 def training_curves(path: str) -> dict[str, list[tuple[int, float]]]:
   """{metric: [(step, value)]} from a run's metrics.jsonl (after a resume the last line of a
   step wins); {} when the file is missing."""
-  if not os.path.isfile(path):
+  if not files.isfile(path):
     return {}
   by_step = {row["step"]: row for row in read_jsonl(path)}
   curves = {}
@@ -72,16 +73,16 @@ def training_curves(path: str) -> dict[str, list[tuple[int, float]]]:
 
 def _save(fig, path: str) -> str:
   fig.tight_layout()
-  fig.savefig(path + ".tmp.png", dpi=110)
+  png = io.BytesIO()
+  fig.savefig(png, format="png", dpi=110)
   plt.close(fig)
-  os.replace(path + ".tmp.png", path)
+  files.write_bytes(path, png.getvalue())
   return path
 
 
 def make_plots(ctx: Context, predictions: dict[str, list[dict]]) -> list[str]:
   """Writes DIR/plots/*.png; returns their paths."""
   folder = ctx.paths.plots
-  os.makedirs(folder, exist_ok=True)
   pct = metrics.popularity_percentiles(ctx.dataset.train_popularity)
   written = []
 
@@ -98,7 +99,7 @@ def make_plots(ctx: Context, predictions: dict[str, list[dict]]) -> list[str]:
   ax.set(xlabel="popularity percentile of the item (training split)", ylabel="density",
          title="Recommended items vs targets")
   ax.legend(fontsize=8)
-  written.append(_save(fig, os.path.join(folder, "popularity.png")))
+  written.append(_save(fig, files.join(folder, "popularity.png")))
 
   if any(ctx.config.uses_negatives(m) for m in ctx.config.methods):
     eps = {}
@@ -119,7 +120,7 @@ def make_plots(ctx: Context, predictions: dict[str, list[dict]]) -> list[str]:
     right.set(xlabel="predicted probability of the top candidate", ylabel="observed frequency",
               xlim=(0, 1), ylim=(0, 1), title="Oracle reliability (validation; n per bin)")
     right.legend(fontsize=8)
-    written.append(_save(fig, os.path.join(folder, "eps.png")))
+    written.append(_save(fig, files.join(folder, "eps.png")))
 
   panels = ("loss", "rewards/margin", "rewards/accuracy")
   fig, axes = plt.subplots(1, len(panels), figsize=(13, 3.6))
@@ -132,7 +133,7 @@ def make_plots(ctx: Context, predictions: dict[str, list[dict]]) -> list[str]:
   for ax, name in zip(axes, panels):
     ax.set(xlabel="step", title=name)
     ax.legend(fontsize=8)
-  written.append(_save(fig, os.path.join(folder, "training.png")))
+  written.append(_save(fig, files.join(folder, "training.png")))
   return written
 
 
@@ -241,11 +242,11 @@ def run(ctx: Context, unit: Unit | None = None) -> str:
   split = next(iter(summaries[first].values()))["split"]
   seed_note = "" if first is None else f" The first table is seed {first}'s."
   text = "\n".join([
-      f"# Report: {os.path.abspath(ctx.paths.root)}", "",
+      f"# Report: {files.absolute(ctx.paths.root)}", "",
       f"Dataset `{ctx.config.data.name}`, {split} split; greedy answers (METHOD.md section 6). "
       "Columns are the keys of DIR/eval/<run>.json; the last row gives the same popularity "
       "figures for the targets." + seed_note, "", table, "",
-      *[f"![{os.path.basename(p)}](plots/{os.path.basename(p)})" for p in plots], ""])
+      *[f"![{posixpath.basename(p)}](plots/{posixpath.basename(p)})" for p in plots], ""])
   write_text(ctx.paths.report, text)
   return text
 
