@@ -11,6 +11,8 @@ unchanged on localhost (tests/test_launch.py):
                                               cluster detection reads (SLURM_JOB_ID, ..._PROCID)
   python3 -m pip ...                          (on a fake worker) does nothing: the test's packages
                                               are already installed
+  python3 -m launch.main ...                  runs it; with $FAKE_GCS_ROOT set, gs:// paths go to
+                                              that stand-in bucket (tests/gcs_launch.py)
 
 Every call is appended to $FAKE_CLUSTER_LOG as one JSON line (the tool and its arguments).
 Usage: fake_cluster.py TOOL ARGS... (the shims the test puts on PATH call it so).
@@ -113,6 +115,8 @@ def srun(args: list[str]) -> int:
 def python3(args: list[str]) -> int:
   if args[:2] == ["-m", "pip"]:
     return 0
+  if args[:2] == ["-m", "launch.main"] and os.environ.get("FAKE_GCS_ROOT"):
+    args = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "gcs_launch.py"), *args[2:]]
   os.execv(sys.executable, [sys.executable, *args])
 
 

@@ -9,8 +9,8 @@ $FAKE_GCS_ROOT (`fake_gcs`), so that every process of a multi-process job sees t
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # fake_gcs
+sys.path.insert(0, os.getcwd())  # the checkout it runs in, as `python -m launch.main` would
 
 from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position

@@ -198,11 +198,12 @@ def _calls(tmp_path) -> list[dict]:
 def test_tpu_pod_script_runs_one_job_on_every_worker(tmp_path):
   """launch/README.md's TPU command: the slice is created, this checkout reaches every worker and
   `launch.main --distributed` runs there with the flags after `--` unchanged; the 2 workers'
-  processes are one job (one mesh over both)."""
-  env = _fake_cluster(tmp_path)
+  processes are one job (one mesh over both), on a gs:// workdir (a stand-in bucket,
+  tests/fake_gcs.py)."""
+  env = dict(_fake_cluster(tmp_path), FAKE_GCS_ROOT=str(tmp_path / "store"))
   proc = subprocess.run(
       ["launch/tpu_pod.sh", "--tpu=my-v5p", "--zone=us-east5-a", "--create=v5p-16", "--",
-       *_JOB, f"--workdir={tmp_path / 'w'}"],
+       *_JOB, "--workdir=gs://my-bucket/rosepo/lastfm_8b"],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   assert proc.stdout.count("mesh {'data': 1, 'fsdp': 2, 'tensor': 1} on 2 x cpu") == 2
