@@ -8,13 +8,16 @@ Writes are atomic: a file is written beside its destination and renamed into pla
 uploaded as one object, which GCS makes visible only when complete (remote). Remote storage has
 no append: `append_text` rewrites the object.
 
-orbax and tensorboardX open storage themselves (`native` gives them the path). Libraries that can
-only use local files (a tokenizer's `save_pretrained` and `from_pretrained`,
-safetensors, array_record, TFDS's array_record reader) get a local stand-in:
+orbax and tensorboardX open storage themselves (`native` gives them the path). Libraries that
+take only local files (a tokenizer's `save_pretrained` and `from_pretrained`, safetensors,
+array_record, TFDS's array_record reader) get a local stand-in:
   `local_output(path)`  a local path to write a file or folder to; published to `path` on success;
   `local_copy(path)`    a local copy of a file or folder for reading, removed afterwards;
   `local_mirror(path)`  a local copy that lasts as long as the process (open data sources).
 For a local `path`, `local_copy` and `local_mirror` give `path` itself, so local runs copy nothing.
+
+Every process may call any of these; which process writes is the caller's choice (the workdir's
+helpers write on the leader, `rosepo_jax.workdir`).
 """
 
 from __future__ import annotations
