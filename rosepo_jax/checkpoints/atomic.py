@@ -60,11 +60,12 @@ def check_destination(dst: str, overwrite: bool, protect: Sequence[str] = ()) ->
     if not why and os.path.islink(dst):
       why = "it is a link, not a folder"
   if not why and files.exists(dst):
-    if not files.isdir(dst):
+    held = files.listdir(dst) if files.isdir(dst) else None
+    if held is None:
       why = "it is a file, not a folder"
-    elif files.listdir(dst) and not files.isfile(files.join(dst, MARKER)):
+    elif held and MARKER not in held:
       why = f"it is a folder this project did not write (no {MARKER} marker inside)"
-    elif files.listdir(dst) and not overwrite:
+    elif held and not overwrite:
       why = ("it holds an earlier output of ours; pass overwrite=True (launch.convert: "
              "--overwrite) to replace it")
   if why:

@@ -297,13 +297,13 @@ def _write_hf(tmp: str, shards: list[dict[str, np.ndarray]], cfg, dtype: str, to
   metadata = {"format": "pt"}
   bar = progress.bar(total, f"export {what}", "B", unit_scale=True)
   if len(shards) == 1:
-    _save_safetensors(shards[0], files.join(tmp, "model.safetensors"), metadata)
+    save_safetensors(shards[0], files.join(tmp, "model.safetensors"), metadata)
     bar.update(total)
   else:
     weight_map = {}
     for i, shard in enumerate(shards):
       fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-      _save_safetensors(shard, files.join(tmp, fname), metadata)
+      save_safetensors(shard, files.join(tmp, fname), metadata)
       weight_map.update({k: fname for k in shard})
       bar.update(sum(t.nbytes for t in shard.values()))
     files.write_text(files.join(tmp, "model.safetensors.index.json"), json.dumps(
@@ -317,6 +317,7 @@ def _write_hf(tmp: str, shards: list[dict[str, np.ndarray]], cfg, dtype: str, to
   return save_tokenizer(tokenizer, tmp)
 
 
-def _save_safetensors(tensors: dict[str, np.ndarray], path: str, metadata: dict) -> None:
+def save_safetensors(tensors: dict[str, np.ndarray], path: str, metadata: dict) -> None:
+  """Writes a safetensors file at `path` (local or gs://), atomically."""
   with files.local_output(path) as local:  # safetensors writes local files
     save_file(tensors, local, metadata=metadata)

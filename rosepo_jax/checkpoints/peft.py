@@ -14,11 +14,11 @@ import json
 
 from flax import nnx
 import numpy as np
-from safetensors.numpy import save_file
 
 from rosepo_jax import files, multihost
 from rosepo_jax.checkpoints import params as P
 from rosepo_jax.checkpoints.atomic import atomic_dir
+from rosepo_jax.checkpoints.hf import save_safetensors
 from rosepo_jax.model import Decoder
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
@@ -52,8 +52,7 @@ def save_adapter(model: Decoder, folder: str, base_model: str = "") -> None:
   tensors = adapter_tensors(model)
   with atomic_dir(folder) as tmp:
     if multihost.is_leader():
-      with files.local_output(files.join(tmp, ADAPTER_WEIGHTS)) as local:
-        save_file(tensors, local, metadata={"format": "pt"})
+      save_safetensors(tensors, files.join(tmp, ADAPTER_WEIGHTS), {"format": "pt"})
       files.write_text(files.join(tmp, ADAPTER_CONFIG), json.dumps(config, indent=2))
 
 

@@ -15,7 +15,6 @@ Consumes: the data stage's DIR/data/stats.json when it exists. Writes: nothing.
 
 from __future__ import annotations
 
-
 import jax
 
 from rosepo_jax import aot, backbone, files, methods, sharding, train
