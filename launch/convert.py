@@ -12,7 +12,7 @@ import json
 
 from absl import app, flags
 
-from launch.errors import run_main
+from launch.errors import parse_flags, run_main
 
 flags.DEFINE_string("src", None, "Source: .gguf file, pkg:NAME, HF folder or orbax model dir.")
 flags.DEFINE_string("dst", None, "Destination folder (written atomically).")
@@ -31,6 +31,9 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   from rosepo_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  checkpoints.check_model_path(FLAGS.src, "--src")
+  if FLAGS.tokenizer:
+    checkpoints.check_model_path(FLAGS.tokenizer, "--tokenizer", tokenizer=True)
   src = checkpoints.resolve_model_path(FLAGS.src)
   protect = [src] + ([FLAGS.tokenizer] if FLAGS.tokenizer else [])
   # Before the (possibly slow) load: a destination we may not replace is refused at once.
@@ -60,4 +63,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["src", "dst"])
-  app.run(run_main(main))
+  app.run(run_main(main), flags_parser=parse_flags)

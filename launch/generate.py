@@ -12,7 +12,7 @@ import json
 
 from absl import app, flags
 
-from launch.errors import run_main
+from launch.errors import UsageError, parse_flags, run_main
 
 flags.DEFINE_string("model", None, "Model: .gguf file, pkg:NAME, HF folder or orbax model dir.")
 flags.DEFINE_string("tokenizer", None, "Tokenizer folder (default: the model's own).")
@@ -31,21 +31,35 @@ def main(argv):
   from rosepo_jax import checkpoints, generate, model as model_lib  # pylint: disable=g-import-not-at-top
 
   if (FLAGS.prompt is None) == (FLAGS.prompt_ids is None):
-    raise app.UsageError("give exactly one of --prompt and --prompt_ids")
+    raise UsageError("give exactly one of --prompt and --prompt_ids")
+  if FLAGS.max_new_tokens < 1:
+    raise UsageError(f"--max_new_tokens={FLAGS.max_new_tokens}: expected >= 1")
+  ids = None
+  if FLAGS.prompt_ids is not None:
+    try:
+      ids = [int(i) for i in FLAGS.prompt_ids]
+    except ValueError:
+      raise UsageError(f"--prompt_ids={','.join(FLAGS.prompt_ids)}: expected integers") from None
+  checkpoints.check_model_path(FLAGS.model, "--model")
+  if FLAGS.tokenizer:
+    checkpoints.check_model_path(FLAGS.tokenizer, "--tokenizer", tokenizer=True)
   model = checkpoints.load_model(FLAGS.model, dtype=FLAGS.dtype)
   tokenizer = None
   if FLAGS.tokenizer or FLAGS.prompt is not None:
     tokenizer = checkpoints.load_tokenizer(FLAGS.tokenizer or FLAGS.model)
-  if FLAGS.prompt is not None:
+  if ids is None:
     ids = tokenizer(FLAGS.prompt, add_special_tokens=True)["input_ids"]
-  else:
-    try:
-      ids = [int(i) for i in FLAGS.prompt_ids]
-    except ValueError:
-      raise app.UsageError(f"--prompt_ids must be integers, got {FLAGS.prompt_ids}") from None
+  if not ids:
+    given = (f"--prompt={FLAGS.prompt!r} holds no tokens" if FLAGS.prompt is not None
+             else "--prompt_ids= holds no token ids")
+    raise UsageError(f"{given}; give a non-empty prompt")
   bad = [i for i in ids if not 0 <= i < model.cfg.vocab_size]
   if bad:
-    raise app.UsageError(f"--prompt_ids {bad} are outside the vocabulary [0, {model.cfg.vocab_size})")
+    raise UsageError(f"--prompt_ids {bad} are outside the vocabulary [0, {model.cfg.vocab_size})")
+  positions = model.cfg.max_position_embeddings
+  if len(ids) + FLAGS.max_new_tokens > positions:
+    raise UsageError(f"the prompt's {len(ids)} tokens plus --max_new_tokens={FLAGS.max_new_tokens} "
+                     f"exceed the model's {positions} positions (max_position_embeddings)")
   tokens, valid = generate.left_pad([ids], pad_id=0)
   if FLAGS.logits_out:
     v = jnp.asarray(valid)
@@ -61,4 +75,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["model"])
-  app.run(run_main(main))
+  app.run(run_main(main), flags_parser=parse_flags)

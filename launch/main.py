@@ -10,7 +10,7 @@ import jax
 from ml_collections import config_flags
 
 from launch import distributed
-from launch.errors import run_main
+from launch.errors import parse_flags, run_main
 from rosepo_jax import pipeline
 
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
@@ -46,4 +46,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(run_main(main))
+  app.run(run_main(main), flags_parser=parse_flags)

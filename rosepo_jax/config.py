@@ -25,7 +25,7 @@ from rosepo_jax import model as model_lib
 from rosepo_jax import negatives as negatives_lib
 from rosepo_jax import oracle as oracle_lib
 from rosepo_jax import train
-from rosepo_jax.data import synthetic
+from rosepo_jax.data import prompts, synthetic
 
 
 class ConfigError(InputError, ValueError):
@@ -223,6 +223,12 @@ RANGES: dict[str, tuple[Any, str]] = {
     "data.max_history": (_positive, "> 0"),
     "data.max_seq_len": (_non_negative, ">= 0 (0: sized from the data)"),
     "prompt.title_format": (("auto", "comma", "lines"), ""),
+    "prompt.domain": (("",) + tuple(prompts.DEFAULT_TEMPLATES), ""),
+    "*.seed": (_non_negative, ">= 0"),
+    "model.copy_init_gain": (_positive, "> 0"),
+    "*.optim.b1": (lambda x: 0 <= x < 1, "in [0, 1)"),
+    "*.optim.b2": (lambda x: 0 <= x < 1, "in [0, 1)"),
+    "*.optim.eps": (_positive, "> 0"),
     "tokenizer.kind": (("bpe", "pretrained"), ""),
     "tokenizer.vocab_size": (_non_negative, ">= 0"),
     "model.dtype": (("float32", "bfloat16", "float16"), ""),
@@ -435,6 +441,7 @@ def _check_consistency(c: Config) -> None:
   if c.model.init == "scratch" and c.model.preset not in model_lib.PRESETS:
     raise ConfigError(f"config.model.preset={c.model.preset!r}: expected one of "
                       f"{sorted(model_lib.PRESETS)}")
+  _check_needs_no_data(c)
   last = 0
   for i, (end, shown) in enumerate(c.sft.candidate_curriculum):
     if end <= last or not 1 <= shown < c.data.num_candidates:
@@ -442,6 +449,62 @@ def _check_consistency(c: Config) -> None:
           f"config.sft.candidate_curriculum[{i}]=({end}, {shown}): expected (end_step, shown) "
           f"pairs with increasing end steps > 0 and 1 <= shown < {c.data.num_candidates}")
     last = end
+
+
+def _check_needs_no_data(c: Config) -> None:
+  """The rules a stage would otherwise find only when it runs: the world, the templates, the
+  tokenizer, the model's shapes, the batches, the strategies each method trains on."""
+  problem = synthetic.world_problem(c.data.world) if c.data.name == "synthetic" else ""
+  if problem:
+    raise ConfigError(f"config.data.world.{problem}")
+  for i, template in enumerate(c.prompt.templates):
+    problem = prompts.template_problem(template)
+    if problem:
+      raise ConfigError(f"config.prompt.templates[{i}]={template[:60]!r}: {problem}")
+  if c.tokenizer.kind == "pretrained" and not c.tokenizer.path:
+    raise ConfigError("config.tokenizer.path='': tokenizer.kind='pretrained' needs the folder or "
+                      ".gguf file (or pkg:NAME) of the backbone's tokenizer")
+  if c.model.init == "scratch":
+    try:
+      cfg = model_lib.get_config(c.model.preset, vocab_size=64, **c.model.overrides)
+    except (TypeError, ValueError) as e:
+      raise ConfigError(f"config.model.overrides={c.model.overrides}: {e}") from None
+    for layer in c.model.copy_init_layers:
+      if not -cfg.num_layers <= layer < cfg.num_layers:
+        raise ConfigError(f"config.model.copy_init_layers={c.model.copy_init_layers}: layer "
+                          f"{layer} is out of range for a {cfg.num_layers}-layer model (expected "
+                          f"{-cfg.num_layers}..{cfg.num_layers - 1})")
+  if c.oracle.dim % c.oracle.num_heads:
+    raise ConfigError(f"config.oracle.dim={c.oracle.dim}: expected a multiple of "
+                      f"config.oracle.num_heads={c.oracle.num_heads}")
+  for name in ("sft", "preference"):
+    section = getattr(c, name)
+    if section.batch_size % section.accum_steps:
+      raise ConfigError(f"config.{name}.batch_size={section.batch_size}: expected a multiple of "
+                        f"config.{name}.accum_steps={section.accum_steps} (each accumulation "
+                        "step takes an equal share of the batch)")
+  weights = c.preference.strategy_weights
+  for i, run in enumerate(c.methods):
+    if run == "sft":
+      continue
+    method = methods_lib.get(run)
+    kept = [s for s in c.negatives.strategies if s not in method.dropped]
+    if method.pairs == "negatives":
+      if "semantic" in kept and negatives_lib.HALLUCINATION not in method.dropped:
+        kept.append(negatives_lib.HALLUCINATION)
+      if not kept:
+        raise ConfigError(f"config.methods[{i}]={run!r} drops every strategy of "
+                          f"config.negatives.strategies={c.negatives.strategies}: no pairs left")
+      if not any(float(weights.get(s, 1.0)) > 0 for s in kept):
+        raise ConfigError(f"config.preference.strategy_weights={weights}: every strategy "
+                          f"{run!r} trains on ({kept}) has weight 0, so its loss would be 0; "
+                          "give one a weight > 0")
+    if method.eps == "constant" and c.smoothing.cdpo_eps < 0 and not any(
+        negatives_lib.scored_by_oracle(s) for s in c.negatives.strategies):
+      raise ConfigError(f"config.smoothing.cdpo_eps={c.smoothing.cdpo_eps} asks {run!r} for the "
+                        "mean oracle eps of the pairs, but config.negatives.strategies="
+                        f"{c.negatives.strategies} makes no pair the oracle scores; set "
+                        "config.smoothing.cdpo_eps >= 0")
 
 
 def parse(node) -> Config:

@@ -77,6 +77,38 @@ def listdir(path: str) -> list[str]:
   return sorted(p.name for p in _p(path).iterdir())
 
 
+def tree(path: str) -> list[str]:
+  """The files under folder `path` (links included, never followed), as sorted "/"-separated
+  paths relative to it; [] for a missing or empty folder."""
+  if is_remote(path):  # one listing per folder (no "**" globs on GCS)
+    if not isdir(path):
+      return []
+    out = []
+    for name in listdir(path):
+      child = join(path, name)
+      out += [f"{name}/{sub}" for sub in tree(child)] if isdir(child) else [name]
+    return sorted(out)
+  out = []
+  for root, dirs, names in os.walk(path):
+    names = names + [d for d in dirs if os.path.islink(os.path.join(root, d))]
+    for name in names:
+      out.append(os.path.relpath(os.path.join(root, name), path).replace(os.sep, "/"))
+  return sorted(out)
+
+
+def relative(path: str, root: str) -> str:
+  """`path` (inside folder `root`) relative to it, "/"-separated."""
+  if is_remote(root):
+    prefix = root.rstrip("/") + "/"
+    if not path.startswith(prefix):
+      raise ValueError(f"{path} is not inside {root}")
+    return path[len(prefix):]
+  rel = os.path.relpath(path, root)
+  if rel == os.pardir or rel.startswith(os.pardir + os.sep):
+    raise ValueError(f"{path} is not inside {root}")
+  return rel.replace(os.sep, "/")
+
+
 def makedirs(path: str) -> None:
   _p(path).mkdir(parents=True, exist_ok=True)
 
@@ -89,11 +121,16 @@ def read_text(path: str) -> str:
   return _p(path).read_text(encoding="utf-8")
 
 
+def parent(path: str) -> str:
+  """The folder holding `path`."""
+  return posixpath.dirname(path.rstrip("/")) if is_remote(path) else os.path.dirname(path)
+
+
 def write_bytes(path: str, data: bytes) -> None:
   """Writes the file `path` atomically (its folder is created)."""
-  parent = posixpath.dirname(path) if is_remote(path) else os.path.dirname(path)
-  if parent:
-    makedirs(parent)
+  parent_dir = parent(path)
+  if parent_dir:
+    makedirs(parent_dir)
   if is_remote(path):
     _p(path).write_bytes(data)
     return
@@ -132,8 +169,9 @@ def remove(path: str) -> None:
 
 
 def rename(src: str, dst: str) -> None:
-  """Moves `src` (a file or folder) to `dst`, which must not exist. Local: one atomic rename;
-  remote: a copy of each object, then the source's removal."""
+  """Moves `src` (a file or folder) to `dst`, which must not exist (its folder is created).
+  Local: one atomic rename; remote: a copy of each object, then the source's removal."""
+  makedirs(parent(dst))
   _p(src).rename(_p(dst))
 
 

@@ -102,12 +102,17 @@ def decode(graphdef, state, prompt_BxP, valid_BxP, eos_ids_E, pad_id, key, max_n
 _decode = jax.jit(decode, static_argnames=("graphdef", "max_new_tokens", "temperature", "top_k"))
 
 
-def _check_prompts(valid_BxP, max_new_tokens: int, what: str) -> np.ndarray:
+def _check_prompts(cfg, valid_BxP, max_new_tokens: int, what: str) -> np.ndarray:
+  """Left-padded prompts whose longest, with `max_new_tokens` more, fits the model's positions."""
   valid_BxP = np.asarray(valid_BxP, bool)
   if not valid_BxP[:, -1].all():
     raise ValueError(f"{what}: prompts must be left-padded (last column all valid)")
   if max_new_tokens < 1:
     raise ValueError(f"{what}: max_new_tokens={max_new_tokens} must be >= 1")
+  longest = int(valid_BxP.sum(axis=1).max())
+  if longest + max_new_tokens > cfg.max_position_embeddings:
+    raise ValueError(f"{what}: a prompt of {longest} tokens plus max_new_tokens={max_new_tokens} "
+                     f"exceeds the model's max_position_embeddings={cfg.max_position_embeddings}")
   return valid_BxP
 
 
@@ -127,7 +132,7 @@ def generate(model: Decoder, prompt_BxP, valid_BxP, max_new_tokens: int, *,
   stops after its first EOS (kept in the output); later slots hold `pad_id`. Defaults:
   ``eos_ids = cfg.eos_token_ids``, ``pad_id = cfg.pad_token_id`` (or 0).
   """
-  valid_BxP = _check_prompts(valid_BxP, max_new_tokens, "generate")
+  valid_BxP = _check_prompts(model.cfg, valid_BxP, max_new_tokens, "generate")
   if temperature < 0 or top_k < 0:
     raise ValueError(f"generate: temperature={temperature} and top_k={top_k} must be >= 0")
   eos, pad = _special_ids(model.cfg, eos_ids, pad_id)
@@ -226,7 +231,7 @@ def beam_search(model: Decoder, prompt_BxP, valid_BxP, max_new_tokens: int, num_
   beam with the highest score / length ** length_penalty (length counts tokens up to and
   including EOS). The cache of the prompt is computed once and copied to the beams.
   """
-  valid_BxP = _check_prompts(valid_BxP, max_new_tokens, "beam_search")
+  valid_BxP = _check_prompts(model.cfg, valid_BxP, max_new_tokens, "beam_search")
   if num_beams < 1:
     raise ValueError(f"beam_search: num_beams={num_beams} must be >= 1")
   eos, pad = _special_ids(model.cfg, eos_ids, pad_id)

@@ -73,6 +73,15 @@ class ModelConfig:
                                    "up_proj", "down_proj")
 
   def __post_init__(self):
+    for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                 "num_kv_heads", "head_dim", "max_position_embeddings"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"ModelConfig.{name}={value!r}: expected an integer >= 1")
+    for name in ("rope_theta", "rms_norm_eps"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"ModelConfig.{name}={value!r}: expected a number > 0")
     if self.architecture not in ARCHITECTURES:
       raise ValueError(f"ModelConfig.architecture={self.architecture!r}; expected one of "
                        f"{ARCHITECTURES}")

@@ -12,9 +12,22 @@ here is a no-op in a single-process job.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
+
+from rosepo_jax.errors import InputError
+
+
+class LeaderInputError(InputError, RuntimeError):
+  """Raised on the other processes when the leader stopped on an input error."""
+
+
+class LeaderError(RuntimeError):
+  """Raised on the other processes when the leader stopped on any other error."""
 
 
 def is_leader() -> bool:
@@ -42,3 +55,29 @@ def to_host(x) -> np.ndarray:
   if isinstance(x, jax.Array) and not x.is_fully_addressable:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
   return np.asarray(jax.device_get(x))
+
+
+def on_leader(fn: Callable[[], Any], what: str) -> Any:
+  """Runs `fn` on the leader alone and returns its result there (None elsewhere). When it raises,
+  every process raises: the leader its own error, the others a LeaderInputError (for an input
+  error) or a LeaderError naming `what`, so that none waits at a barrier for a leader that
+  stopped."""
+  if jax.process_count() == 1:
+    return fn()
+  result, failed = None, 0
+  try:
+    if is_leader():
+      result = fn()
+  except InputError:
+    failed = 1
+    raise
+  except BaseException:
+    failed = 2
+    raise
+  finally:
+    failed = agree(failed)
+  if failed == 1:
+    raise LeaderInputError(f"{what}: process 0 stopped on an input error; see its message")
+  if failed == 2:
+    raise LeaderError(f"{what}: process 0 failed; see its traceback")
+  return result

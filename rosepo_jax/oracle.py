@@ -242,6 +242,9 @@ def train_oracle(train_examples, val_examples, num_items: int, cfg: OracleConfig
     return loss
 
   oracle = Oracle(model, cfg)
+  if not len(hist):
+    raise ValueError("train_oracle: no training examples")
+  batch = min(cfg.batch_size, len(hist))  # fewer examples than a batch: one batch of them all
   rng = np.random.default_rng(cfg.seed)
   best, best_state, best_epoch, start = -1.0, None, 0, time.time()
   epoch = 0
@@ -250,8 +253,8 @@ def train_oracle(train_examples, val_examples, num_items: int, cfg: OracleConfig
     model.train()
     order = rng.permutation(len(hist))
     losses = []
-    for i in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size):
-      idx = order[i:i + cfg.batch_size]
+    for i in range(0, len(order) - batch + 1, batch):
+      idx = order[i:i + batch]
       losses.append(step(model, optimizer, hist[idx], targets[idx]))
     val = oracle.evaluate(val_examples)
     log(f"oracle epoch {epoch}: loss {float(np.mean(jax.device_get(losses))):.4f} "

@@ -6,37 +6,48 @@
 Units: a stage, or a stage for one run ("dpo/rosepo", "eval/sft"), and with config.seeds, the
 units of a per-seed stage once per seed ("seed_1/dpo/rosepo"); each stage module's `STAGE`
 says which config keys its units read, which units they consume and what they write
-(`rosepo_jax.workdir`). A finished unit writes DIR/stages/<unit>.json holding its key: a hash of
-those config keys plus the run ids of its input units. A unit is up to date when its marker is
-done with the current key and its inputs are up to date. Otherwise it reruns, after its outputs
-are removed (an interrupted unit with an unchanged key resumes from its checkpoints instead);
-its new run id makes the units downstream stale in turn. `--force` reruns the named stages.
+(`rosepo_jax.workdir`). A finished unit's marker, DIR/stages/<unit>.json, holds its key (a hash
+of those config keys plus the run ids of its input units) and the files it wrote. A unit is up to
+date when its marker is done with the current key and its inputs are up to date. Otherwise it
+reruns into its staging folder while its previous outputs stay in place, and they are swapped
+for the new ones only when it succeeds (`rosepo_jax.staging`; an interrupted unit with an
+unchanged key resumes there from its checkpoints); its new run id makes the units downstream
+stale in turn. `--force` reruns the named stages.
 
-A unit never runs on (nor is reported up to date over) an input that is missing or stale: when
-that input's stage is not among the stages asked for, the command stops before any work with
-`StaleInputError` naming the input and the stage to add.
+Before any stage runs, `run` checks everything it can without the data, in this order: the
+config (`rosepo_jax.config`, every key), the stage names, the run folder, then takes the run
+folder's lock (`rosepo_jax.runlock`: one launch per folder), finishes a swap cut short, and plans
+which units will run. It stops, naming the file or unit, when a unit would read an input that
+is missing or stale whose stage is not asked for (`MissingInputError`, `StaleInputError`), or
+when a unit that will run would replace a file the project did not write
+(`staging.ForeignFilesError`).
 
 In a multi-process job every process runs every unit (collectives need them all); the leader
-alone removes outputs and writes markers, and the processes meet at a barrier after each, so that
-all of them read the same markers and files (`rosepo_jax.multihost`).
+alone holds the lock, moves outputs and writes markers, and the processes meet at a barrier
+after each, so that all of them read the same markers and files (`rosepo_jax.multihost`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
+import shlex
+import sys
 import time
 import uuid
 
+import jax
+
 from rosepo_jax import config as config_lib
-from rosepo_jax import files, multihost
+from rosepo_jax import files, multihost, runlock, sharding, staging
 from rosepo_jax.errors import InputError
 from rosepo_jax.stages import compile as compile_stage
 from rosepo_jax.stages import data, eval as eval_stage, export, negatives, oracle, preference
 from rosepo_jax.stages import report, sft
-from rosepo_jax.workdir import Context, Stage, Unit, read_json, remove, write_json
+from rosepo_jax.workdir import Context, Stage, Unit, read_json
 
 STAGES: tuple[Stage, ...] = (data.STAGE, sft.STAGE, oracle.STAGE, negatives.STAGE,
                              preference.STAGE, eval_stage.STAGE, export.STAGE, report.STAGE)
@@ -54,6 +65,10 @@ class StaleInputError(InputError, RuntimeError):
 
 class WorkdirError(InputError, NotADirectoryError):
   """A workdir that cannot be a run folder."""
+
+
+class StageNameError(InputError, ValueError):
+  """--stages names no stage, or one that does not exist."""
 
 
 def read_marker(ctx: Context, unit: Unit) -> dict | None:
@@ -115,22 +130,6 @@ def _missing_products(ctx: Context, unit: Unit) -> list[str]:
   return [p for p in stage.products(seeded.config, seeded.paths, unit) if not files.exists(p)]
 
 
-def _check_inputs(ctx: Context, unit: Unit, asked: set[str]) -> None:
-  """Stops when an input of `unit` is missing or stale and its stage is not being run."""
-  for u in inputs_of(ctx.config, unit):
-    if u.stage in asked:
-      continue  # it ran (or was found up to date) earlier in this command
-    reason = why_stale(ctx, u)
-    if reason == "has not finished":
-      raise MissingInputError(
-          f"{unit.name} needs {u.name}, which has not finished in {ctx.paths.root}; run the "
-          f"{u.stage} stage first (add {u.stage} to --stages)")
-    if reason:
-      raise StaleInputError(
-          f"{unit.name} would read {u.name}, which is out of date ({reason}); add {u.stage} to "
-          f"--stages (or run --stages=all) so that it reruns first")
-
-
 def units(config: config_lib.Config, stage: str) -> list[Unit]:
   """The units of `stage`: with config.seeds, a per-seed stage's units once per seed."""
   s = BY_NAME[stage]
@@ -138,6 +137,24 @@ def units(config: config_lib.Config, stage: str) -> list[Unit]:
     return s.units(config)
   return [dataclasses.replace(u, seed=seed) for seed in config.run_seeds
           for u in s.units(config.for_seed(seed))]
+
+
+def _check_devices(config: config_lib.Config) -> None:
+  """The configured mesh fits this job's devices, and every training batch splits evenly over
+  its processes and accumulation steps."""
+  if jax.device_count() > 1:
+    m = config.mesh
+    try:
+      sharding.make_mesh(data=m.data, fsdp=m.fsdp, tensor=m.tensor)
+    except ValueError as e:
+      raise config_lib.ConfigError(f"config.mesh={dataclasses.asdict(m)}: {e}") from None
+  processes = jax.process_count()
+  for name in ("sft", "preference"):
+    section = getattr(config, name)
+    if section.batch_size % (processes * section.accum_steps):
+      raise config_lib.ConfigError(
+          f"config.{name}.batch_size={section.batch_size}: expected a multiple of {processes} "
+          f"processes x config.{name}.accum_steps={section.accum_steps}")
 
 
 def _check_workdir(workdir: str, writes: bool) -> None:
@@ -156,52 +173,151 @@ def _check_workdir(workdir: str, writes: bool) -> None:
     raise WorkdirError(f"--workdir={workdir} is not writable by this user")
 
 
+def stage_list(stages) -> list[str]:
+  """The stage names of `stages` ("all" expanded), or a StageNameError."""
+  stages = [s.strip() for s in stages]
+  if not stages or not all(stages):
+    raise StageNameError(f"--stages={','.join(stages)}: names no stage; expected some of "
+                         f"{list(STAGE_NAMES)}, all, or compile")
+  if stages == ["all"]:
+    return list(STAGE_NAMES)
+  unknown = [s for s in stages if s not in STAGE_NAMES + ("compile",)]
+  if unknown:
+    raise StageNameError(f"--stages: unknown stage(s) {unknown}; expected some of "
+                         f"{list(STAGE_NAMES)}, all, or compile")
+  return stages
+
+
+def _check_inputs(ctx: Context, unit: Unit, asked: set[str], will_run: set[str]) -> None:
+  """Stops when an input of `unit` is missing or stale, or will be once the units that run
+  before it have run, and its stage is not asked for."""
+  for u in inputs_of(ctx.config, unit):
+    if u.stage in asked:
+      continue  # it runs (or is found up to date) earlier in this command
+    reason = why_stale(ctx, u)
+    if reason == "has not finished":
+      raise MissingInputError(
+          f"{unit.name} needs {u.name}, which has not finished in {ctx.paths.root}; run the "
+          f"{u.stage} stage first (add {u.stage} to --stages)")
+    upstream = [v.name for v in inputs_of(ctx.config, u) if v.name in will_run]
+    if upstream and not reason:
+      reason = f"its input {upstream[0]} runs again in this command"
+    if reason:
+      raise StaleInputError(
+          f"{unit.name} would read {u.name}, which is out of date ({reason}); add {u.stage} to "
+          f"--stages (or run --stages=all) so that it reruns first")
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+  """A unit in the plan: whether it will run, and why (or when it finished)."""
+  unit: Unit
+  runs: bool
+  why: str
+
+
+def plan(ctx: Context, stages: list[str], force: bool) -> list[Step]:
+  """The units of `stages` in pipeline order and whether each will run: forced, not up to date,
+  or downstream of a unit that runs. Stops (before any work) on inputs that are missing or
+  stale outside `stages`."""
+  asked, will_run, out = set(stages), set(), []
+  for stage in STAGES:
+    if stage.name not in asked:
+      continue
+    for unit in units(ctx.config, stage.name):
+      _check_inputs(ctx, unit, asked, will_run)
+      reason = "--force" if force else why_stale(ctx, unit)
+      upstream = [u.name for u in inputs_of(ctx.config, unit) if u.name in will_run]
+      if not reason and upstream:
+        reason = f"its input {upstream[0]} runs again"
+      if reason:
+        will_run.add(unit.name)
+        out.append(Step(unit, True, reason))
+      else:
+        out.append(Step(unit, False, read_marker(ctx, unit)["finished"]))
+  return out
+
+
+def _outputs(ctx: Context, unit: Unit) -> list[str]:
+  return BY_NAME[unit.stage].outputs(ctx.for_seed(unit.seed).paths, unit)
+
+
+def _run_unit(ctx: Context, unit: Unit, why: str, force: bool) -> None:
+  """Runs `unit` into its staging folder and swaps its outputs in (`rosepo_jax.staging`)."""
+  seeded = ctx.for_seed(unit.seed)
+  outputs = _outputs(ctx, unit)
+  key = unit_key(ctx, unit)
+  resume = multihost.agree(int(multihost.on_leader(
+      lambda: staging.begin(seeded.paths, unit, key, outputs, fresh=force), unit.name) or 0))
+  print(f"{unit.name}: resuming an interrupted run" if resume else
+        f"{unit.name}: running" + ("" if why == "has not finished" else f" ({why})"), flush=True)
+  if unit.stage == "data":
+    ctx.forget_data()  # the unit opens the data it builds
+  t0 = time.time()
+  BY_NAME[unit.stage].run(seeded.staged(staging.redirect(seeded.paths, unit, outputs)), unit)
+  multihost.barrier(f"{unit.name} ran")
+  multihost.on_leader(lambda: staging.ready(seeded.paths, unit, uuid.uuid4().hex,
+                                            time.time() - t0), unit.name)
+  multihost.on_leader(lambda: staging.swap(ctx.paths.root, seeded.paths.staging(unit)),
+                      unit.name)
+  multihost.barrier(f"{unit.name} done")
+  if unit.stage == "data":
+    ctx.forget_data()  # DIR/data was replaced: open it there afresh
+
+
+def _finish_pending_swaps(ctx: Context) -> None:
+  """Finishes the swaps a killed launch cut short (their units had finished)."""
+  def finish():
+    for folder in staging.pending(ctx.paths.root):
+      print(f"{folder}: finishing the swap of outputs an earlier launch cut short", flush=True)
+      staging.swap(ctx.paths.root, folder)
+  multihost.on_leader(finish, "finishing cut-short swaps")
+  multihost.barrier("pending swaps finished")
+
+
+@contextlib.contextmanager
+def _hold(ctx: Context):
+  """Holds the run folder's lock for the block (the leader; every process stops when the leader
+  cannot take it)."""
+  command = shlex.join([os.path.basename(sys.executable)] + sys.argv)
+  with contextlib.ExitStack() as held:
+    multihost.on_leader(lambda: held.enter_context(runlock.hold(ctx.paths.lock, command)),
+                        f"the lock of {ctx.paths.root}")
+    yield
+
+
 def run(config, workdir: str, stages, force: bool = False) -> dict:
   """Runs `stages` (names from STAGE_NAMES, "all", or "compile") in pipeline order, skipping
   up-to-date units. `config` is a ConfigDict (parsed and validated here, before any work) or a
   `rosepo_jax.config.Config`. Returns {unit name: "ran" | "up to date"}.
   """
   config = config_lib.parse(config)
-  stages = list(STAGE_NAMES) if list(stages) == ["all"] else list(stages)
-  unknown = [s for s in stages if s not in STAGE_NAMES + ("compile",)]
-  if unknown:
-    raise ValueError(f"unknown stage(s) {unknown}; available: {list(STAGE_NAMES)}, all, or "
-                     "compile")
-  _check_workdir(workdir, writes=bool(set(stages) - {"compile"}))
+  stages = stage_list(stages)
+  _check_devices(config)
+  writes = bool(set(stages) - {"compile"})
+  _check_workdir(workdir, writes)
   ctx = Context(config, workdir)
   outcome = {}
   if "compile" in stages:
     compile_stage.run(ctx)
     outcome["compile"] = "ran"
-  asked = set(stages)
-  for stage in STAGES:
-    if stage.name not in asked:
-      continue
-    for unit in units(config, stage.name):
-      _check_inputs(ctx, unit, asked)
-      key = unit_key(ctx, unit)
-      marker = read_marker(ctx, unit)
-      missing = _missing_products(ctx, unit) if marker else []
-      if (not force and marker and marker["status"] == "done" and marker["key"] == key
-          and not missing):
-        print(f"{unit.name}: up to date (finished {marker['finished']}); skipped", flush=True)
-        outcome[unit.name] = "up to date"
-        continue
-      if missing and marker["status"] == "done":
-        print(f"{unit.name}: {missing[0]} is missing; running it again", flush=True)
-      seeded = ctx.for_seed(unit.seed)
-      if force or (marker and (marker["key"] != key or marker["status"] == "done")):
-        remove(stage.outputs(seeded.paths, unit))  # stale results: start clean
-      elif marker:
-        print(f"{unit.name}: resuming an interrupted run", flush=True)
-      write_json(ctx.paths.marker(unit), {"status": "running", "key": key, "run_id": None})
-      multihost.barrier(f"{unit.name} start")
-      t0 = time.time()
-      stage.run(seeded, unit)
-      multihost.barrier(f"{unit.name} ran")
-      write_json(ctx.paths.marker(unit), {
-          "status": "done", "key": key, "run_id": uuid.uuid4().hex,
-          "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": round(time.time() - t0, 1)})
-      multihost.barrier(f"{unit.name} done")
-      outcome[unit.name] = "ran"
+  if not writes:
+    return outcome
+  with _hold(ctx):
+    _finish_pending_swaps(ctx)
+    steps = plan(ctx, stages, force)
+    for stage in {step.unit.stage for step in steps if step.runs}:
+      if BY_NAME[stage].check:
+        BY_NAME[stage].check(config)
+    for step in steps:  # no unit may replace a file the project did not write
+      if step.runs:
+        staging.check_owned(step.unit.name, ctx.paths.root, _outputs(ctx, step.unit),
+                            read_marker(ctx, step.unit))
+    for step in steps:
+      if step.runs:
+        _run_unit(ctx, step.unit, step.why, force)
+        outcome[step.unit.name] = "ran"
+      else:
+        print(f"{step.unit.name}: up to date (finished {step.why}); skipped", flush=True)
+        outcome[step.unit.name] = "up to date"
   return outcome

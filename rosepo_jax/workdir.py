@@ -1,7 +1,9 @@
 """The run folder: every path under DIR, named once; the units of work; the context stages share.
 
-Layout (owner unit in brackets; a unit that reruns removes what it owns first):
-  DIR/data/{tfds,tokenizer,stats.json,row_lengths.npz}      [data]
+Layout (owner unit in brackets; every file under DIR has one owner, and nothing else is ever
+removed: a file a user put among a unit's outputs stops the command before any work):
+  DIR/data/{tfds,tokenizer,stats.json,row_lengths.npz}      [data] (DIR/data itself may hold the
+                                                            user's raw files)
   DIR/sft/{checkpoints,tb,metrics.jsonl,model,adapter}      [sft]
   DIR/oracle/{model,metrics.json,calibration.json,folds.json,folds/<k>}   [oracle]
   DIR/preference/{pairs.array_record,stats.json}            [negatives]
@@ -10,6 +12,8 @@ Layout (owner unit in brackets; a unit that reruns removes what it owns first):
   DIR/export/<run>/                                         [export/<run>]
   DIR/report.md, DIR/plots/, DIR/eval/summary.json          [report]
   DIR/stages/<unit>.json                                    the runner's markers
+  DIR/.staging/<unit>/                                      the runner's: a running unit's outputs
+  DIR/run.lock                                              the runner's: the launch holding DIR
 
 With config.seeds, the units of the stages marked `per_seed` (sft, negatives, dpo, eval, export) run
 once per seed, and what they write moves under DIR/seed_<s>/ (DIR/seed_<s>/sft, .../eval/<run>.json,
@@ -50,6 +54,8 @@ from rosepo_jax.data.batching import BatchShape
 from rosepo_jax.data.codec import Codec
 from rosepo_jax.data.records import SPLITS
 
+STAGING = ".staging"  # DIR/.staging/<unit>/: a unit's outputs until they are swapped in
+
 
 @dataclasses.dataclass(frozen=True)
 class Unit:
@@ -64,6 +70,11 @@ class Unit:
     name = f"{self.stage}/{self.run}" if self.run else self.stage
     return name if self.seed is None else f"seed_{self.seed}/{name}"
 
+  @property
+  def file_name(self) -> str:
+    """The name as one path component ("seed_1.dpo.rosepo"): its marker and staging folder."""
+    return self.name.replace("/", ".")
+
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
@@ -71,7 +82,9 @@ class Stage:
   `units(config)`, `inputs(config, unit)`, `outputs(paths, unit)`, `run(context, unit)`;
   `key_extra(config, unit)`: more of what a unit's result depends on (JSON-able), e.g. the
   fingerprint of the files it reads from outside DIR; `required`: the outputs whose absence makes
-  a finished unit stale (default: all of `outputs`)."""
+  a finished unit stale (default: all of `outputs`); `check(config)`: what the stage needs that
+  no config value shows and no data is needed to see (files outside DIR it reads), checked
+  before any stage runs when one of its units will run (an InputError naming the key)."""
   name: str
   sections: tuple[str, ...]
   units: Callable[[Config], list[Unit]]
@@ -81,6 +94,7 @@ class Stage:
   key_extra: Callable[[Config, Unit], Any] | None = None
   required: Callable[[Config, "Paths", Unit], list[str]] | None = None  # default: outputs
   per_seed: bool = False  # its units run once per seed of config.seeds
+  check: Callable[[Config], None] | None = None
 
   def products(self, config: Config, paths: "Paths", unit: Unit) -> list[str]:
     """What must exist for the unit to count as done (a missing one reruns it)."""
@@ -97,17 +111,41 @@ def model_unit(run: str) -> Unit:
 
 
 class Paths:
-  """Every path under the run folder DIR; with a `seed`, the per-seed ones under DIR/seed_<seed>."""
+  """Every path under the run folder DIR; with a `seed`, the per-seed ones under DIR/seed_<seed>.
 
-  def __init__(self, root: str, seed: int | None = None):
+  `redirect` ({path: path}) moves a path and everything under it elsewhere: a running unit's
+  outputs go to its staging folder (`staged`), so that the unit writes beside its previous
+  outputs and the runner swaps the new ones in when the unit succeeds (`rosepo_jax.staging`).
+  """
+
+  def __init__(self, root: str, seed: int | None = None, redirect: dict[str, str] | None = None):
     self.root, self.seed = root, seed
     self.seed_root = root if seed is None else files.join(root, f"seed_{seed}")
+    self.redirect = dict(redirect or {})
+
+  def staged(self, redirect: dict[str, str]) -> "Paths":
+    """These paths with `redirect` applied (a unit's outputs -> their staging places)."""
+    return Paths(self.root, self.seed, redirect)
+
+  def published(self, path: str) -> str:
+    """Where a redirected `path` ends up once its unit's outputs are swapped in."""
+    for src, dst in self.redirect.items():
+      if path == dst or path.startswith(dst.rstrip("/") + "/") or path.startswith(
+          dst + os.sep):
+        return src + path[len(dst):]
+    return path
+
+  def _moved(self, path: str) -> str:
+    for src, dst in self.redirect.items():
+      if path == src or path.startswith(src.rstrip("/") + "/") or path.startswith(src + os.sep):
+        return dst + path[len(src):]
+    return path
 
   def _join(self, *parts: str) -> str:
-    return files.join(self.root, *parts)
+    return self._moved(files.join(self.root, *parts))
 
   def _seeded(self, *parts: str) -> str:
-    return files.join(self.seed_root, *parts)
+    return self._moved(files.join(self.seed_root, *parts))
 
   # data
   @property
@@ -210,8 +248,19 @@ class Paths:
   def plots(self) -> str:
     return self._join("plots")
 
+  # the runner's own
   def marker(self, unit: Unit) -> str:
-    return self._join("stages", unit.name.replace("/", ".") + ".json")
+    """A finished unit's record: its key, run id and the files it wrote (`rosepo_jax.pipeline`)."""
+    return files.join(self.root, "stages", unit.file_name + ".json")
+
+  def staging(self, unit: Unit) -> str:
+    """Where a running unit writes until its outputs are swapped in (`rosepo_jax.staging`)."""
+    return files.join(self.root, STAGING, unit.file_name)
+
+  @property
+  def lock(self) -> str:
+    """The launch that holds the run folder (`rosepo_jax.runlock`)."""
+    return files.join(self.root, "run.lock")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -284,7 +333,9 @@ def read_json(path: str, what: str = "") -> Any:
 
 
 def read_jsonl(path: str) -> list[dict]:
-  return [json.loads(line) for line in files.read_text(path).splitlines() if line.strip()]
+  """The records of a JSON-lines file. Lines end at "\n" alone: JSON escapes it inside strings,
+  but not U+2028, U+0085 and the other breaks `str.splitlines` would split a record at."""
+  return [json.loads(line) for line in files.read_text(path).split("\n") if line.strip()]
 
 
 def write_records(path: str, rows: Sequence[dict]) -> None:
@@ -323,15 +374,20 @@ def load_npz(path: str) -> dict[str, np.ndarray]:
     return {key: z[key] for key in z.files}
 
 
-def remove(paths: Sequence[str]) -> None:
-  """Removes files and folders (the leader)."""
-  if multihost.is_leader():
-    for path in paths:
-      files.remove(path)
-
-
 # ------------------------------------------------------------------------------------------------
 # The shared context.
+
+
+@dataclasses.dataclass
+class _Opened:
+  """What a Context opens once, shared by its per-seed and staged copies."""
+  dataset: dataset_lib.RecDataset | None = None
+  tokenizer: Any = None
+  codec: Codec | None = None
+  encoded: dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]] = dataclasses.field(
+      default_factory=dict)
+  max_seq_len: int = 0
+  title_format: str = ""
 
 
 class Context:
@@ -342,12 +398,7 @@ class Context:
     self.config = config
     self.paths = Paths(workdir)
     self._seeds: dict[int, Context] = {}
-    self._dataset: dataset_lib.RecDataset | None = None
-    self._tokenizer = None
-    self._codec: Codec | None = None
-    self._encoded: dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]] = {}
-    self._max_seq_len = 0
-    self._title_format = ""
+    self._opened = _Opened()
 
   def for_seed(self, seed: int | None) -> "Context":
     """The context of seed `seed`'s units: `config.for_seed(seed)` and the per-seed paths
@@ -357,41 +408,53 @@ class Context:
       return self
     if seed not in self._seeds:
       other = copy.copy(self)
-      other.config, other.paths = self.config.for_seed(seed), Paths(self.paths.root, seed)
+      other.config = self.config.for_seed(seed)
+      other.paths = Paths(self.paths.root, seed, self.paths.redirect)  # a staged unit's stays so
+      other._seeds = {}  # pylint: disable=protected-access
       self._seeds[seed] = other
-    other = self._seeds[seed]
-    other._dataset, other._tokenizer, other._codec, other._encoded = (  # pylint: disable=protected-access
-        self._dataset, self._tokenizer, self._codec, self._encoded)
+    return self._seeds[seed]
+
+  def staged(self, redirect: dict[str, str]) -> "Context":
+    """This context with `redirect` applied to its paths (`Paths.staged`): a running unit's. What
+    it opens is shared with this context."""
+    other = copy.copy(self)
+    other.paths, other._seeds = self.paths.staged(redirect), {}  # pylint: disable=protected-access
     return other
+
+  def forget_data(self) -> None:
+    """Drops the dataset, tokenizer and everything derived from them, in this context and every
+    copy (DIR/data is about to be or was just replaced): the next use opens them again."""
+    self._opened.__init__()  # pylint: disable=unnecessary-dunder-call
 
   @property
   def dataset(self) -> dataset_lib.RecDataset:
     """The TFDS dataset under DIR/data/tfds (prepared on first use: the data stage)."""
-    if self._dataset is None:
-      self._dataset = dataset_lib.load_dataset(self.config.data, self.paths.tfds)
-    return self._dataset
+    if self._opened.dataset is None:
+      self._opened.dataset = dataset_lib.load_dataset(self.config.data, self.paths.tfds)
+    return self._opened.dataset
 
   @property
   def tokenizer(self):
     """The backbone's tokenizer (kind pretrained) or the BPE of DIR/data/tokenizer."""
-    if self._tokenizer is None:
+    if self._opened.tokenizer is None:
       t = self.config.tokenizer
-      self._tokenizer = (tokenizer_lib.load_pretrained_tokenizer(t.path) if t.kind == "pretrained"
-                         else tokenizer_lib.load_saved_tokenizer(self.paths.tokenizer))
-    return self._tokenizer
+      self._opened.tokenizer = (
+          tokenizer_lib.load_pretrained_tokenizer(t.path) if t.kind == "pretrained"
+          else tokenizer_lib.load_saved_tokenizer(self.paths.tokenizer))
+    return self._opened.tokenizer
 
   def set_tokenizer(self, tok) -> None:
     """The data stage's freshly built tokenizer (encoded examples of another one are dropped)."""
-    self._tokenizer, self._codec, self._encoded = tok, None, {}
+    self._opened.tokenizer, self._opened.codec, self._opened.encoded = tok, None, {}
 
   @property
   def codec(self) -> Codec:
     """Prompts, titles and answers <-> ids: the tokenizer, with the catalogue's titles as tokens
     when config.tokenizer.title_tokens (`data.codec`)."""
-    if self._codec is None:
-      self._codec = Codec(self.tokenizer, self.dataset.titles
+    if self._opened.codec is None:
+      self._opened.codec = Codec(self.tokenizer, self.dataset.titles
                           if self.config.tokenizer.title_tokens else None)
-    return self._codec
+    return self._opened.codec
 
   def _row_bounds(self, catalogue_max: int) -> tuple[int, int, int]:
     """(most rejected responses of a configured method, bound on a non-candidate rejected
@@ -423,7 +486,7 @@ class Context:
     """config.data.max_seq_len, checked against the longest row any stage will build (a
     ConfigError naming the row when it is too short), or, when it is 0, that length rounded up
     to the batch buckets."""
-    if not self._max_seq_len:
+    if not self._opened.max_seq_len:
       rows = self.longest_rows()
       kind = max(rows, key=lambda r: rows[r]["tokens"])
       needed, configured = rows[kind]["tokens"], self.config.data.max_seq_len
@@ -435,8 +498,8 @@ class Context:
             f"{rows[kind]['index']} has {needed} tokens (rows are never truncated); set "
             f"config.data.max_seq_len >= {needed}, or 0 to size it from the data")
       multiple = BatchShape().seq_multiple
-      self._max_seq_len = configured or -(-needed // multiple) * multiple
-    return self._max_seq_len
+      self._opened.max_seq_len = configured or -(-needed // multiple) * multiple
+    return self._opened.max_seq_len
 
   @property
   def batch_shape(self) -> BatchShape:
@@ -467,14 +530,14 @@ class Context:
   @property
   def title_format(self) -> str:
     """How prompts list titles: config.prompt.title_format, "auto" resolved on the catalogue."""
-    if not self._title_format:
+    if not self._opened.title_format:
       try:
-        self._title_format = prompts.resolve_title_format(
+        self._opened.title_format = prompts.resolve_title_format(
             self.config.prompt.title_format, self.dataset.titles,
             self.config.tokenizer.title_tokens)
       except ValueError as e:
         raise ConfigError(f"config.{e}") from None
-    return self._title_format
+    return self._opened.title_format
 
   def sample(self, split: str, limit: int) -> tuple[list, list[tuple[tuple[int, ...],
                                                                        tuple[int, ...]]]]:
@@ -501,8 +564,8 @@ class Context:
     A prefix is encoded once and extended when a later call asks for more.
     """
     examples = self.dataset.examples(split, limit)
-    encoded = self._encoded.get(split, [])
+    encoded = self._opened.encoded.get(split, [])
     if len(encoded) < len(examples):
       encoded = encoded + self._encode(split, examples[len(encoded):])
-      self._encoded[split] = encoded
+      self._opened.encoded[split] = encoded
     return encoded[:len(examples)]

@@ -30,6 +30,7 @@ def failing_sft(ctx, unit):
 
 pipeline.STAGES = tuple(dataclasses.replace(s, run=failing_sft) if s.name == "sft" else s
                         for s in pipeline.STAGES)
+pipeline.BY_NAME = {s.name: s for s in pipeline.STAGES}
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "workdir"])

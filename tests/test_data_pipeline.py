@@ -18,7 +18,6 @@ from rosepo_jax.data import codec as codec_lib
 from rosepo_jax.data import dataset as dataset_lib
 from rosepo_jax.stages import data as data_stage
 from rosepo_jax.stages import sft
-from rosepo_jax.data import prompts
 from test_data_records import SHARED, needs_shared
 
 
@@ -104,9 +103,10 @@ def test_prompt_templates_sampled_per_example(tmp_path):
   texts = [ctx.example_prompt("train", ex) for ex in ctx.dataset.examples("train")[:40]]
   assert {t[0] for t in texts} == {"A", "C"}
   assert texts == [ctx.example_prompt("train", ex) for ex in ctx.dataset.examples("train")[:40]]
-  config.prompt.templates = ["no placeholders Answer:"]
-  with pytest.raises(ValueError, match="lacks {history}"):
-    prompts.templates_for(context(config, tmp_path).config.prompt, "synthetic")
+  config.prompt.templates = ["no placeholders Answer:"]  # found when the config is parsed
+  with pytest.raises(ConfigError, match=r"config.prompt.templates\[0\]=.*expected \{history\} "
+                     "once, found it 0 times"):
+    context(config, tmp_path)
 
 
 def test_launcher_data_stage_and_missing_files_error(tmp_path):

@@ -113,8 +113,8 @@ def test_malformed_rows_name_file_line_field(tmp_path, row, match):
 @pytest.mark.parametrize("id2name,match", [
     ("0::A\n1 B\n", r"id2name.txt:2: expected 'id::title'"),
     ("0::A\n0::B\n", r"id2name.txt:2: item id 0 appears twice"),
-    ("0::A\n2::B\n", r"ids must be 0..1 without gaps; missing \[1\]"),
-    ("0::A\n1::  \n", r"id2name.txt:2: item 1 has an empty title"),
+    ("0::A\n2::B\n", r"ids must be 0..1 without gaps \(one per line\); missing \[1\], max id 2"),
+    ("0::A\n1::  \n", r"id2name.txt:2: the title of item 1 has no visible character"),
 ])
 def test_malformed_id2name(tmp_path, id2name, match):
   with pytest.raises(R.DataError, match=match):

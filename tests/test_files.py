@@ -142,6 +142,14 @@ def test_workdir_writers_round_trip(base, tmp_path):
   back = tokenizer_lib.load_saved_tokenizer(files.join(base, "tokenizer"))
   assert back("two three four")["input_ids"] == tok("two three four")["input_ids"]
   assert json.loads(files.read_text(files.join(base, "tokenizer", "tokenizer.json")))
-  workdir.remove([files.join(base, "p"), files.join(base, "tokenizer")])
+  tree = files.tree(base)  # every file, by its path relative to the folder
+  assert {"e.jsonl", "p/pairs.array_record", "r.npz", "s.json", "tokenizer/tokenizer.json"} <= set(
+      tree) and tree == sorted(tree) and not any(t.endswith("/") for t in tree)
+  assert files.relative(files.join(base, "p", "pairs.array_record"), base) == "p/pairs.array_record"
+  with pytest.raises(ValueError, match="is not inside"):
+    files.relative(files.join(tmp_path, "elsewhere"), files.join(base, "p"))
+  for path in (files.join(base, "p"), files.join(base, "tokenizer")):
+    files.remove(path)
   assert sorted(files.listdir(base)) == ["e.jsonl", "r.npz", "s.json"]
+  assert files.tree(files.join(base, "missing")) == []
   _no_stray_local_folder(tmp_path)

@@ -107,6 +107,8 @@ LOCAL_FILE_CALLS = {
     ("files.py", "*"): "the file layer itself",
     ("data/records.py", "*"): "the raw dataset files, outside the workdir",
     ("data/tfds_builders.py", "*"): "TFDS builds in a local folder (load_dataset's local copy)",
+    ("stages/data.py", "check"): "the raw dataset files (read by data/records.py), outside the "
+                                 "workdir",
     ("checkpoints/gguf.py", "*"): "GGUF files: a backbone, outside the workdir",
     ("data/dataset.py", "<module>"): "the repository root",
     ("data/dataset.py", "resolve_path"): "config paths relative to the repository",

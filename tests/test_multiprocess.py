@@ -129,7 +129,7 @@ def test_two_processes_two_devices_killed_in_preference_resume(tmp_path, one_pro
   workdir, mesh, logs = tmp_path / "w", {"data": 2, "fsdp": 2}, str(tmp_path / "log")
   heartbeat = ("--heartbeat_timeout_s=20",)
   procs = _launch(workdir, 2, 2, mesh, logs, extra=heartbeat)
-  checkpoint = workdir / "dpo" / "checkpoints" / "2"
+  checkpoint = workdir / ".staging" / "dpo.dpo" / "new" / "dpo" / "checkpoints" / "2"
   deadline = time.time() + 600
   while not checkpoint.is_dir():
     assert all(p.poll() is None for p in procs), _tail(logs + "0.log") + _tail(logs + "1.log")
@@ -139,8 +139,9 @@ def test_two_processes_two_devices_killed_in_preference_resume(tmp_path, one_pro
   killed = time.time()
   code = _wait(procs[:1], logs, timeout=120)[0]
   assert code != 0 and time.time() - killed < 60
-  marker = json.loads((workdir / "stages" / "dpo.dpo.json").read_text())
-  assert marker["status"] == "running"  # killed inside the unit, not between units
+  state = json.loads((workdir / ".staging" / "dpo.dpo" / "state.json").read_text())
+  assert state["status"] == "running"  # killed inside the unit, not between units
+  assert not (workdir / "stages" / "dpo.dpo.json").exists() and not (workdir / "dpo").exists()
   _run(workdir, 2, 2, mesh, str(tmp_path / "again"), extra=heartbeat)
   again = _tail(str(tmp_path / "again0.log"), 100000)
   assert "sft: up to date" in again and "dpo/dpo: resuming an interrupted run" in again

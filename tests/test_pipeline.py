@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from rosepo_jax import checkpoints, generate, losses, methods, pipeline, scoring
+from rosepo_jax import checkpoints, generate, losses, methods, pipeline, scoring, staging
 from rosepo_jax import oracle as O
 from rosepo_jax.checkpoints import params as params_lib
 from rosepo_jax.data.codec import Codec
@@ -196,7 +196,7 @@ def test_sigterm_during_preference_training_resumes_to_the_same_result(tmp_path)
       [sys.executable, "-c", _KILL_SCRIPT.format(tests=os.path.join(REPO, "tests"),
                                                  workdir=killed)],
       cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  ckpt = os.path.join(killed, "dpo", "checkpoints")
+  ckpt = os.path.join(killed, ".staging", "dpo.dpo", "new", "dpo", "checkpoints")  # beside DIR/dpo
   deadline = time.time() + 600
   while time.time() < deadline and proc.poll() is None:
     steps = [d for d in os.listdir(ckpt) if d.isdigit()] if os.path.isdir(ckpt) else []
@@ -206,7 +206,9 @@ def test_sigterm_during_preference_training_resumes_to_the_same_result(tmp_path)
   assert proc.poll() is None, "the run ended before it could be interrupted"
   proc.send_signal(signal.SIGTERM)
   proc.wait(timeout=60)
-  assert pipeline.read_marker(context(_resume_config(), killed), dpo)["status"] == "running"
+  assert pipeline.read_marker(context(_resume_config(), killed), dpo) is None  # not finished
+  assert staging.read_state(paths.staging(dpo))["status"] == "running"
+  assert not os.path.exists(paths.run("dpo"))  # nothing swapped in yet
   outcome = pipeline.run(_resume_config(), killed, ["all"])
   assert outcome["sft"] == "up to date" and outcome["dpo/dpo"] == outcome["eval/dpo"] == "ran"
   metrics = [json.loads(line) for line in open(os.path.join(killed, "dpo", "metrics.jsonl"))]
@@ -368,12 +370,35 @@ def test_seeds_run_the_model_units_per_seed_over_shared_data_and_oracle(finished
     assert d["mean"] == pytest.approx(np.mean([runs[s]["rosepo"][figure] - runs[s]["sft"][figure]
                                                for s in (0, 1)]), abs=1e-12)
   assert "Paired differences" in open(os.path.join(workdir, "report.md")).read()
+  # The tiny model answers nothing valid, so every difference above is 0 = 0. On planted answers
+  # (rosepo right on every 3rd example, sft on every 4th, shifted by seed) the report's paired
+  # difference is the one written out here, and its bootstrap interval has width around it.
+  planted = {"rosepo": 3, "sft": 4}
+  for seed in (0, 1):
+    for run, every in planted.items():
+      path = os.path.join(workdir, f"seed_{seed}", "eval", f"{run}.predictions.jsonl")
+      rows = [json.loads(line) for line in open(path)]
+      for i, row in enumerate(rows):
+        row["hit"] = row["valid"] = (i + seed) % every == 0
+      with open(path, "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+  assert pipeline.run(config, workdir, ["report"], force=True) == {"report": "ran"}
+  n = len(rows)
+  want = np.mean([np.mean([(i + s) % 3 == 0 for i in range(n)]) -
+                  np.mean([(i + s) % 4 == 0 for i in range(n)]) for s in (0, 1)])
+  d = json.load(open(os.path.join(workdir, "eval", "summary.json")))["differences"]
+  hit = d["rosepo - sft"]["hit_ratio@1"]
+  assert hit["mean"] == pytest.approx(want, abs=1e-12) and want != 0
+  assert hit["ci95"][0] < want < hit["ci95"][1]
+  assert d["rosepo - dpo"]["hit_ratio@1"]["mean"] == pytest.approx(
+      np.mean([np.mean([(i + s) % 3 == 0 for i in range(n)]) for s in (0, 1)]), abs=1e-12)
   # Up to date as a whole; a new seed runs only its own units (and the report).
   assert set(pipeline.run(config, workdir, ["all"]).values()) == {"up to date"}
   config.seeds = (0, 1, 2)
   again = pipeline.run(config, workdir, ["all"])
   assert {u for u, how in again.items() if how == "ran"} == {
       u for u in again if u.startswith("seed_2/")} | {"report"}
+  assert json.load(open(os.path.join(workdir, "eval", "summary.json")))["seeds"] == [0, 1, 2]
 
 
 def test_report_differences_are_rosepo_against_each_run_and_each_run_against_sft():

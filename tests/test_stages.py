@@ -4,15 +4,17 @@ import dataclasses
 import json
 import os
 
-from conftest import context
+from conftest import context, naive_response_logp
 import numpy as np
 import pytest
 
-from rosepo_jax import backbone, checkpoints, methods, pipeline
+from rosepo_jax import backbone, checkpoints, generate, methods, pipeline, scoring
+from rosepo_jax import oracle as oracle_lib
 from rosepo_jax import config as config_lib
 from rosepo_jax.stages import compile as compile_stage, preference, sft
+from rosepo_jax.stages import eval as eval_stage
 from rosepo_jax.data.codec import Codec
-from rosepo_jax.workdir import read_jsonl, read_records
+from rosepo_jax.workdir import read_records
 from test_data_pipeline import _config
 from test_model import _value_output_map
 
@@ -48,34 +50,69 @@ def test_build_model_copy_init_layers():
     config_lib.parse(config)
 
 
+def _margins(ctx, method: str, rows, ref_logps) -> np.ndarray:
+  """h / beta = (log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l)) per pair [N, K] of
+  `method`'s trained model on `rows`, with the stored reference log-probs [N, K+1]."""
+  model = checkpoints.load_orbax(ctx.paths.model(method))
+  logps = scoring.score_responses(model, rows, batch_size=8, shape=ctx.batch_shape,
+                                  vocab_chunk=ctx.config.vocab_chunk)
+  gain = np.asarray(logps, np.float64) - np.asarray(ref_logps, np.float64)
+  return gain[:, :1] - gain[:, 1:]
+
+
 def test_sft_then_preference_methods(tmp_path):
-  config = _tiny()
+  """Each method moves its policy toward its chosen responses: the trained model's DPO margin on
+  the pairs it trained on is positive on average (a sign-flipped loss makes it negative), and
+  every stored reference log-prob is the SFT model's, recomputed here by a plain forward."""
+  config = _tiny(steps=6)
   config.methods = ["sft", "dpo", "sdpo", "cdpo"]
   config.smoothing.cdpo_eps = 0.1  # a given constant: no RosePO pairs needed
   workdir = str(tmp_path)
   pipeline.run(config, workdir, ["data", "sft", "dpo"])
-  sft = checkpoints.load_orbax(os.path.join(workdir, "sft", "model"))
-  assert sft.cfg.vocab_size % 64 == 0 and sft.cfg.num_layers == 1
-  for method in ("dpo", "sdpo", "cdpo"):
-    trained = checkpoints.load_orbax(os.path.join(workdir, method, "model"))
-    moved = np.abs(np.asarray(trained.embed[...]) - np.asarray(sft.embed[...])).max()
-    assert moved > 0, method
+  ctx = context(config, workdir)
+  sft_model = checkpoints.load_orbax(ctx.paths.model("sft"))
+  assert sft_model.cfg.vocab_size % 64 == 0 and sft_model.cfg.num_layers == 1
+  for method, k in (("dpo", 1), ("sdpo", 3), ("cdpo", 1)):
+    cache = np.load(ctx.paths.reference(method))
+    assert cache["ref_logps"].shape == (16, k + 1) and cache["rejected"].shape == (16, k)
+    rows, _ = preference.random_pairs(ctx, method, k, with_reference=False)
+    for row, want in list(zip(rows, cache["ref_logps"]))[:3]:
+      got = [naive_response_logp(sft_model, row.prompt, r) for r in row.responses]
+      np.testing.assert_allclose(got, want, rtol=1e-5)
+    margins = _margins(ctx, method, rows, cache["ref_logps"])
+    assert margins.mean() > 0, (method, margins.mean())
     assert any(f.startswith("events") for f in os.listdir(os.path.join(workdir, method, "tb")))
-  cache = np.load(os.path.join(workdir, "sdpo", "reference.npz"))
-  assert cache["ref_logps"].shape == (16, 4) and np.all(cache["ref_logps"] < 0)
-  assert cache["rejected"].shape == (16, 3)
 
 
 @pytest.mark.parametrize("lora_rank", [0, 4])
 def test_online_reference_and_lora(tmp_path, lora_rank):
+  """preference.reference="online": the frozen SFT model scores the pairs inside every step, so
+  no reference log-probs are stored and the first step's loss is DPO's at h = 0, log 2 (a wrong
+  reference moves it). With LoRA the base weights stay frozen: the saved (merged) model differs
+  from SFT's by updates of rank <= lora_rank in the adapted projections only; the embeddings do
+  not move. Without LoRA they do."""
   config = _tiny(steps=2)
   config.methods = ["dpo"]
   config.preference.reference = "online"
   config.model.lora_rank = lora_rank
   pipeline.run(config, str(tmp_path), ["data", "sft", "dpo"])
-  assert not os.path.exists(tmp_path / "preference")  # nothing precomputed
-  trained = checkpoints.load_orbax(str(tmp_path / "dpo" / "model"))
-  assert trained.cfg.lora_rank == 0  # adapters merged into the saved weights
+  ctx = context(config, str(tmp_path))
+  assert not os.path.exists(ctx.paths.reference("dpo"))
+  first = json.loads(open(ctx.paths.metrics_log("dpo")).readline())
+  assert first["step"] == 1 and first["loss"] == pytest.approx(np.log(2.0), abs=1e-4)
+  trained = checkpoints.load_orbax(ctx.paths.model("dpo"))
+  base = checkpoints.load_orbax(ctx.paths.model("sft"))
+  embed_moved = np.abs(np.asarray(trained.embed[...]) - np.asarray(base.embed[...])).max()
+  attn, attn0 = trained.layers[0].attn, base.layers[0].attn
+  update = np.asarray(attn.q_proj.kernel[...], np.float64) - np.asarray(attn0.q_proj.kernel[...])
+  sv = np.linalg.svd(update, compute_uv=False)  # above float32 rounding: the update's rank
+  assert sv[0] > 0
+  if lora_rank:
+    assert embed_moved == 0 and os.path.isdir(ctx.paths.adapter("dpo"))
+    assert sv[lora_rank] < 1e-3 * sv[0], sv[:lora_rank + 2]
+  else:
+    assert embed_moved > 0 and not os.path.exists(ctx.paths.adapter("dpo"))
+    assert sv[4] > 1e-2 * sv[0], sv[:6]
 
 
 def test_rosepo_without_preference_data_is_a_clear_error(tmp_path):
@@ -97,6 +134,9 @@ def test_unknown_stage_and_method(tmp_path):
 def test_negatives_then_rosepo(tmp_path):
   config = _tiny(steps=2)
   config.methods = ["rosepo", "rosepo_no_smoothing", "rosepo_no_self_hard", "cdpo"]
+  # The tiny oracle barely trains, so the fitted tau is huge and flattens every eps to the clip;
+  # tau = 1 keeps them spread over (0, 0.45).
+  config.smoothing.update(fit_tau=False, tau=1.0)
   workdir = str(tmp_path)
   pipeline.run(config, workdir, ["data", "sft", "oracle", "negatives", "dpo"])
   ctx = context(config, workdir)
@@ -107,10 +147,27 @@ def test_negatives_then_rosepo(tmp_path):
   assert {"random", "self_hard", "semantic", "popularity"} <= set(by)
   assert all(len(v) == 12 for k, v in by.items() if k != "hallucination")
   examples = {e.index: e for e in ctx.dataset.examples("train")}
-  for p in by["self_hard"] + by["popularity"] + by["random"]:
+  scored = by["self_hard"] + by["popularity"] + by["random"]
+  for p in scored:
     ex = examples[p["example"]]
     assert p["rejected_item"] in ex.candidates and p["rejected_item"] != ex.target
-    assert 0.0 <= p["eps"] <= 0.45
+  # Each scored pair's eps is METHOD.md's formula, written out here, on the scores of the fold
+  # oracle that never trained on the pair's user, at the fitted tau; the oracle trained on every
+  # user (in-sample for these training pairs) gives other values.
+  tau = config.smoothing.tau
+  fold_of = {int(u): k for u, k in json.load(open(ctx.paths.oracle_folds))["user_fold"].items()}
+  everyone = oracle_lib.load_oracle(ctx.paths.oracle_model)
+  want, in_sample = [], []
+  for p in scored:
+    ex = examples[p["example"]]
+    items = np.array([[ex.target, p["rejected_item"]]])
+    for oracle, out in ((oracle_lib.load_oracle(ctx.paths.oracle_fold_model(fold_of[ex.user])),
+                         want), (everyone, in_sample)):
+      s_w, s_l = np.asarray(oracle.scores([ex.history], items), np.float64)[0]
+      out.append(min(max(1.0 / (1.0 + np.exp(-(s_l - s_w) / tau)), 0.0), 0.45))
+  np.testing.assert_allclose([p["eps"] for p in scored], want, rtol=1e-5, atol=1e-7)
+  assert np.sum((np.array(want) > 0.01) & (np.array(want) < 0.44)) >= 5  # not all clipped
+  assert np.abs(np.array(in_sample) - want).max() > 1e-3
   for p in by["semantic"]:
     assert p["rejected_item"] not in examples[p["example"]].candidates and p["eps"] == 0.0
   assert all(p["ref_logps"][0] < 0 and p["ref_logps"][1] < 0 for p in pairs)
@@ -192,8 +249,30 @@ def test_title_tokens_through_the_pipeline(tmp_path):
     assert p["chosen"][0] - offset == ds.examples_at("train", [p["example"]])[0].target
     if p["rejected_item"] >= 0:
       assert p["rejected"] == [offset + p["rejected_item"], codec.eos_token_id]
-  for p in read_jsonl(ctx.paths.eval_predictions("rosepo")):
-    assert p["valid"] == (p["answer"] in p["candidates"])
+  # Answers decode to titles and count as valid exactly when they are a candidate's: planted
+  # answers (the tiny model answers nothing valid) of each prompt's last candidate token, or of a
+  # title token that is no candidate of it, through the eval stage's decoding and figures.
+  num_candidates = config.data.num_candidates
+
+  def planted(model, tokens_BxP, valid_BxP, max_new_tokens):
+    del model, valid_BxP
+    out = np.full((len(tokens_BxP), max_new_tokens), codec.eos_token_id, np.int32)
+    for b, row in enumerate(np.asarray(tokens_BxP)):
+      titles = [int(t) for t in row if t >= offset]
+      shown = set(titles[-num_candidates:])
+      out[b, 0] = titles[-1] if b % 2 == 0 else next(
+          offset + i for i in range(ds.num_items) if offset + i not in shown)
+    return out
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(generate, "greedy_generate", planted)
+    figures, predictions = eval_stage.evaluate_model(ctx, checkpoints.load_orbax(
+        ctx.paths.model("rosepo")), "test", 16)
+  assert [p["valid"] for p in predictions] == [p["answer"] in p["candidates"]
+                                               for p in predictions]
+  assert all(p["answer"] in ds.titles for p in predictions)
+  assert 0 < figures["valid_ratio"] < 1 and figures["hit_ratio@1"] == pytest.approx(
+      np.mean([p["answer"] == p["target"] for p in predictions]))
   model = checkpoints.load_orbax(ctx.paths.model("rosepo"))
   assert model.cfg.vocab_size >= codec.vocab_size
   for folder in (ctx.paths.model("rosepo"), ctx.paths.export("rosepo")):

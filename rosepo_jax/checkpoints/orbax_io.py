@@ -17,6 +17,7 @@ import orbax.checkpoint as ocp
 
 from rosepo_jax import files, multihost, sharding
 from rosepo_jax.checkpoints.atomic import atomic_dir
+from rosepo_jax.checkpoints.errors import CheckpointNotFoundError
 from rosepo_jax.checkpoints.hf import save_tokenizer
 from rosepo_jax.model import Decoder, abstract_model, config_from_dict, config_to_dict
 
@@ -52,7 +53,7 @@ def load_orbax(folder: str, mesh=None, rules=sharding.RULES, **overrides) -> Dec
   """Restores an orbax model directory; each parameter lands directly in its mesh sharding
   (without a mesh: on this process's first device). Collective in a multi-process job."""
   if not is_orbax_model_dir(folder):
-    raise FileNotFoundError(f"{folder}: not an orbax model directory; expected {CONFIG_FILE} "
+    raise CheckpointNotFoundError(f"{folder}: not an orbax model directory; expected {CONFIG_FILE} "
                             f"and {PARAMS_DIR}/")
   cfg = config_from_dict(json.loads(files.read_text(files.join(folder, CONFIG_FILE))),
                          source=files.join(folder, CONFIG_FILE))

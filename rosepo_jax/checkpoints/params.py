@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rosepo_jax import multihost, sharding
+from rosepo_jax.checkpoints.errors import CheckpointError
 from rosepo_jax.model import Decoder, ModelConfig, abstract_model
 
 Path = tuple
@@ -73,7 +74,7 @@ def model_from_tensors(cfg: ModelConfig, get: Callable[[ParamName], np.ndarray],
     want = tuple(var.get_value().shape)
     array = np.asarray(get(name))
     if array.shape != want:
-      raise ValueError(f"{source}: tensor {name.hf!r} (ours {'.'.join(map(str, name.path))}) has "
+      raise CheckpointError(f"{source}: tensor {name.hf!r} (ours {'.'.join(map(str, name.path))}) has "
                        f"shape {array.shape}, expected {want} from the model config")
     if mesh is None:
       placed = jax.device_put(array.astype(dtype))
@@ -102,7 +103,7 @@ def from_theirs(name: ParamName, array: np.ndarray) -> np.ndarray:
   return array.T if name.transpose else array
 
 
-def missing_error(source: str, missing: list[str], available: Mapping | list) -> ValueError:
+def missing_error(source: str, missing: list[str], available: Mapping | list) -> CheckpointError:
   shown = ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else "")
-  return ValueError(f"{source}: {len(missing)} expected tensor(s) missing: {shown} "
+  return CheckpointError(f"{source}: {len(missing)} expected tensor(s) missing: {shown} "
                     f"({len(available)} tensors present)")

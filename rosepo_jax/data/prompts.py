@@ -114,19 +114,28 @@ def choose_template(templates: Sequence[str], seed: int, split: str, index: int)
   return templates[int(example_rng(seed, split, index, PROMPT_PURPOSE).integers(len(templates)))]
 
 
+def template_problem(template: str) -> str:
+  """What is wrong with a prompt template, or "": it must hold {history} and {candidates} once
+  each, no other field but {n}, and end with "Answer:"."""
+  try:
+    fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+  except ValueError as e:
+    return f"not a format string ({e}; write a literal brace as {{{{ or }}}})"
+  for key in ("history", "candidates"):
+    if fields.count(key) != 1:
+      return f"expected {{{key}}} once, found it {fields.count(key)} times"
+  unknown = sorted(set(fields) - {"history", "candidates", "n"})
+  if unknown:
+    return f"unknown field(s) {unknown}; expected {{history}}, {{candidates}} and {{n}}"
+  if not template.rstrip().endswith("Answer:"):
+    return f"expected it to end with 'Answer:', it ends with {template[-20:]!r}"
+  return ""
+
+
 def templates_for(prompt_cfg, dataset_name: str, title_format: str = "comma") -> list[str]:
-  """Templates from config (``prompt.templates``) or the dataset's domain default for the
-  (resolved) title format."""
-  templates = list(prompt_cfg.templates)
-  if templates:
-    for t in templates:
-      for key in ("{history}", "{candidates}"):
-        if key not in t:
-          raise ValueError(f"prompt template lacks {key}: {t[:80]!r}")
-      if not t.rstrip().endswith("Answer:"):
-        raise ValueError(f"prompt template must end with 'Answer:': {t[-40:]!r}")
-    return templates
+  """Templates from config (``prompt.templates``, checked by `rosepo_jax.config`) or the
+  dataset's domain default for the (resolved) title format."""
+  if prompt_cfg.templates:
+    return list(prompt_cfg.templates)
   domain = prompt_cfg.domain or DATASET_DOMAINS.get(dataset_name, "items")
-  if domain not in DEFAULT_TEMPLATES:
-    raise ValueError(f"prompt.domain={domain!r}; expected one of {sorted(DEFAULT_TEMPLATES)}")
   return [DEFAULT_TEMPLATES[domain][title_format]]

@@ -20,6 +20,7 @@ import dataclasses
 import json
 import os
 import re
+import unicodedata
 
 import numpy as np
 
@@ -27,6 +28,33 @@ from rosepo_jax import metrics
 from rosepo_jax.errors import InputError
 
 SPLITS = ("train", "val", "test")
+_MAX_USER = 2 ** 63  # user ids are stored as int64
+MIN_EVAL_USERS = 2  # validation fits tau and test intervals resample users: one user is no sample
+
+# The files each reader reads, relative to its folder: (required, read when present).
+READER_FILES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "lastfm": (("id2name.txt", "jsonl/train_data.jsonl", "jsonl/Val_data.jsonl",
+                "jsonl/Test_data.jsonl"), ("jsonl/Val_data_last.jsonl", "jsonl/Test_data_last.jsonl")),
+    "movielens100k": (("u.data", "u.item"), ()),
+    "generic": (("train.jsonl", "val.jsonl", "test.jsonl", "id2name.txt"), ("meta.json",)),
+}
+SDPO_CANDIDATE_FILES = ("lastfm-val.json", "lastfm-test.json")  # in data.candidates_dir
+LLARA_EVAL_ROW_FILES = ("Val_data.jsonl", "Test_data.jsonl")  # in data.eval_rows_dir
+
+
+def input_files(name: str, manual_dir: str | None, candidates_dir: str | None = None,
+                split_file: str | None = None, eval_rows_dir: str | None = None) -> list[str]:
+  """Every file the reader of dataset `name` reads (or would read, were it present)."""
+  out = []
+  if name in READER_FILES and manual_dir:
+    out += [os.path.join(manual_dir, f) for group in READER_FILES[name] for f in group]
+  if candidates_dir:
+    out += [os.path.join(candidates_dir, f) for f in SDPO_CANDIDATE_FILES]
+  if split_file:
+    out.append(split_file)
+  if eval_rows_dir:
+    out += [os.path.join(eval_rows_dir, f) for f in LLARA_EVAL_ROW_FILES]
+  return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +148,26 @@ def _check_ids(ids, num_items: int, path: str, lineno: int, name: str, allowed=(
                     f"catalogue [0, {num_items}){extra}")
 
 
+_ID = re.compile(r"-?[0-9]+")  # ASCII digits only: int() also takes "١٢" and "1_000"
+# Characters a title may not hold: controls (tabs and line breaks included) and line or
+# paragraph separators (U+2028, U+2029), which split lines in prompts and in JSON lines readers.
+_BREAKING = {"Cc", "Zl", "Zp"}
+# Characters that show nothing: a title made of these alone reads as empty.
+_INVISIBLE = {"Cf", "Zs", "Mn", "Me", "Cn", "Co", "Cs"}
+
+
+def title_problem(title: str) -> str:
+  """What makes `title` unusable as a catalogue title, or "": a control or line-separator
+  character anywhere, or no visible character at all (an empty answer would then match it)."""
+  for k, ch in enumerate(title):
+    if unicodedata.category(ch) in _BREAKING:
+      return (f"holds the control or line-separator character U+{ord(ch):04X} at column "
+              f"{k + 1}")
+  if all(unicodedata.category(ch) in _INVISIBLE for ch in title) or not metrics.normalize(title):
+    return "has no visible character"
+  return ""
+
+
 def read_id2name(path: str) -> list[str]:
   """``id::title`` lines -> titles indexed by id (ids must be exactly 0..n-1)."""
   titles: dict[int, str] = {}
@@ -128,23 +176,39 @@ def read_id2name(path: str) -> list[str]:
     if not line.strip():
       continue
     key, sep, title = line.partition("::")
-    if not sep or not key.strip().lstrip("-").isdigit():
-      raise DataError(f"{path}:{lineno}: expected 'id::title', got {line[:80]!r}")
+    if not sep or not _ID.fullmatch(key.strip()):
+      raise DataError(f"{path}:{lineno}: expected 'id::title' with an integer id, got "
+                      f"{line[:80]!r}")
     item = int(key)
     if item < 0:
       raise DataError(f"{path}:{lineno}: item id {item} is negative; ids are 0, 1, 2, ...")
     if item in titles:
       raise DataError(f"{path}:{lineno}: item id {item} appears twice")
-    if not title.strip():
-      raise DataError(f"{path}:{lineno}: item {item} has an empty title")
+    problem = title_problem(title.strip())
+    if problem:
+      raise DataError(f"{path}:{lineno}: the title of item {item} {problem}")
     titles[item] = title.strip()
   if not titles:
     raise DataError(f"{path}: no 'id::title' lines")
-  if sorted(titles) != list(range(len(titles))):
-    gaps = sorted(set(range(max(titles) + 1)) - set(titles))[:5]
-    raise DataError(f"{path}: item ids must be 0..{len(titles) - 1} without gaps; missing "
-                    f"{gaps}, max id {max(titles)}")
+  if max(titles) != len(titles) - 1:  # distinct ids >= 0: a gap below the count, never range(max)
+    gaps = [i for i in range(len(titles)) if i not in titles][:5]
+    raise DataError(f"{path}: item ids must be 0..{len(titles) - 1} without gaps (one per line); "
+                    f"missing {gaps}, max id {max(titles)}")
   return [titles[i] for i in range(len(titles))]
+
+
+def check_eval_splits(raw: RawDataset, source: str) -> None:
+  """A DataError unless validation and test each hold MIN_EVAL_USERS users or more: tau is fitted
+  on validation and the report's intervals are a bootstrap over test users, and neither means
+  anything on one user's rows."""
+  for split in ("val", "test"):
+    windows = raw.splits.get(split, [])
+    users = len({w.user for w in windows})
+    if users < MIN_EVAL_USERS:
+      use = ("the oracle's temperature is fitted on it" if split == "val"
+             else "the report's intervals resample its users")
+      raise DataError(f"{source}: split {split!r} holds {len(windows)} example(s) of {users} "
+                      f"user(s); expected at least {MIN_EVAL_USERS} users ({use})")
 
 
 def unique_titles(titles: list[str], years: list[str | None] | None = None) -> tuple[list[str], int]:
@@ -231,19 +295,17 @@ def read_lastfm(manual_dir: str, min_history: int = 3, max_history: int = 10,
   With `candidates_dir` (S-DPO's lastfm-{val,test}.json), val/test take those frozen candidates;
   each record must match our example (history titles, target) in order.
   """
-  jsonl = os.path.join(manual_dir, "jsonl")
-  files = {"train": "train_data.jsonl", "val": "Val_data.jsonl", "test": "Test_data.jsonl"}
-  require_files(manual_dir, ["id2name.txt"], "lastfm")
-  require_files(jsonl, list(files.values()), "lastfm")
-  titles = read_id2name(os.path.join(manual_dir, "id2name.txt"))
+  names, last_names = READER_FILES["lastfm"]
+  require_files(manual_dir, list(names), "lastfm")
+  titles = read_id2name(os.path.join(manual_dir, names[0]))
   titles, changed = unique_titles(titles)
   num_items, pad = len(titles), len(titles)
   splits, popularity = {}, np.zeros(num_items, np.int64)
   info: dict = {"dropped_rows": {}}
   user = -1
-  for split, name in files.items():
+  for split, name in zip(SPLITS, names[1:]):
     windows = []
-    rows = _read_llara_rows(os.path.join(jsonl, name), num_items, pad)
+    rows = _read_llara_rows(os.path.join(manual_dir, name), num_items, pad)
     for _, history, target in rows:
       if not history:  # a user's first row: all padding
         user += 1
@@ -255,14 +317,14 @@ def read_lastfm(manual_dir: str, min_history: int = 3, max_history: int = 10,
     info[f"{split}_rows"] = len(rows)
     info["dropped_rows"][split] = _dropped(len(rows) - len(windows), min_history)
   raw = RawDataset(titles, splits, popularity, changed, info=info)
-  for split in ("val", "test"):
-    path = os.path.join(jsonl, files[split].replace(".jsonl", "_last.jsonl"))
+  for split, name in zip(("val", "test"), last_names):
+    path = os.path.join(manual_dir, name)
     if os.path.isfile(path):
       raw.eval_subsets[split] = {LLARA_LAST_SUBSET: _match_rows(
           _read_llara_rows(path, num_items, pad), splits[split], path, split, max_history)}
   if candidates_dir:
-    for split in ("val", "test"):
-      path = os.path.join(candidates_dir, f"lastfm-{split}.json")
+    for split, name in zip(("val", "test"), SDPO_CANDIDATE_FILES):
+      path = os.path.join(candidates_dir, name)
       raw.frozen_candidates[split] = read_sdpo_candidates(path, raw, split, num_candidates)
   return raw
 
@@ -359,12 +421,17 @@ def read_movielens(manual_dir: str, min_history: int = 3, max_history: int = 10,
       if not line.strip():
         continue
       fields = line.rstrip("\r\n").split("|")
-      if len(fields) < 2 or not fields[0].isdigit():
-        raise DataError(f"{item_path}:{lineno}: expected 'movie id|title|...', got {line[:60]!r}")
+      if len(fields) < 2 or not _ID.fullmatch(fields[0]) or int(fields[0]) < 1:
+        raise DataError(f"{item_path}:{lineno}: expected 'movie id|title|...' with a movie id "
+                        f">= 1, got {line[:60]!r}")
+      problem = title_problem(fields[1].strip())
+      if problem:
+        raise DataError(f"{item_path}:{lineno}: field title {problem}")
       raw_titles[int(fields[0]) - 1], years[int(fields[0]) - 1] = movielens_title(fields[1])
   num_items = len(raw_titles)
-  if sorted(raw_titles) != list(range(num_items)):
-    raise DataError(f"{item_path}: movie ids must be 1..{num_items} without gaps")
+  if max(raw_titles, default=-1) != num_items - 1:
+    raise DataError(f"{item_path}: movie ids must be 1..{num_items} without gaps (max id "
+                    f"{max(raw_titles, default=0) + 1})")
   titles, changed = unique_titles([raw_titles[i] for i in range(num_items)],
                                   [years[i] for i in range(num_items)])
   per_user: dict[int, list[tuple[int, int, int]]] = {}
@@ -374,7 +441,7 @@ def read_movielens(manual_dir: str, min_history: int = 3, max_history: int = 10,
       if not line.strip():
         continue
       fields = line.split()
-      if len(fields) != 4 or not all(x.isdigit() for x in fields):
+      if len(fields) != 4 or not all(_ID.fullmatch(x) and x[0] != "-" for x in fields):
         raise DataError(f"{data_path}:{lineno}: expected 'user<TAB>item<TAB>rating<TAB>time' "
                         f"(4 integers), got {line.strip()[:60]!r}")
       u, item, rating, ts = map(int, fields)
@@ -408,9 +475,9 @@ def read_movielens(manual_dir: str, min_history: int = 3, max_history: int = 10,
                            minlength=num_items).astype(np.int64)
   splits = {"train": train}
   dropped = {"train": {}}
-  for name, held_users in held.items():
+  for (name, held_users), rows_file in zip(held.items(), LLARA_EVAL_ROW_FILES):
     if eval_rows_dir:
-      path = os.path.join(eval_rows_dir, f"{name.capitalize()}_data.jsonl")
+      path = os.path.join(eval_rows_dir, rows_file)
       require_files(eval_rows_dir, [os.path.basename(path)], "movielens100k eval rows")
       rows = _read_llara_rows(path, num_items, num_items, pair=True)
       if len(rows) != len(held_users):
@@ -466,6 +533,9 @@ def read_generic(manual_dir: str, min_history: int = 3, max_history: int = 10) -
       seq = _field(row, "seq", path, lineno, list)
       target = _field(row, "next", path, lineno, int)
       user = _field(row, "user", path, lineno, int) if "user" in row else lineno - 1
+      if not 0 <= user < _MAX_USER:
+        raise DataError(f"{path}:{lineno}: field 'user'={user}: expected an integer in "
+                        f"[0, 2**63)")
       _check_ids(seq, len(titles), path, lineno, "seq", allowed=() if pad is None else (pad,))
       _check_ids([target], len(titles), path, lineno, "next")
       history = [i for i in seq if i != pad]

@@ -44,14 +44,37 @@ class WorldConfig:
   test_fraction: float = 0.1
 
 
+def world_problem(cfg: WorldConfig) -> str:
+  """What is wrong with `cfg` ("field=value: expected ..."), or "" when a world can be built."""
+  if not 1 <= cfg.num_genres <= len(GENRES):
+    return f"num_genres={cfg.num_genres}: expected 1..{len(GENRES)}"
+  if not 1 <= cfg.num_items <= len(SYLLABLES) ** 2:
+    return f"num_items={cfg.num_items}: expected 1..{len(SYLLABLES) ** 2} (the title space)"
+  if cfg.num_users < 1:
+    return f"num_users={cfg.num_users}: expected >= 1"
+  if not 1 <= cfg.min_len <= cfg.max_len:
+    return f"min_len={cfg.min_len}, max_len={cfg.max_len}: expected 1 <= min_len <= max_len"
+  if cfg.max_len > cfg.num_items // 2:
+    return f"max_len={cfg.max_len}: expected at most half the catalogue ({cfg.num_items // 2})"
+  for name in ("zipf", "pop_exponent"):
+    if getattr(cfg, name) < 0:
+      return f"{name}={getattr(cfg, name)}: expected >= 0"
+  if cfg.taste_concentration <= 0:
+    return f"taste_concentration={cfg.taste_concentration}: expected > 0"
+  for name in ("drift", "in_genre", "val_fraction", "test_fraction"):
+    if not 0 <= getattr(cfg, name) <= 1:
+      return f"{name}={getattr(cfg, name)}: expected in [0, 1]"
+  if cfg.val_fraction + cfg.test_fraction >= 1:
+    return (f"val_fraction + test_fraction = {cfg.val_fraction + cfg.test_fraction}: expected < 1 "
+            "(training users are the rest)")
+  return ""
+
+
 def build_world(cfg: WorldConfig, seed: int, min_history: int = 3, max_history: int = 10
                 ) -> RawDataset:
-  if not 1 <= cfg.num_genres <= len(GENRES):
-    raise ValueError(f"synthetic: num_genres={cfg.num_genres} must be in 1..{len(GENRES)}")
-  if cfg.num_items > len(SYLLABLES) ** 2:
-    raise ValueError(f"synthetic: num_items={cfg.num_items} exceeds the title space")
-  if cfg.max_len > cfg.num_items // 2:
-    raise ValueError("synthetic: max_len must be at most half the catalogue")
+  problem = world_problem(cfg)
+  if problem:
+    raise ValueError(f"synthetic world: {problem}")
   rng = np.random.default_rng(seed)
   genres = GENRES[:cfg.num_genres]
   item_genre = rng.permutation(np.arange(cfg.num_items) % cfg.num_genres)

@@ -66,6 +66,7 @@ class _RecBuilder(tfds.core.GeneratorBasedBuilder):
     p = self.builder_config.params
     manual_dir = str(dl_manager.manual_dir) if self.needs_manual_dir else None
     raw = self.read_raw(manual_dir, p)
+    records.check_eval_splits(raw, manual_dir or f"the {self.name} dataset")
     self.info.metadata.update({
         "titles": raw.titles, "train_popularity": raw.train_popularity.tolist(),
         "duplicate_titles": raw.duplicate_titles, "info": raw.info, "params": p,
@@ -90,8 +91,7 @@ class _RecBuilder(tfds.core.GeneratorBasedBuilder):
 
 
 class RosepoLastfm(_RecBuilder):
-  required_files = ("id2name.txt", "jsonl/train_data.jsonl", "jsonl/Val_data.jsonl",
-                    "jsonl/Test_data.jsonl")
+  required_files = records.READER_FILES["lastfm"][0]
 
   def read_raw(self, manual_dir, p):
     return records.read_lastfm(manual_dir, p["min_history"], p["max_history"],
@@ -100,7 +100,7 @@ class RosepoLastfm(_RecBuilder):
 
 
 class RosepoMovielens100k(_RecBuilder):
-  required_files = ("u.data", "u.item")
+  required_files = records.READER_FILES["movielens100k"][0]
 
   def read_raw(self, manual_dir, p):
     return records.read_movielens(manual_dir, p["min_history"], p["max_history"],
@@ -109,7 +109,7 @@ class RosepoMovielens100k(_RecBuilder):
 
 
 class RosepoGeneric(_RecBuilder):
-  required_files = ("train.jsonl", "val.jsonl", "test.jsonl", "id2name.txt")
+  required_files = records.READER_FILES["generic"][0]
 
   def read_raw(self, manual_dir, p):
     return records.read_generic(manual_dir, p["min_history"], p["max_history"])
@@ -130,15 +130,15 @@ BUILDERS = {"lastfm": RosepoLastfm, "movielens100k": RosepoMovielens100k,
 def prepare(name: str, params: dict, data_dir: str, manual_dir: str | None = None
             ) -> tfds.core.DatasetBuilder:
   """Builds (once) and returns the TFDS builder of dataset `name` with `params`."""
-  if name not in BUILDERS:
+  if name not in BUILDERS:  # config.data.name is validated before any stage
     raise ValueError(f"config.data.name={name!r}; expected one of {sorted(BUILDERS)}")
   cls = BUILDERS[name]
   builder = cls(data_dir=data_dir, config=make_config(params))
   if cls.needs_manual_dir:
     if not manual_dir or not os.path.isdir(manual_dir):
-      raise FileNotFoundError(f"{name}: manual_dir {manual_dir!r} is not a directory; set "
-                              "config.data.manual_dir to the folder holding "
-                              f"{list(cls.required_files)}")
+      raise records.MissingFileError(
+          f"config.data.manual_dir: {manual_dir!r} is not a folder; set it to the folder "
+          f"holding the {name} files {list(cls.required_files)}")
     records.require_files(manual_dir, list(cls.required_files), name)
   download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
   _remove_incomplete(builder)  # left by a build that was killed: never data

@@ -16,14 +16,17 @@ the dataset and tokenizer from DIR/data afterwards.
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
 
-from rosepo_jax import checkpoints, multihost
+from rosepo_jax import backbone, checkpoints, multihost
+from rosepo_jax.config import ConfigError
 from rosepo_jax.data import dataset as dataset_lib
 from rosepo_jax.data import lengths as lengths_lib
 from rosepo_jax.data import prompts
+from rosepo_jax.data import records
 from rosepo_jax.data import tokenizer as tokenizer_lib
 from rosepo_jax.workdir import (Context, Paths, Stage, Unit, fingerprint, save_npz, single_unit,
                                 write_json)
@@ -96,33 +99,66 @@ def prepare(ctx: Context) -> dict:
   rows = ctx.longest_rows()
   print("data: longest rows (tokens) " + ", ".join(f"{k} {v['tokens']}" for k, v in rows.items())
         + f"; max_seq_len {ctx.max_seq_len}", flush=True)  # a ConfigError when too short
+  positions = backbone.architecture(ctx.config.model).max_position_embeddings
+  kind = max(rows, key=lambda r: rows[r]["tokens"])
+  if rows[kind]["tokens"] > positions:
+    raise ConfigError(
+        f"config.model: the model has {positions} positions (max_position_embeddings), but the "
+        f"longest {kind} row ({rows[kind]['split']} example {rows[kind]['index']}) has "
+        f"{rows[kind]['tokens']} tokens; raise config.model.overrides.max_position_embeddings or "
+        "shorten the prompts (config.data.max_history)")
   return stats
 
 
 def _outputs(paths: Paths, unit: Unit) -> list[str]:
-  del unit
-  return [paths.data]
+  del unit  # DIR/data itself is not the stage's: it may hold the user's raw files
+  return [paths.tfds, paths.tokenizer, paths.data_stats, paths.row_lengths]
 
 
 def _required(config, paths: Paths, unit: Unit) -> list[str]:
   del unit
-  return [paths.tfds, paths.data_stats, paths.row_lengths] + ([paths.tokenizer] if config.tokenizer.kind == "bpe"
-                                           else [])
+  return ([paths.tfds, paths.data_stats, paths.row_lengths]
+          + ([paths.tokenizer] if config.tokenizer.kind == "bpe" else []))
 
 
 def external_inputs(config) -> list[str]:
-  """The files and folders outside DIR that the data stage reads: the raw dataset (and the
-  frozen candidates, splits and eval rows it names) and a pretrained tokenizer."""
+  """The files outside DIR that the data stage reads: the raw dataset's files (and the frozen
+  candidates, splits and eval rows it names: `records.input_files`), and a pretrained
+  tokenizer. Only those: other files beside them (DIR/data's own outputs, when the raw files
+  lie in DIR/data) are not the data's."""
   d = config.data
-  paths = [] if d.name == "synthetic" else [dataset_lib.manual_dir_of(d)]
-  paths += [dataset_lib.resolve_path(p) for p in (d.candidates_dir, d.split_file, d.eval_rows_dir)
-            if p]
+  paths = [] if d.name == "synthetic" else records.input_files(
+      d.name, dataset_lib.manual_dir_of(d), dataset_lib.resolve_path(d.candidates_dir),
+      dataset_lib.resolve_path(d.split_file), dataset_lib.resolve_path(d.eval_rows_dir))
   if config.tokenizer.kind == "pretrained":
     paths.append(checkpoints.resolve_model_path(config.tokenizer.path))
   return paths
 
 
+def check(config) -> None:
+  """The raw dataset's folder and files, and a pretrained tokenizer, are where the config says."""
+  d = config.data
+  if d.name != "synthetic":
+    folder = dataset_lib.manual_dir_of(d)
+    if not folder or not os.path.isdir(folder):
+      raise records.MissingFileError(
+          f"config.data.manual_dir={d.manual_dir!r}: {folder} is not a folder; set it to the "
+          f"folder holding the {d.name} files {list(records.READER_FILES[d.name][0])}")
+    records.require_files(folder, list(records.READER_FILES[d.name][0]), d.name)
+  for key in ("candidates_dir", "eval_rows_dir"):
+    path = dataset_lib.resolve_path(getattr(d, key))
+    if path and not os.path.isdir(path):
+      raise records.MissingFileError(f"config.data.{key}={getattr(d, key)!r}: {path} is not a "
+                                     "folder")
+  split_file = dataset_lib.resolve_path(d.split_file)
+  if split_file and not os.path.isfile(split_file):
+    raise records.MissingFileError(f"config.data.split_file={d.split_file!r}: {split_file} is "
+                                   "not a file")
+  if config.tokenizer.kind == "pretrained":
+    checkpoints.check_model_path(config.tokenizer.path, "config.tokenizer.path", tokenizer=True)
+
+
 STAGE = Stage(name="data", sections=("data", "prompt", "tokenizer"), units=single_unit("data"),
               inputs=lambda config, unit: [], outputs=_outputs, run=run,
               key_extra=lambda config, unit: fingerprint(external_inputs(config)),
-              required=_required)
+              required=_required, check=check)

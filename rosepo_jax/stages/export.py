@@ -29,7 +29,7 @@ def _adapter_base(ctx: Context, run: str) -> str:
   folder = files.join(ctx.paths.export("sft"), "base")
   base = backbone.build_model(dataclasses.replace(m, lora_rank=0), ctx.codec)
   checkpoints.save_hf(base, folder, tokenizer=ctx.codec)
-  return files.absolute(folder)
+  return files.absolute(ctx.paths.published(folder))  # where it lies once the unit is swapped in
 
 
 def run(ctx: Context, unit: Unit) -> dict:
@@ -48,7 +48,7 @@ def run(ctx: Context, unit: Unit) -> dict:
           files.copy(files.join(adapter, name), files.join(tmp, name))
         peft.set_base(tmp, base)
   r = summary["rounding"]
-  print(f"export {unit.run}: {folder} ({summary['dtype']}; rounding: max abs error "
+  print(f"export {unit.run}: {ctx.paths.published(folder)} ({summary['dtype']}; rounding: max abs error "
         f"{r['max_abs_error']:.3g}, max relative {r['max_relative_error']:.3g}, "
         f"{r['elements_changed']:.1%} of elements changed)", flush=True)
   return summary

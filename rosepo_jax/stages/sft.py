@@ -13,6 +13,8 @@ candidates (`curriculum_phases`).
 from __future__ import annotations
 
 from rosepo_jax import backbone, checkpoints, train
+from rosepo_jax.config import ConfigError
+from rosepo_jax.errors import InputError
 from rosepo_jax.data import candidates as candidates_lib
 from rosepo_jax.data.batching import EncodedRow
 from rosepo_jax.workdir import Context, Paths, Stage, Unit, fingerprint, single_unit
@@ -90,7 +92,21 @@ def _backbone_fingerprint(config, unit: Unit):
   return None if init == "scratch" else fingerprint([checkpoints.resolve_model_path(init)])
 
 
+def check(config) -> None:
+  """A pretrained `model.init` is a model on this machine, and its architecture takes the
+  configured LoRA and dtypes."""
+  if config.model.init != "scratch":
+    checkpoints.check_model_path(config.model.init, "config.model.init")
+  try:
+    backbone.architecture(config.model)
+  except ValueError as e:
+    if isinstance(e, InputError):
+      raise
+    raise ConfigError(f"config.model: {e}") from None
+
+
 STAGE = Stage(name="sft", sections=("model", "sft", "vocab_chunk"), units=single_unit("sft"),
               inputs=lambda config, unit: [Unit("data")], outputs=_outputs, run=run,
               key_extra=_backbone_fingerprint,
-              required=lambda config, paths, unit: [paths.model("sft")], per_seed=True)
+              required=lambda config, paths, unit: [paths.model("sft")], per_seed=True,
+              check=check)
