@@ -1,10 +1,12 @@
-r"""SFT learning curve: greedy ValidRatio / HitRatio@1 on test examples every K steps.
+r"""SFT learning curve: greedy ValidRatio / HitRatio@1 on validation examples every K steps.
 
   python benchmarks/sft_curve.py --config=configs/synthetic_scratch.py --steps=900 --every=150 \
       --config.sft.optim.learning_rate=2e-3
 
 Trains the config's SFT model in-process (no checkpoints) and prints one line per evaluation: the
 question it answers is "does this model learn to answer with a candidate title, and how fast?".
+Recipes are chosen on these curves, so they evaluate the validation split (`--split=val`, the
+default); `--split=test` is for a final table of a recipe already chosen.
 
 `--random_target_steps=N` trains the first N steps on a uniformly random candidate of each prompt
 instead of the target (one draw per example, seeded): a pure copy task, with no preference to
@@ -13,7 +15,7 @@ learn, that isolates how fast the model learns to answer with some candidate.
 first, as the sft stage does. `history_answers`: the share of answers that are a title from the
 user's own history (invalid by construction: history items are never candidates).
 
-`--eval_shown=10` also evaluates on test prompts that show 10 of their candidates (the target among
+`--eval_shown=10` also evaluates on prompts that show 10 of their candidates (the target among
 them; valid = one of the shown titles). `--positions` prints how many valid answers name the
 candidate at each position of the full prompt (0 = first). `--init_model=DIR` starts from a saved
 model (an orbax model dir, e.g. a workdir's sft/model) at step `--start_step` (which sets the
@@ -52,7 +54,9 @@ from rosepo_jax.workdir import Context
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 flags.DEFINE_integer("steps", 900, "SFT steps.")
 flags.DEFINE_integer("every", 150, "Evaluate every this many steps.")
-flags.DEFINE_integer("examples", 224, "Test examples per evaluation.")
+flags.DEFINE_integer("examples", 224, "Examples of --split per evaluation.")
+flags.DEFINE_enum("split", "val", ["val", "test"], "The split the curve is measured on: val "
+                  "(recipes are chosen on it) or test (a final table, once).")
 flags.DEFINE_string("workdir", "", "Where the data stage writes (default: a temp dir).")
 flags.DEFINE_integer("random_target_steps", 0, "Steps that answer a random candidate first.")
 flags.DEFINE_list("eval_shown", [], "Also evaluate on prompts showing this many candidates.")
@@ -87,21 +91,23 @@ def main(argv):
                           train.make_optimizer(c.sft.optim, FLAGS.steps - start))
   phases = sft.curriculum_phases(ctx)  # config.sft.candidate_curriculum
   sampler = train.step_sampler(len(rows), c.sft.batch_size, c.data.seed + start)
-  examples = ds.examples("test", FLAGS.examples)
-  shown_sets = {}  # k -> (prompt ids, shown titles) per test example
+  split = FLAGS.split
+  examples, _ = ctx.sample(split, FLAGS.examples)  # the rows evaluate_model draws
+  shown_sets = {}  # k -> (prompt ids, shown titles) per evaluated example
   for k in map(int, FLAGS.eval_shown):
     subsets = [candidates.curriculum_subset(ex.candidate_titles, ex.target_title, k,
-                                            c.data.seed, "test", ex.index) for ex in examples]
+                                            c.data.seed, split, ex.index) for ex in examples]
     shown_sets[k] = (codec.encode_prompts(
-        [ctx.example_pieces("test", ex, candidate_titles=sub)
+        [ctx.example_pieces(split, ex, candidate_titles=sub)
          for ex, sub in zip(examples, subsets)]), subsets)
 
   def evaluate(state, loss):
     model = trainer.model(state.params)
-    figures, predictions = eval_stage.evaluate_model(ctx, model, "test", FLAGS.examples)
+    figures, predictions = eval_stage.evaluate_model(ctx, model, split, FLAGS.examples)
     from_history = sum(not p["valid"] and p["answer"] in ex.history_titles
                        for p, ex in zip(predictions, examples))
-    line = (f"step {state.step + start} loss {loss:.3f} valid {figures['valid_ratio']:.3f} hit@1 "
+    line = (f"step {state.step + start} ({split}, {len(examples)} examples) loss {loss:.3f} "
+            f"valid {figures['valid_ratio']:.3f} hit@1 "
             f"{figures['hit_ratio@1']:.3f} head {figures['head_ratio']:.2f} history_answers "
             f"{from_history / len(examples):.3f}")
     for k, (prompt_ids, subsets) in shown_sets.items():

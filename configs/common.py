@@ -24,7 +24,8 @@ def synthetic_data() -> dict:
           min_history=3, max_seq_len=0,
           world=dict(num_items=240, num_genres=8, num_users=600, min_len=6, max_len=16,
                      zipf=1.0, pop_exponent=1.0, taste_concentration=0.3, drift=0.15,
-                     in_genre=0.85, val_fraction=0.1, test_fraction=0.1))),
+                     in_genre=0.85, val_fraction=0.1, test_fraction=0.1,
+                     exposure_noise=0.0))),  # > 0: that share of interactions random
       prompt=ml_collections.ConfigDict(dict(domain="", templates=(), title_format="auto")))
 
 

@@ -6,7 +6,7 @@ runs. Parsing rejects unknown keys (never drops them), checks every value's type
 `RANGES`, and raises `ConfigError` naming the dotted key, the value and what is allowed.
 
 Sections: data, prompt, tokenizer, model, mesh, vocab_chunk, methods, seeds, sft, oracle, smoothing,
-negatives, preference, eval, export, compile. `smoothing` is the one home of the smoothing factor's
+negatives, preference, eval, export, report, compile. `smoothing` is the one home of the smoothing factor's
 settings (METHOD.md section 4) and of cDPO's constant eps, so that changing them re-scores the
 preference pairs without retraining the oracle.
 """
@@ -147,6 +147,13 @@ class ExportConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ReportConfig:
+  # More runs to compare every other run with (paired differences run - baseline), after rosepo
+  # against every other run and every run against sft.
+  baselines: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
 class CompileConfig:
   hbm_gib: float = 0.0  # 0: no budget check
   seq_len: int = 0  # 0: data.max_seq_len
@@ -171,6 +178,7 @@ class Config:
   preference: PreferenceConfig = PreferenceConfig()
   eval: EvalConfig = EvalConfig()
   export: ExportConfig = ExportConfig()
+  report: ReportConfig = ReportConfig()
   compile: CompileConfig = CompileConfig()
 
   @property
@@ -410,6 +418,10 @@ def _check_consistency(c: Config) -> None:
     if m != "sft" and m not in methods_lib.METHODS:
       raise ConfigError(f"config.methods[{i}]={m!r}: unknown method; expected sft or one of "
                         f"{sorted(methods_lib.METHODS)}")
+  for i, b in enumerate(c.report.baselines):
+    if b not in c.methods:
+      raise ConfigError(f"config.report.baselines[{i}]={b!r}: not a run of config.methods="
+                        f"{c.methods}")
   if len(set(c.methods)) != len(c.methods):
     raise ConfigError(f"config.methods={c.methods}: a run is named twice")
   if len(set(c.seeds)) != len(c.seeds) or any(s < 0 for s in c.seeds):
@@ -499,6 +511,10 @@ def _check_needs_no_data(c: Config) -> None:
         raise ConfigError(f"config.preference.strategy_weights={weights}: every strategy "
                           f"{run!r} trains on ({kept}) has weight 0, so its loss would be 0; "
                           "give one a weight > 0")
+    if method.eps == "world" and c.data.name != "synthetic":
+      raise ConfigError(f"config.methods[{i}]={run!r} takes each pair's eps from the synthetic "
+                        "world's true probabilities; config.data.name="
+                        f"{c.data.name!r} has none (expected 'synthetic')")
     if method.eps == "constant" and c.smoothing.cdpo_eps < 0 and not any(
         negatives_lib.scored_by_oracle(s) for s in c.negatives.strategies):
       raise ConfigError(f"config.smoothing.cdpo_eps={c.smoothing.cdpo_eps} asks {run!r} for the "

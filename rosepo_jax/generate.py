@@ -255,9 +255,10 @@ def trim_at_eos(tokens: Sequence[int], eos_ids: Sequence[int]) -> list[int]:
   return out
 
 
-def greedy_answers(model: Decoder, codec: Codec, prompt_ids: Sequence[Sequence[int]],
-                   batch_size: int, max_new_tokens: int, desc: str = "decoding") -> list[str]:
-  """Greedy answers (decoded by `codec` up to EOS, stripped) of `model` to each prompt.
+def greedy_answer_ids(model: Decoder, prompt_ids: Sequence[Sequence[int]], pad_id: int,
+                      batch_size: int, max_new_tokens: int, desc: str = "decoding"
+                      ) -> list[list[int]]:
+  """The greedy answer of `model` to each prompt: its generated ids up to EOS (excluded).
 
   Prompts are left-padded to a multiple of 32 tokens and chunks are filled up to `batch_size`
   (repeating the last prompt), so few shapes are ever compiled. Shows progress as `desc`.
@@ -270,9 +271,16 @@ def greedy_answers(model: Decoder, codec: Codec, prompt_ids: Sequence[Sequence[i
     real = len(chunk)
     chunk += [chunk[-1]] * (batch_size - real)
     length = -(-max(len(p) for p in chunk) // 32) * 32
-    tokens, valid = left_pad(chunk, codec.pad_token_id, length)
+    tokens, valid = left_pad(chunk, pad_id, length)
     out = greedy_generate(model, tokens, valid, max_new_tokens)
-    answers += [codec.decode(trim_at_eos(row.tolist(), eos)).strip() for row in out[:real]]
+    answers += [trim_at_eos(row.tolist(), eos) for row in out[:real]]
     bar.update(real)
   bar.close()
   return answers
+
+
+def greedy_answers(model: Decoder, codec: Codec, prompt_ids: Sequence[Sequence[int]],
+                   batch_size: int, max_new_tokens: int, desc: str = "decoding") -> list[str]:
+  """Greedy answers (`greedy_answer_ids`, decoded by `codec`, stripped) of `model`."""
+  return [codec.decode(ids).strip() for ids in greedy_answer_ids(
+      model, prompt_ids, codec.pad_token_id, batch_size, max_new_tokens, desc)]

@@ -7,7 +7,9 @@ A row says, for one method,
   pairs         "random": k uniform non-target candidates per prompt, drawn by the method's own
                 unit; "negatives": the negatives stage's pairs (METHOD.md section 3)
   eps           "none" (0), "constant" (config.smoothing.cdpo_eps; < 0: the mean oracle eps of
-                the negatives stage's pairs) or "pairs" (each pair's oracle eps, METHOD.md section 4)
+                the negatives stage's pairs), "pairs" (each pair's oracle eps, METHOD.md section 4)
+                or "world" (each pair's ideal eps from the synthetic world's true probabilities:
+                what a perfect oracle would give; the synthetic world only)
   dropped       strategies left out of the negatives stage's pairs (the ablations)
 
 The preference, compile and runner code read only this table; a new method is one row here plus
@@ -27,16 +29,22 @@ class Method:
   objective: losses.Objective
   rejected: int | str = 1
   pairs: str = "random"  # random | negatives
-  eps: str = "none"  # none | constant | pairs
+  eps: str = "none"  # none | constant | pairs | world
   dropped: frozenset[str] = frozenset()
 
   def __post_init__(self):
     if self.pairs not in ("random", "negatives"):
       raise ValueError(f"Method.pairs={self.pairs!r}; expected random or negatives")
-    if self.eps not in ("none", "constant", "pairs"):
-      raise ValueError(f"Method.eps={self.eps!r}; expected none, constant or pairs")
-    if self.eps == "pairs" and self.pairs != "negatives":
-      raise ValueError("Method.eps='pairs' needs pairs='negatives' (eps is stored with the pair)")
+    if self.eps not in ("none", "constant", "pairs", "world"):
+      raise ValueError(f"Method.eps={self.eps!r}; expected none, constant, pairs or world")
+    if self.per_pair_eps and self.pairs != "negatives":
+      raise ValueError(f"Method.eps={self.eps!r} needs pairs='negatives' (eps is stored with "
+                       "the pair)")
+
+  @property
+  def per_pair_eps(self) -> bool:
+    """Whether each pair brings its own eps (the oracle's, or the world's)."""
+    return self.eps in ("pairs", "world")
 
 
 _ROSEPO = dict(objective=losses.cdpo, pairs="negatives", eps="pairs")
@@ -53,6 +61,7 @@ METHODS: dict[str, Method] = {
     "rosepo_no_self_hard": Method(**_ROSEPO, dropped=frozenset({"self_hard"})),
     "rosepo_no_semantic": Method(**_ROSEPO, dropped=frozenset({"semantic", "hallucination"})),
     "rosepo_no_popularity": Method(**_ROSEPO, dropped=frozenset({"popularity"})),
+    "rosepo_world": Method(**{**_ROSEPO, "eps": "world"}),
 }
 
 
@@ -64,7 +73,7 @@ def get(name: str) -> Method:
 
 def objective(method: Method, rosepo_form: str) -> losses.Objective:
   """The objective `method` trains with under `config.preference.rosepo_form`."""
-  return losses.rdpo if method.eps == "pairs" and rosepo_form == "robust" else method.objective
+  return losses.rdpo if method.per_pair_eps and rosepo_form == "robust" else method.objective
 
 
 def uses_negatives(method: Method, cdpo_eps: float) -> bool:

@@ -113,6 +113,16 @@ def ranking_metrics(scores_NxC: np.ndarray, target_pos_N: np.ndarray) -> dict:
   return out
 
 
+def bayes_hit_ratio(true_probs_NxC: np.ndarray) -> float:
+  """The Bayes-optimal HitRatio@1 over examples whose candidates' true probabilities of being
+  the next item are `true_probs_NxC` (given the user's latent state): a recommender that knew
+  them would name the most probable candidate and hit with probability max_c p_c / sum_c p_c
+  (the other candidates are drawn uniformly, so the target's posterior among the shown ones is
+  proportional to p). The mean is the expected hit rate no recommender can pass."""
+  p = np.asarray(true_probs_NxC, np.float64)
+  return float(np.mean(p.max(axis=1) / p.sum(axis=1))) if len(p) else 0.0
+
+
 # ------------------------------------------------------------------------------------------------
 # Comparisons over seeds: the spread of a figure, and paired differences between two runs.
 

@@ -133,6 +133,14 @@ def smoothing_factor(score_rejected, score_chosen, cfg: SmoothingConfig):
   return np.clip(cfg.lam / (1.0 + np.exp(-z)), cfg.eps_min, cfg.eps_max)
 
 
+def world_eps(prob_rejected, prob_chosen, cfg: SmoothingConfig):
+  """The ideal eps of a pair from a world that knows the truth: the Bradley-Terry probability
+  that the rejected item is the preferred one, p_l / (p_w + p_l), from the true next-item
+  probabilities (`data.synthetic.world_truth`), scaled and clipped like the oracle's."""
+  p_l, p_w = np.asarray(prob_rejected, np.float64), np.asarray(prob_chosen, np.float64)
+  return np.clip(cfg.lam * p_l / np.maximum(p_w + p_l, 1e-300), cfg.eps_min, cfg.eps_max)
+
+
 def choice_nll(scores_NxC: np.ndarray, target_pos_N: np.ndarray, tau: float) -> float:
   """Mean negative log-likelihood of the observed choices under softmax(scores / tau) over each
   example's candidates (float64)."""

@@ -306,9 +306,10 @@ def run(config, workdir: str, stages, force: bool = False) -> dict:
   with _hold(ctx):
     _finish_pending_swaps(ctx)
     steps = plan(ctx, stages, force)
-    for stage in {step.unit.stage for step in steps if step.runs}:
-      if BY_NAME[stage].check:
-        BY_NAME[stage].check(config)
+    running = {step.unit.stage for step in steps if step.runs}
+    for stage in STAGES:  # what each stage that runs needs that no config value shows
+      if stage.name in running and BY_NAME[stage.name].check:
+        BY_NAME[stage.name].check(config)
     for step in steps:  # no unit may replace a file the project did not write
       if step.runs:
         staging.check_owned(step.unit.name, ctx.paths.root, _outputs(ctx, step.unit),

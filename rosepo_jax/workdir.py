@@ -48,7 +48,7 @@ from rosepo_jax.config import Config, ConfigError
 from rosepo_jax.data import dataset as dataset_lib
 from rosepo_jax.data.candidates import subset_indices
 from rosepo_jax.data import lengths as lengths_lib
-from rosepo_jax.data import prompts
+from rosepo_jax.data import prompts, synthetic
 from rosepo_jax.data import tokenizer as tokenizer_lib
 from rosepo_jax.data.batching import BatchShape
 from rosepo_jax.data.codec import Codec
@@ -388,6 +388,7 @@ class _Opened:
       default_factory=dict)
   max_seq_len: int = 0
   title_format: str = ""
+  world_truth: dict[str, np.ndarray] | None = None
 
 
 class Context:
@@ -442,6 +443,27 @@ class Context:
           tokenizer_lib.load_pretrained_tokenizer(t.path) if t.kind == "pretrained"
           else tokenizer_lib.load_saved_tokenizer(self.paths.tokenizer))
     return self._opened.tokenizer
+
+  @property
+  def knows_truth(self) -> bool:
+    """Whether the dataset is the synthetic world, which knows each window's true next-item
+    probabilities (`true_probs`)."""
+    return self.config.data.name == "synthetic"
+
+  def true_probs(self, split: str, examples) -> np.ndarray:
+    """The true probability [N, C] of each candidate of `examples` (of `split`) being the next
+    item, given the user's latent state (`data.synthetic.world_truth`; the synthetic world
+    only)."""
+    if not self.knows_truth:
+      raise ValueError(f"config.data.name={self.config.data.name!r}: only the synthetic world "
+                       "knows the true next-item probabilities")
+    if self._opened.world_truth is None:
+      d = self.config.data
+      self._opened.world_truth = synthetic.world_truth(d.world, d.seed, d.min_history,
+                                                       d.max_history)
+    truth = self._opened.world_truth[split]
+    return np.stack([truth[ex.index][list(ex.candidates)] for ex in examples]) if examples \
+        else np.zeros((0, self.config.data.num_candidates), np.float32)
 
   def set_tokenizer(self, tok) -> None:
     """The data stage's freshly built tokenizer (encoded examples of another one are dropped)."""

@@ -160,3 +160,48 @@ def test_strategy_weights_scale_each_pairs_loss(method):
   np.testing.assert_allclose(ours, want, rtol=1e-6, atol=1e-6)
   ones = np.asarray(L.preference_loss(*args, beta=0.5, weights_BxK=f32(np.ones_like(weights)))[0])
   np.testing.assert_array_equal(ones, np.asarray(L.preference_loss(*args, beta=0.5)[0]))
+
+
+def _train_tabular(objective, eps, beta, steps, lr=0.2, seed=0):
+  """A tabular policy over each pair's two responses (logits theta [P, 2], log pi = log_softmax)
+  against a fixed tabular reference, trained by gradient descent on `objective` in float64 until
+  `steps`; returns the log-ratio margin (log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) -
+  log pi_ref(y_l)) of each pair after each of `steps` (a list of step counts)."""
+  with jax.enable_x64(True):
+    rng = np.random.default_rng(seed)
+    ref = jax.nn.log_softmax(jnp.asarray(rng.normal(size=(len(eps), 2))), axis=1)
+    eps_Px1 = jnp.asarray(eps, jnp.float64)[:, None]
+    valid = jnp.ones((len(eps), 1), bool)
+
+    def loss(theta):
+      logp = jax.nn.log_softmax(theta, axis=1)
+      return L.preference_loss(objective, logp[:, 0], ref[:, 0], logp[:, 1:], ref[:, 1:],
+                               eps_Px1, valid, beta=beta)[0].sum()
+
+    @jax.jit
+    def run(theta, n):
+      return jax.lax.fori_loop(0, n, lambda _, t: t - lr * jax.grad(loss)(t), theta)
+
+    theta, done, out = ref, 0, []
+    for n in steps:
+      theta, done = run(theta, n - done), n
+      logp = jax.nn.log_softmax(theta, axis=1)
+      out.append(np.asarray((logp[:, 0] - ref[:, 0]) - (logp[:, 1] - ref[:, 1]), np.float64))
+    return out
+
+
+@pytest.mark.parametrize("beta", [0.5, 1.0, 2.0])
+def test_the_exact_optimum_of_each_loss(beta):
+  """Trained to convergence in float64 on a tabular policy, conservative RosePO's (cDPO's) margin
+  on each pair is log((1 - eps) / eps) / beta and IPO's is 1 / (2 beta), within 1e-4: the
+  smoothing sets a finite target margin. DPO's and rDPO's keep growing (rDPO is unbiased for the
+  clean loss: a separable pair has no finite optimum)."""
+  eps = np.array([0.02, 0.1, 0.25, 0.4])
+  cdpo = _train_tabular(L.cdpo, eps, beta, [20000])[0]
+  np.testing.assert_allclose(cdpo, np.log((1 - eps) / eps) / beta, atol=1e-4)
+  ipo = _train_tabular(L.ipo, eps, beta, [20000])[0]
+  np.testing.assert_allclose(ipo, np.full(len(eps), 1 / (2 * beta)), atol=1e-4)
+  for objective in (L.dpo, L.rdpo):
+    early, late = _train_tabular(objective, eps, beta, [10000, 20000])
+    assert np.all(late > early + 1e-3), (objective.__name__, early, late)
+    assert np.all(late > np.log((1 - eps.min()) / eps.min()) / beta), objective.__name__

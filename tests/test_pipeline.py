@@ -18,6 +18,8 @@ import pytest
 from rosepo_jax import checkpoints, generate, losses, methods, pipeline, scoring, staging
 from rosepo_jax import oracle as O
 from rosepo_jax.checkpoints import params as params_lib
+from rosepo_jax import config as config_lib
+from rosepo_jax.data import synthetic
 from rosepo_jax.data.codec import Codec
 from rosepo_jax.data.candidates import subset_indices
 from rosepo_jax.stages import eval as eval_stage
@@ -63,6 +65,22 @@ def test_all_stages_write_their_outputs(finished_run):
   report = open(os.path.join(workdir, "report.md")).read()
   for run in ("sft", "dpo", "rosepo"):
     assert f"| {run} |" in report
+  # The synthetic world's Bayes ceiling on the runs' rows: max_c p_c / sum_c p_c of the true
+  # probabilities of each row's candidates, at least every run's HitRatio@1.
+  config = _config()
+  truth = synthetic.world_truth(config_lib.parse(config).data.world, config.data.seed,
+                                config.data.min_history, config.data.max_history)["test"]
+  ctx = context(config, workdir)
+  rows = ctx.dataset.examples_at("test", [p["index"] for p in predictions])
+  p_NxC = np.array([truth[ex.index][list(ex.candidates)] for ex in rows], np.float64)
+  reference = json.load(open(os.path.join(workdir, "eval", "summary.json")))["reference"]
+  ceiling = reference["bayes ceiling (the world's true probabilities), the runs' rows"]
+  assert ceiling["examples"] == 24 and ceiling["hit_ratio@1"] == pytest.approx(
+      np.mean(p_NxC.max(1) / p_NxC.sum(1)), rel=1e-6)
+  for run in ("sft", "dpo", "rosepo"):
+    assert ceiling["hit_ratio@1"] >= json.load(open(os.path.join(
+        workdir, "eval", f"{run}.json")))["hit_ratio@1"]
+  assert "bayes ceiling" in report and "SASRec oracle, the whole test split" in report
   assert sorted(os.listdir(os.path.join(workdir, "plots"))) == ["eps.png", "popularity.png",
                                                                 "training.png"]
 
@@ -318,11 +336,23 @@ def test_changing_tau_rescores_pairs_without_retraining_the_oracle(finished_run,
   # smoothing.fit_tau: the oracle stage's maximum-likelihood tau (calibration.json), no retraining.
   calibration = json.load(open(ctx.paths.oracle_calibration))
   assert calibration["nll"]["fitted"] <= calibration["nll"]["tau_1"]
-  # The synthetic world's validation users have no training example: the oracle trained on every
-  # training user (which never saw them) scores them all.
+  # tau is fitted for the scorers of the pairs: the synthetic world's validation users have no
+  # training example, so each is scored by the fold oracle of a seeded fold of the validation
+  # users (every fold oracle is out-of-sample for them), and one tau is fitted on the pooled
+  # scores (written out here with the fold oracles).
   val = ctx.dataset.examples("val")
   assert not {e.user for e in val} & set(user_fold)
-  assert calibration["scored_by"] == {"fold_oracles": 0, "oracle": len(val)} and calibration["folds"] == 3
+  assert calibration["scored_by"] == {"fold_oracles": len(val), "oracle": 0}
+  assert calibration["folds"] == 3 and sum(calibration["scored_by_fold"]) == len(val)
+  assert min(calibration["scored_by_fold"]) > 0
+  val_fold = O.user_folds([e.user for e in val], 3, config.oracle.seed)
+  pooled = np.zeros((len(val), config.data.num_candidates), np.float32)
+  for k in range(3):
+    rows = [i for i, e in enumerate(val) if val_fold[e.user] == k]
+    pooled[rows] = O.load_oracle(ctx.paths.oracle_fold_model(k)).scores(
+        [val[i].history for i in rows], np.array([val[i].candidates for i in rows]))
+  target_pos = np.array([list(e.candidates).index(e.target) for e in val])
+  assert calibration["tau"] == pytest.approx(O.fit_temperature(pooled, target_pos), rel=1e-6)
   config.smoothing.fit_tau = True
   outcome = pipeline.run(config, workdir, ["oracle", "negatives"])
   assert outcome == {"oracle": "up to date", "negatives": "ran"}
@@ -408,3 +438,7 @@ def test_report_differences_are_rosepo_against_each_run_and_each_run_against_sft
       ("dpo", "sft"), ("sdpo", "sft"), ("rosepo_no_semantic", "sft")]
   assert report.differences(("sft", "dpo")) == [("dpo", "sft")]
   assert report.differences(("dpo", "ipo")) == []
+  assert report.differences(("sft", "dpo", "rosepo", "rosepo_no_smoothing"),
+                            ("dpo", "rosepo_no_smoothing")) == [
+      ("rosepo", "sft"), ("rosepo", "dpo"), ("rosepo", "rosepo_no_smoothing"), ("dpo", "sft"),
+      ("rosepo_no_smoothing", "sft"), ("rosepo_no_smoothing", "dpo")]  # each pair once

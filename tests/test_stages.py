@@ -13,6 +13,8 @@ from rosepo_jax import oracle as oracle_lib
 from rosepo_jax import config as config_lib
 from rosepo_jax.stages import compile as compile_stage, preference, sft
 from rosepo_jax.stages import eval as eval_stage
+from rosepo_jax.stages import negatives as negatives_stage
+from rosepo_jax.data import synthetic
 from rosepo_jax.data.codec import Codec
 from rosepo_jax.workdir import read_records
 from test_data_pipeline import _config
@@ -181,6 +183,36 @@ def test_negatives_then_rosepo(tmp_path):
   assert len(rows[0].responses) - 1 == 3 + ("hallucination" in by)
   for method in config.methods:
     assert os.path.isdir(tmp_path / method / "model")
+  # The synthetic world's ideal eps: p_l / (p_w + p_l) of the true probabilities of the pair's
+  # window, clipped like the oracle's; rosepo_world trains on it.
+  truth = synthetic.world_truth(ctx.config.data.world, config.data.seed, config.data.min_history,
+                                config.data.max_history)["train"]
+  for p in scored:
+    p_w, p_l = truth[p["example"]][[examples[p["example"]].target, p["rejected_item"]]]
+    assert p["eps_world"] == pytest.approx(min(p_l / (p_w + p_l), 0.45), rel=1e-5, abs=1e-7)
+  assert all(p["eps_world"] == 0.0 for p in by["semantic"] + by.get("hallucination", []))
+  *_, world_eps, _ = preference.negatives_pairs(ctx, methods.get("rosepo_world"))
+  assert sorted(world_eps[world_eps > 0].tolist()) == pytest.approx(
+      sorted(p["eps_world"] for p in pairs if p["eps_world"] > 0), rel=1e-6)
+  # A real hallucination's rejected response is the answer as generated, never its text encoded
+  # again: planted answers spelled one byte-level token per character (" items" decodes the
+  # same as its one merged token).
+  codec = ctx.codec
+  spelled = ctx.tokenizer.convert_tokens_to_ids(["Ġ", "i", "t", "e", "m", "s"])
+  assert codec.text_ids([" items"])[0] != tuple(spelled)
+
+  def planted(model, tokens_BxP, valid_BxP, max_new_tokens):
+    del model, valid_BxP
+    out = np.full((len(tokens_BxP), max_new_tokens), codec.eos_token_id, np.int32)
+    out[:, :len(spelled)] = spelled
+    return out
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(generate, "greedy_generate", planted)
+    negatives_stage.run(ctx)
+  hallucinations = [p for p in read_records(ctx.paths.pairs) if p["strategy"] == "hallucination"]
+  assert len(hallucinations) == 12
+  assert all(p["rejected"] == spelled + [codec.eos_token_id] for p in hallucinations)
   # cDPO's default constant eps is RosePO's mean eps over the pairs the oracle scored (the fixed
   # eps of semantic and hallucination pairs would dilute it).
   scored = by["random"] + by["popularity"] + by["self_hard"]
@@ -245,10 +277,23 @@ def test_title_tokens_through_the_pipeline(tmp_path):
     assert [i - offset for i in prompt if i >= offset] == list(ex.history + ex.candidates)
     assert response == (offset + ex.target, codec.eos_token_id)
     assert codec.decode(prompt) == ctx.example_prompt("train", ex)
-  for p in read_records(ctx.paths.pairs):
+  pairs = read_records(ctx.paths.pairs)
+  for p in pairs:
     assert p["chosen"][0] - offset == ds.examples_at("train", [p["example"]])[0].target
     if p["rejected_item"] >= 0:
       assert p["rejected"] == [offset + p["rejected_item"], codec.eos_token_id]
+  # Semantic negatives place titles by the SFT model's trained title-token rows (not by the
+  # subwords of their text, which no prompt holds): the non-candidate closest to the target.
+  rows_IxD = np.asarray(checkpoints.load_orbax(ctx.paths.model("sft")).embed[...],
+                        np.float64)[offset:offset + ds.num_items]
+  unit = rows_IxD / np.linalg.norm(rows_IxD, axis=1, keepdims=True)
+  semantic = [p for p in pairs if p["strategy"] == "semantic"]
+  assert semantic
+  for p in semantic:
+    ex = ds.examples_at("train", [p["example"]])[0]
+    sims = unit @ unit[ex.target]
+    sims[list(ex.candidates)] = -np.inf
+    assert p["rejected_item"] == int(np.argmax(sims))
   # Answers decode to titles and count as valid exactly when they are a candidate's: planted
   # answers (the tiny model answers nothing valid) of each prompt's last candidate token, or of a
   # title token that is no candidate of it, through the eval stage's decoding and figures.

@@ -133,13 +133,6 @@ class Codec:
     ids = (self.title_id(title),) if self.title_tokens else self.title_text_ids(title)
     return ids + (self.eos_token_id,)
 
-  def encode_answer(self, answer: str) -> tuple[int, ...]:
-    """The ids of a decoded answer (without EOS), as the model would write it: a catalogue
-    title's token when titles are tokens and the answer is exactly one, else its text."""
-    if self.title_tokens and answer in self._item_of:
-      return (self.title_id(answer),)
-    return self.title_text_ids(answer)
-
   def title_text_ids(self, title: str) -> tuple[int, ...]:
     """The text tokenizer's ids of a title or any answer text (as a response writes it, without
     EOS), whichever way titles are written in prompts."""

@@ -12,8 +12,14 @@ table `rosepo_jax.negatives.STRATEGIES`), plus one for each SFT answer that matc
 (a real hallucination) when a strategy asks for them. Each pair stores the prompt ids, the chosen
 and rejected token ids, its strategy, the rejected item (-1 for a hallucination), eps (the oracle's
 for candidates; smoothing.semantic_eps for invalid answers), oracle_fold (the fold oracle that
-scored it; -1: the oracle trained on every user, or no oracle score) and the reference log-probs of chosen
-and rejected under the SFT model.
+scored it; -1: the oracle trained on every user, or no oracle score), the reference log-probs of
+chosen and rejected under the SFT model, and with the synthetic world eps_world (the ideal eps
+from the world's true probabilities, `oracle.world_eps`, with the same lam and bounds).
+
+A hallucination pair's rejected response is the SFT answer's generated ids (up to EOS, then EOS),
+never its text encoded again. Semantic negatives place titles by the SFT model's input
+embeddings (`semantic_title_ids`): the mean over a title's subword tokens, or with title tokens
+the title's own token, which training updates (its subwords never occur in prompts then).
 """
 
 from __future__ import annotations
@@ -31,17 +37,30 @@ from rosepo_jax.workdir import (Context, Paths, Stage, Unit, read_json, write_js
 
 
 
-def sft_answers(ctx: Context, reference, examples, encoded) -> tuple[list[str], list[int | None]]:
-  """The SFT model's greedy answers and the candidate each one names (None: no candidate)."""
+def sft_answers(ctx: Context, reference, examples, encoded
+                ) -> tuple[list[list[int]], list[str], list[int | None]]:
+  """The SFT model's greedy answers, as generated ids (up to EOS) and as text, and the candidate
+  each one names (None: no candidate)."""
   section = ctx.config.negatives
-  answers = generate.greedy_answers(reference, ctx.codec, [p for p, _ in encoded],
-                                    section.batch_size, section.max_new_tokens,
-                                    desc="negatives: SFT answers")
+  ids = generate.greedy_answer_ids(reference, [p for p, _ in encoded], ctx.codec.pad_token_id,
+                                   section.batch_size, section.max_new_tokens,
+                                   desc="negatives: SFT answers")
+  answers = [ctx.codec.decode(a).strip() for a in ids]
   items = []
   for ex, answer in zip(examples, answers):
     pos = metrics.match_exact(answer, ex.candidate_titles)
     items.append(None if pos is None else ex.candidates[pos])
-  return answers, items
+  return ids, answers, items
+
+
+def semantic_title_ids(codec, titles) -> list[tuple[int, ...]]:
+  """The input tokens whose mean embedding places each title for semantic negatives (METHOD.md
+  section 3: the mean of the SFT model's input embeddings over the title's tokens): its subword
+  tokens, or with title tokens the title's own token. A title token is trained by every prompt
+  that shows the title; its subwords, which prompts never hold then, stay at their random init."""
+  if codec.title_tokens:
+    return [(codec.title_offset + item,) for item in range(len(titles))]
+  return [codec.title_text_ids(t) or (codec.eos_token_id,) for t in titles]
 
 
 def smoothing_settings(ctx: Context) -> oracle_lib.SmoothingConfig:
@@ -65,9 +84,10 @@ def run(ctx: Context, unit: Unit | None = None) -> dict:
   fold_oracles, user_fold = oracle_stage.load_fold_oracles(ctx.paths)
   eos = codec.eos_token_id
 
-  answers, answer_items = ([""] * len(examples), [None] * len(examples))
+  answer_ids, answers, answer_items = [[]] * len(examples), [""] * len(examples), \
+      [None] * len(examples)
   if "answers" in needs:
-    answers, answer_items = sft_answers(ctx, reference, examples, encoded)
+    answer_ids, answers, answer_items = sft_answers(ctx, reference, examples, encoded)
   cand_logps = {}
   if "candidate_logps" in needs:  # where the answer is not already a valid mistake
     todo = [i for i, (ex, item) in enumerate(zip(examples, answer_items))
@@ -80,10 +100,10 @@ def run(ctx: Context, unit: Unit | None = None) -> dict:
     cand_logps = dict(zip(todo, scores))
   response_ids = [codec.encode_response(t) for t in ds.titles]
   embeddings = None
-  if "embeddings" in needs:  # closeness of the titles' text: the mean of their subword embeddings
-    text_ids = [codec.title_text_ids(t) or (eos,) for t in ds.titles]
+  if "embeddings" in needs:  # closeness of the titles as the SFT model reads them
     embeddings = negatives.title_embeddings(
-        text_ids, multihost.to_host(reference.embed[...]).astype(np.float32))
+        semantic_title_ids(codec, ds.titles),
+        multihost.to_host(reference.embed[...]).astype(np.float32))
 
   pairs = []  # (example position, strategy, rejected item or -1, rejected token ids)
   for i, ex in enumerate(examples):
@@ -95,12 +115,14 @@ def run(ctx: Context, unit: Unit | None = None) -> dict:
       item = strategy.choose(ex, evidence)
       pairs.append((i, name, item, response_ids[item]))
     if (any(s.hallucinations for s in strategies.values()) and answer_items[i] is None
-        and answers[i]):
-      pairs.append((i, negatives.HALLUCINATION, -1, codec.encode_answer(answers[i]) + (eos,)))
+        and answers[i]):  # the answer as generated: its ids, not its text encoded again
+      pairs.append((i, negatives.HALLUCINATION, -1, tuple(answer_ids[i]) + (eos,)))
 
   # Smoothing factors: the oracle's s(u, y_l) vs s(u, y_w) for candidates, a fixed eps otherwise.
   # Cross-fitted: each pair is scored by the fold oracle that never trained on its user.
+  # With the synthetic world, also each pair's ideal eps from the true probabilities.
   eps = np.full(len(pairs), config.smoothing.semantic_eps, np.float32)
+  eps_world = eps.copy()
   fold = np.full(len(pairs), -1, np.int64)
   scored = [k for k, p in enumerate(pairs) if negatives.scored_by_oracle(p[1])]
   if scored:
@@ -109,6 +131,13 @@ def run(ctx: Context, unit: Unit | None = None) -> dict:
         fold_oracles, oracle, user_fold, [ex.user for ex in owners], [ex.history for ex in owners],
         np.array([[ex.target, pairs[k][2]] for ex, k in zip(owners, scored)]))
     eps[scored] = oracle_lib.smoothing_factor(s[:, 1], s[:, 0], smoothing_settings(ctx))
+    if ctx.knows_truth:
+      p_NxC = ctx.true_probs("train", owners)
+      at = lambda ex, item: list(ex.candidates).index(item)  # pylint: disable=unnecessary-lambda-assignment
+      n = np.arange(len(owners))
+      p_w = p_NxC[n, [at(ex, ex.target) for ex in owners]]
+      p_l = p_NxC[n, [at(ex, pairs[k][2]) for ex, k in zip(owners, scored)]]
+      eps_world[scored] = oracle_lib.world_eps(p_l, p_w, config.smoothing)
   # Reference log-probs of chosen and rejected, once.
   rows = [EncodedRow(encoded[i][0], (encoded[i][1], rejected)) for i, _, _, rejected in pairs]
   ref = scoring.score_responses(reference, rows, batch_size=section.batch_size,
@@ -118,7 +147,8 @@ def run(ctx: Context, unit: Unit | None = None) -> dict:
       {"example": int(examples[i].index), "strategy": name, "prompt": list(encoded[i][0]),
        "chosen": list(encoded[i][1]), "rejected": list(rejected), "rejected_item": int(item),
        "eps": float(eps[k]), "oracle_fold": int(fold[k]),
-       "ref_logps": [float(ref[k, 0]), float(ref[k, 1])]}
+       "ref_logps": [float(ref[k, 0]), float(ref[k, 1])],
+       **({"eps_world": float(eps_world[k])} if ctx.knows_truth else {})}
       for k, (i, name, item, rejected) in enumerate(pairs)])
 
   kinds = {"hit": 0, "valid_miss": 0, "hallucination": 0}
@@ -128,10 +158,12 @@ def run(ctx: Context, unit: Unit | None = None) -> dict:
   stats = {"prompts": len(examples), "pairs": len(pairs), "per_strategy": {},
            "sft_answers": {k: v / max(len(examples), 1) for k, v in kinds.items()}}
   for name in sorted(set(names)):
-    e = eps[[k for k, n in enumerate(names) if n == name]]
+    rows = [k for k, n in enumerate(names) if n == name]
+    e = eps[rows]
     stats["per_strategy"][name] = {
         "pairs": int(len(e)), "eps_mean": float(e.mean()),
-        **{f"eps_p{q}": float(np.percentile(e, q)) for q in (10, 50, 90)}}
+        **{f"eps_p{q}": float(np.percentile(e, q)) for q in (10, 50, 90)},
+        **({"eps_world_mean": float(eps_world[rows].mean())} if ctx.knows_truth else {})}
   write_json(ctx.paths.negatives_stats, stats)
   print(f"negatives: {len(pairs)} pairs for {len(examples)} prompts; SFT answers "
         + ", ".join(f"{k} {v:.2f}" for k, v in stats["sft_answers"].items()), flush=True)

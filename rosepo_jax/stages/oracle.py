@@ -7,8 +7,10 @@ Writes: DIR/oracle/model (SASRec on every training user: the reported oracle), D
 run, and each fold oracle's validation figures); with config.oracle.folds = K > 1,
 DIR/oracle/folds.json (each training user's fold) and DIR/oracle/folds/<k> (the fold oracles, each
 trained without fold k's users; they score the pairs); DIR/oracle/calibration.json (the
-temperature tau of maximum likelihood of the validation choices as the pairs are scored, each
-example by its user's fold oracle; the NLL at tau = 1 and at the fit; a reliability table).
+temperature tau of maximum likelihood of the validation choices scored as the pairs are, by the
+fold oracles (`calibration`); the NLL at tau = 1 and at the fit; a reliability table). With the
+synthetic world, DIR/oracle/metrics.json also holds the Bayes-optimal HitRatio@1 of the test
+split (`metrics.bayes_hit_ratio`: the ceiling no recommender can pass).
 
 Every process of a multi-process job trains the same oracles (they are small); the leader writes.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from rosepo_jax import metrics as metrics_lib
 from rosepo_jax import oracle as oracle_lib
 from rosepo_jax.workdir import Context, Paths, Stage, Unit, read_json, single_unit, write_json
 
@@ -48,28 +51,41 @@ def run(ctx: Context, unit: Unit | None = None) -> dict:
              "random": oracle_lib.candidate_metrics(random_scores, target_pos),
              "popularity": oracle_lib.candidate_metrics(popularity, target_pos),
              "fold_oracles": fold_info}
+  if ctx.knows_truth:
+    metrics["bayes"] = {"hit_ratio@1": metrics_lib.bayes_hit_ratio(ctx.true_probs("test", test))}
   write_json(ctx.paths.oracle_metrics, metrics)
   write_json(ctx.paths.oracle_calibration,
-             calibration(fold_oracles, oracle, user_fold, val))
+             calibration(fold_oracles, oracle, user_fold, val, cfg.seed))
   print(f"oracle: test hit_ratio@1 {metrics['hit_ratio@1']:.4f} ndcg@10 {metrics['ndcg@10']:.4f} "
         f"(random {metrics['random']['hit_ratio@1']:.4f}, popularity "
-        f"{metrics['popularity']['hit_ratio@1']:.4f}); {info['epochs']} epochs, "
+        f"{metrics['popularity']['hit_ratio@1']:.4f}"
+        + (f", Bayes ceiling {metrics['bayes']['hit_ratio@1']:.4f}" if "bayes" in metrics else "")
+        + f"); {info['epochs']} epochs, "
         f"{info['seconds']} s; {len(fold_oracles)} fold oracles", flush=True)
   return metrics
 
 
-def calibration(fold_oracles, oracle: oracle_lib.Oracle, user_fold, examples) -> dict:
+def calibration(fold_oracles, oracle: oracle_lib.Oracle, user_fold, examples,
+                seed: int = 0) -> dict:
   """The temperature fitted on `examples` (validation) by maximum likelihood of their choices
-  among their candidates, each example scored as a pair of its user would be (its fold oracle;
-  `oracle` for a user without training examples, or without folds), with the NLL before and
-  after, a reliability table, and how many examples each kind of oracle scored."""
+  among their candidates, scored by the oracles that score the pairs: with cross-fitting, each
+  example by a fold oracle (its user's training fold, else a seeded fold of the validation
+  users: every fold oracle is out-of-sample for them), one tau pooled over the folds; without,
+  by `oracle`. With the NLL before and after, a reliability table, and how many examples each
+  kind of oracle scored."""
+  users = [e.user for e in examples]
+  folds = {**oracle_lib.user_folds(users, len(fold_oracles), seed), **user_fold} \
+      if fold_oracles else {}
   scores, fold = oracle_lib.cross_fitted_scores(
-      fold_oracles, oracle, user_fold, [e.user for e in examples], [e.history for e in examples],
+      fold_oracles, oracle, folds, users, [e.history for e in examples],
       np.array([e.candidates for e in examples]))
   target_pos = np.array([list(e.candidates).index(e.target) for e in examples])
   tau = oracle_lib.fit_temperature(scores, target_pos)
   return {"folds": max(len(fold_oracles), 1), "tau": tau, "val_examples": len(examples),
+          "fit": ("one tau pooled over the fold oracles' scores" if fold_oracles
+                  else "the oracle's scores"),
           "scored_by": {"fold_oracles": int((fold >= 0).sum()), "oracle": int((fold < 0).sum())},
+          "scored_by_fold": [int((fold == k).sum()) for k in range(len(fold_oracles))],
           "nll": {"tau_1": oracle_lib.choice_nll(scores, target_pos, 1.0),
                   "fitted": oracle_lib.choice_nll(scores, target_pos, tau)},
           "reliability": oracle_lib.reliability(scores, target_pos, tau)}

@@ -69,8 +69,9 @@ def negatives_pairs(ctx: Context, method: methods.Method):
     rows.append(EncodedRow(tuple(pairs[0]["prompt"]), (tuple(pairs[0]["chosen"]),) + rejected))
     ref[n, 0] = pairs[0]["ref_logps"][0]
     ref[n, 1:len(pairs) + 1] = [p["ref_logps"][1] for p in pairs]
-    if method.eps == "pairs":
-      eps[n, :len(pairs)] = [p["eps"] for p in pairs]
+    if method.per_pair_eps:
+      key = "eps_world" if method.eps == "world" else "eps"
+      eps[n, :len(pairs)] = [p[key] for p in pairs]
     weights[n, :len(pairs)] = [float(weight_of.get(p["strategy"], 1.0)) for p in pairs]
   return rows, ref, eps, weights
 

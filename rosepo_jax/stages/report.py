@@ -1,13 +1,16 @@
 """The report stage: DIR/report.md and DIR/plots/*.png from what the earlier units wrote.
 
-Reads config: methods (and data through the dataset, for the popularity percentiles).
+Reads config: methods, report (and data through the dataset, for the popularity percentiles and
+the synthetic world's truth).
 Consumes: data, eval/<run> and the model unit of every run (its metrics.jsonl), and negatives and
 oracle when configured (eps per strategy, the oracle's calibration).
 Writes: DIR/report.md (one table: rows = runs, columns = METHOD.md section 6 figures; one more
 per eval subset of the split, e.g. LastFM's llara_last; then the figures over config.seeds and the
 paired differences, rosepo - every other run and every other run - sft, with bootstrap intervals
-over test users),
-DIR/eval/summary.json (those figures: `seed_figures`) and DIR/plots/:
+over test users; and the reference points: the Bayes-optimal ceiling of the synthetic world, on
+the runs' rows and the whole split, and the SASRec oracle's, popularity's and random ranking's
+figures from DIR/oracle/metrics.json when it exists),
+DIR/eval/summary.json (those figures: `seed_figures`, and "reference") and DIR/plots/:
   popularity.png  popularity percentile of the recommended (valid) items per run, against the
                   test targets'
   eps.png         the smoothing factor eps per rejected-sampling strategy (negatives stage),
@@ -147,16 +150,20 @@ PER_EXAMPLE = {
 }
 
 
-def differences(runs) -> list[tuple[str, str]]:
+def differences(runs, baselines=()) -> list[tuple[str, str]]:
   """The paired differences a - b the report gives for the configured runs (in their order):
   rosepo against every other run (for an ablation, what the left-out part adds), then every other
-  run against sft."""
+  run against sft, then every run against each of `baselines` (config.report.baselines); each
+  pair once."""
   out = [("rosepo", r) for r in runs if r != "rosepo"] if "rosepo" in runs else []
   out += [(r, "sft") for r in runs if "sft" in runs and r not in ("sft", "rosepo")]
+  for b in baselines:
+    out += [(r, b) for r in runs if r != b and (r, b) not in out and (b, r) not in out]
   return out
 
 
-def seed_figures(summaries: dict, predictions: dict, head: np.ndarray) -> dict:
+def seed_figures(summaries: dict, predictions: dict, head: np.ndarray,
+                 baselines=()) -> dict:
   """What DIR/eval/summary.json holds: every figure of every run over seeds (`metrics.over_seeds`)
   and the paired `differences` in `PER_EXAMPLE`'s figures (`metrics.
   paired_ratio_difference`: bootstrap over test users within each seed, pooled over seeds).
@@ -172,7 +179,7 @@ def seed_figures(summaries: dict, predictions: dict, head: np.ndarray) -> dict:
             if isinstance(v, (int, float)) and k not in ("seconds", "num_examples")]
     out["runs"][run] = {k: metrics.over_seeds([summaries[s][run][k] for s in seeds])
                         for k in keys}
-  for a, b in differences(runs):
+  for a, b in differences(runs, baselines):
     figures = {}
     for figure, of in PER_EXAMPLE.items():
       per_seed = []
@@ -214,6 +221,39 @@ def seeds_table(figures: dict) -> str:
   return "\n".join(lines)
 
 
+def reference_points(ctx: Context, predictions: list[dict], split: str) -> dict:
+  """What the runs' HitRatio@1 compares with: the Bayes-optimal ceiling on the runs' own rows
+  and on the whole split (the synthetic world, `metrics.bayes_hit_ratio`), and the SASRec
+  oracle's, random and popularity-only ranking's on the test split (DIR/oracle/metrics.json, when
+  the oracle stage has run)."""
+  out = {}
+  if ctx.knows_truth:
+    rows = ctx.dataset.examples_at(split, [p["index"] for p in predictions])
+    out["bayes ceiling (the world's true probabilities), the runs' rows"] = {
+        "hit_ratio@1": metrics.bayes_hit_ratio(ctx.true_probs(split, rows)),
+        "examples": len(rows)}
+    whole = ctx.dataset.examples(split)
+    out[f"bayes ceiling, the whole {split} split"] = {
+        "hit_ratio@1": metrics.bayes_hit_ratio(ctx.true_probs(split, whole)),
+        "examples": len(whole)}
+  if split == "test" and files.isfile(ctx.paths.oracle_metrics):
+    oracle = read_json(ctx.paths.oracle_metrics)
+    for name, figures in (("SASRec oracle", oracle), ("popularity-only ranking",
+                                                      oracle["popularity"]),
+                          ("random ranking", oracle["random"])):
+      out[f"{name}, the whole test split"] = {"hit_ratio@1": figures["hit_ratio@1"],
+                                              "examples": oracle["num_examples"]}
+  return out
+
+
+def reference_table(points: dict) -> str:
+  lines = ["Reference points (HitRatio@1):", "", "| reference | hit_ratio@1 | examples |",
+           "|---|---|---|"]
+  lines += [f"| {name} | {p['hit_ratio@1']:.4f} | {p['examples']} |"
+            for name, p in points.items()]
+  return "\n".join(lines)
+
+
 def run(ctx: Context, unit: Unit | None = None) -> str:
   """Writes DIR/report.md, DIR/plots and DIR/eval/summary.json; prints the tables; returns the
   markdown. With config.seeds, the first table is the first seed's; the seeds table covers all."""
@@ -231,15 +271,20 @@ def run(ctx: Context, unit: Unit | None = None) -> str:
     rows = {run: s["subsets"][name] for run, s in summaries[first].items()
             if name in s.get("subsets", {})}
     table += f"\n\nEval subset `{name}`:\n\n" + method_table(rows)
+  split = next(iter(summaries[first].values()))["split"]
+  points = reference_points(ctx, next(iter(predictions[first].values())), split)
+  if points:
+    table += "\n\n" + reference_table(points)
   figures = seed_figures(summaries, predictions,
-                         metrics.head_items(ctx.dataset.train_popularity))
+                         metrics.head_items(ctx.dataset.train_popularity),
+                         ctx.config.report.baselines)
+  figures["reference"] = points
   table += "\n\n" + seeds_table(figures)
   print(table, flush=True)
   if not multihost.is_leader():
     return table
   write_json(ctx.paths.eval_overall, figures)
   plots = make_plots(ctx.for_seed(first), predictions[first])
-  split = next(iter(summaries[first].values()))["split"]
   seed_note = "" if first is None else f" The first table is seed {first}'s."
   text = "\n".join([
       f"# Report: {files.absolute(ctx.paths.root)}", "",
@@ -264,5 +309,10 @@ def _outputs(paths: Paths, unit: Unit) -> list[str]:
   return [paths.report, paths.plots, paths.eval_overall]
 
 
-STAGE = Stage(name="report", sections=("methods",), units=lambda config: [Unit("report")],
-              inputs=_inputs, outputs=_outputs, run=run)
+# The report's format: a report written before the reference points (the Bayes ceiling) reruns.
+REPORT_FORMAT = 2
+
+STAGE = Stage(name="report", sections=("methods", "report"),
+              units=lambda config: [Unit("report")],
+              inputs=_inputs, outputs=_outputs, run=run,
+              key_extra=lambda config, unit: {"report_format": REPORT_FORMAT})
