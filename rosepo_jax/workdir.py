@@ -450,10 +450,10 @@ class Context:
     probabilities (`true_probs`)."""
     return self.config.data.name == "synthetic"
 
-  def true_probs(self, split: str, examples) -> np.ndarray:
-    """The true probability [N, C] of each candidate of `examples` (of `split`) being the next
-    item, given the user's latent state (`data.synthetic.world_truth`; the synthetic world
-    only)."""
+  def window_truth(self, split: str) -> np.ndarray:
+    """Each item's true probability of being the next one [windows of `split`, num_items], given
+    the user's latent state (`data.synthetic.world_truth`; the synthetic world only), by example
+    index."""
     if not self.knows_truth:
       raise ValueError(f"config.data.name={self.config.data.name!r}: only the synthetic world "
                        "knows the true next-item probabilities")
@@ -461,7 +461,12 @@ class Context:
       d = self.config.data
       self._opened.world_truth = synthetic.world_truth(d.world, d.seed, d.min_history,
                                                        d.max_history)
-    truth = self._opened.world_truth[split]
+    return self._opened.world_truth[split]
+
+  def true_probs(self, split: str, examples) -> np.ndarray:
+    """The true probability [N, C] of each candidate of `examples` (of `split`) being the next
+    item (`window_truth`)."""
+    truth = self.window_truth(split)
     return np.stack([truth[ex.index][list(ex.candidates)] for ex in examples]) if examples \
         else np.zeros((0, self.config.data.num_candidates), np.float32)
 
