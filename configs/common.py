@@ -94,6 +94,8 @@ def training(steps_sft: int = 300, steps_preference: int = 100) -> dict:
       eval=ml_collections.ConfigDict(dict(
           split="test", max_examples=0, batch_size=32, max_new_tokens=32, ranking=True)),
       export=ml_collections.ConfigDict(dict(dtype="")),  # "": the parameters' dtype
+      # More runs to compare every run with in the report (paired differences run - baseline).
+      report=ml_collections.ConfigDict(dict(baselines=())),
   )
 
 

@@ -28,5 +28,5 @@ def get_config():
   c.methods = ("sft", "dpo", "cdpo", "rosepo", "rosepo_world", "rosepo_no_smoothing")
   c.seeds = (0, 1, 2)
   c.eval.max_examples = 0
-  c.report = dict(baselines=("dpo", "rosepo_no_smoothing"))
+  c.report.baselines = ("dpo", "rosepo_no_smoothing")
   return c

@@ -108,6 +108,10 @@ class TrainSection:
 class SFTConfig(TrainSection):
   eval_examples: int = 128
   candidate_curriculum: tuple[tuple[int, int], ...] = ()  # ((end_step, shown), ...)
+  # > 0 (titles as tokens): SFT also predicts each history title from the prompt before it,
+  # SASRec's next-item objective inside the LLM, each such token weighing this much against a
+  # response token (stages/sft.py).
+  history_loss_weight: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,6 +267,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "*.optim.weight_decay": (_non_negative, ">= 0"),
     "*.optim.max_grad_norm": (_non_negative, ">= 0 (0: no clipping)"),
     "sft.eval_examples": (_non_negative, ">= 0"),
+    "sft.history_loss_weight": (_non_negative, ">= 0"),
     "oracle.dim": (_positive, "> 0"),
     "oracle.num_blocks": (_positive, "> 0"),
     "oracle.num_heads": (_positive, "> 0"),
@@ -473,6 +478,9 @@ def _check_needs_no_data(c: Config) -> None:
     problem = prompts.template_problem(template)
     if problem:
       raise ConfigError(f"config.prompt.templates[{i}]={template[:60]!r}: {problem}")
+  if c.sft.history_loss_weight and not c.tokenizer.title_tokens:
+    raise ConfigError(f"config.sft.history_loss_weight={c.sft.history_loss_weight} needs "
+                      "config.tokenizer.title_tokens=True (a history title is then one token)")
   if c.tokenizer.kind == "pretrained" and not c.tokenizer.path:
     raise ConfigError("config.tokenizer.path='': tokenizer.kind='pretrained' needs the folder or "
                       ".gguf file (or pkg:NAME) of the backbone's tokenizer")

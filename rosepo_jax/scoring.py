@@ -57,14 +57,15 @@ def chunked_token_logps(h_NxD: jax.Array, w_DxV: jax.Array, targets_N: jax.Array
 
 
 def token_logps(model: Decoder, batch: dict, vocab_chunk: int = 8192) -> jax.Array:
-  """log pi(token) [B, R] for every scored token of a prefix-shared batch (0 at padding)."""
+  """log pi(token) [B, R] for every scored token of a prefix-shared batch, response and prompt
+  targets alike (0 at padding)."""
   mask = prefix_shared_mask(batch["segments"])
   h_BxTxD, _ = model.hidden_states(batch["tokens"], batch["positions"], mask)
   b, r = batch["score_pos"].shape
   h_BxRxD = jnp.take_along_axis(h_BxTxD, batch["score_pos"][..., None], axis=1)
   logps = chunked_token_logps(h_BxRxD.reshape(b * r, -1), model.head_weight(),
                               batch["score_tok"].reshape(-1), vocab_chunk).reshape(b, r)
-  return jnp.where(batch["score_seg"] >= 0, logps, 0.0)
+  return jnp.where(batch["score_seg"] != batching.PAD_SCORE, logps, 0.0)
 
 
 def response_logps(model: Decoder, batch: dict, num_responses: int,

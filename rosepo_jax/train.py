@@ -33,7 +33,8 @@ from rosepo_jax import checkpoints, files
 from rosepo_jax.checkpoints import peft
 from rosepo_jax import flops as flops_lib
 from rosepo_jax import losses, multihost, progress, scoring, sharding
-from rosepo_jax.data.batching import BatchShape, EncodedRow, StepSampler, eval_batches, make_batch
+from rosepo_jax.data.batching import (PAD_SCORE, PROMPT_SCORE, BatchShape, EncodedRow, StepSampler,
+                                     eval_batches, make_batch)
 from rosepo_jax.model import Decoder, LoRAParam, merge_lora
 
 
@@ -94,13 +95,22 @@ def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransfor
 LossFn = Callable[..., tuple[jax.Array, jax.Array, dict]]  # (model, batch, ref_model|None)
 
 
-def sft_loss_fn(vocab_chunk: int) -> LossFn:
+def sft_loss_fn(vocab_chunk: int, history_weight: float = 0.0) -> LossFn:
+  """SFT's loss: the NLL of the response tokens (METHOD.md section 2), and with `history_weight`
+  > 0 also of the rows' prompt targets (the history titles: SASRec's next-item objective inside
+  the LLM), as one weighted token mean: (sum response NLL + w sum target NLL) / (#response
+  tokens + w #target tokens). Logged: loss, and with the targets loss/history (their part of
+  the loss)."""
   def fn(model, batch, ref_model=None):
     del ref_model
     logps_BxR = scoring.token_logps(model, batch, vocab_chunk)
-    valid = (batch["score_seg"] >= 0).astype(jnp.float32)
-    nll = -(logps_BxR * valid).sum()
-    return nll, valid.sum(), {"loss": nll, "tokens": (batch["segments"] > 0).sum()}
+    response = (batch["score_seg"] >= 0).astype(jnp.float32)
+    target = history_weight * (batch["score_seg"] == PROMPT_SCORE).astype(jnp.float32)
+    nll = -(logps_BxR * (response + target)).sum()
+    metrics = {"loss": nll, "tokens": (batch["segments"] > 0).sum()}
+    if history_weight:
+      metrics["loss/history"] = -(logps_BxR * target).sum()
+    return nll, (response + target).sum(), metrics
   return fn
 
 
@@ -458,7 +468,7 @@ def batch_flops_fn(cfg, lora: bool, online_reference: bool = False):
   online reference adds its forward)."""
   def fn(batch) -> float:
     tokens = float((batch["segments"] > 0).sum())
-    scored = float((batch["score_seg"] >= 0).sum())
+    scored = float((batch["score_seg"] != PAD_SCORE).sum())
     seq = batch["tokens"].shape[1]
     total = flops_lib.train_flops(cfg, tokens, seq, scored, 0.0 if lora else 1.0)
     if online_reference:

@@ -24,6 +24,19 @@ def test_pack_layout_and_scored_tokens():
   assert out["row_valid"].tolist() == [True, False] and not out["segments"][1].any()
 
 
+def test_prompt_targets_are_scored_from_the_position_before():
+  """A row's `targets` (prompt positions) are scored tokens too: each predicted from the prompt
+  position before it, marked PROMPT_SCORE (-2), after the responses' tokens."""
+  row = B.EncodedRow(prompt=(5, 6, 7, 4), responses=((8, 2),), targets=(1, 3))
+  assert row.scored == 4
+  out = B.pack([row], seq_len=8, score_len=6, num_responses=1)
+  np.testing.assert_array_equal(out["score_pos"][0], [3, 4, 0, 2, 0, 0])
+  np.testing.assert_array_equal(out["score_tok"][0], [8, 2, 6, 4, 0, 0])
+  np.testing.assert_array_equal(out["score_seg"][0], [0, 0, -2, -2, -1, -1])
+  with pytest.raises(ValueError, match="targets .* must be prompt positions"):
+    B.pack([B.EncodedRow((5, 6), ((8, 2),), targets=(0,))], 8, 6, 1)
+
+
 def test_prefix_shared_logits_equal_separate_sequences():
   model = M.init_model(M.get_config("tiny"), seed=5)
   rs = np.random.RandomState(0)

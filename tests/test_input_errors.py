@@ -179,9 +179,26 @@ def _set(key, value):
     ("model.overrides.head_dim", "16", r"ModelConfig.head_dim='16': expected an integer >= 1"),
     ("preference.accum_steps", 3, r"config.preference.batch_size=4: expected a multiple of "
      r"config.preference.accum_steps=3"),
+    ("sft.history_loss_weight", 1.0, r"config.sft.history_loss_weight=1.0 needs "
+     r"config.tokenizer.title_tokens=True"),
+    ("report.baselines", ("kto",), r"config.report.baselines\[0\]='kto': not a run of "
+     r"config.methods"),
 ])
 def test_config_values_that_no_stage_could_use_are_named(key, value, message):
   _parse_error(_set(key, value), message)
+
+
+def test_the_ideal_eps_needs_a_world_that_knows_it():
+  config = _tiny()
+  config.methods = ("sft", "rosepo_world")
+  config_lib.parse(config)  # the synthetic world
+
+  def elsewhere(c):
+    c.methods = ("sft", "rosepo_world")
+    c.data.update(name="generic")
+
+  _parse_error(elsewhere, r"config.methods\[1\]='rosepo_world' takes each pair's eps from the "
+               "synthetic world")
 
 
 def test_strategy_weights_that_leave_a_method_nothing_to_train_on_are_named():

@@ -277,6 +277,10 @@ def test_title_tokens_through_the_pipeline(tmp_path):
     assert [i - offset for i in prompt if i >= offset] == list(ex.history + ex.candidates)
     assert response == (offset + ex.target, codec.eos_token_id)
     assert codec.decode(prompt) == ctx.example_prompt("train", ex)
+  # sft.history_loss_weight: the targets are exactly the history's title tokens after the first,
+  # never a candidate's or the template's.
+  for row, ex in zip(sft.training_rows(ctx, "train", history=True)[:50], ds.examples("train")):
+    assert [row.prompt[t] - offset for t in row.targets] == list(ex.history[1:])
   pairs = read_records(ctx.paths.pairs)
   for p in pairs:
     assert p["chosen"][0] - offset == ds.examples_at("train", [p["example"]])[0].target

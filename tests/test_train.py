@@ -30,6 +30,40 @@ def _sft_batch(n=8, seed=0):
   return B.make_batch(train_helper.rows(n, seed), B.BatchShape(seq_multiple=32), 1)
 
 
+def test_history_loss_is_the_weighted_token_mean_of_a_float64_reference():
+  """sft_loss_fn(history_weight=w): (sum response NLL + w sum target NLL) / (#response tokens +
+  w #target tokens), each log-prob from one full forward with a float64 log-softmax; w = 0 is
+  the plain SFT loss, and loss/history is the targets' part."""
+  model = M.init_model(M.get_config("tiny"), seed=2)
+  rs = np.random.RandomState(1)
+  rows = []
+  for n in (9, 12, 7):
+    prompt = tuple(rs.randint(3, 256, n).tolist())
+    rows.append(B.EncodedRow(prompt, ((int(rs.randint(3, 256)), 2),),
+                             targets=tuple(sorted(rs.choice(np.arange(1, n), 3, replace=False)))))
+  batch = B.make_batch(rows, B.BatchShape(seq_multiple=16), 1)
+  resp, hist = [], []
+  for row in rows:
+    seq = row.prompt + row.responses[0]
+    valid = jnp.ones((1, len(seq)), bool)
+    logits, _ = model(jnp.asarray([seq]), M.positions_from_mask(valid), M.causal_mask(valid))
+    logits = np.asarray(logits[0], np.float64)
+    logp = logits - logits.max(1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    p = len(row.prompt)
+    resp += [logp[p - 1 + j, seq[p + j]] for j in range(len(row.responses[0]))]
+    hist += [logp[t - 1, seq[t]] for t in row.targets]
+  for w in (0.0, 0.5, 2.0):
+    total, denom, metrics = T.sft_loss_fn(64, history_weight=w)(model, batch)
+    want = (-sum(resp) - w * sum(hist)) / (len(resp) + w * len(hist))
+    assert float(total / denom) == pytest.approx(want, rel=1e-5)
+    if w:
+      assert float(metrics["loss/history"] / denom) == pytest.approx(
+          -w * sum(hist) / (len(resp) + w * len(hist)), rel=1e-5)
+    else:
+      assert "loss/history" not in metrics
+
+
 def test_one_sft_step_lowers_loss_on_fixed_batch():
   batch = _sft_batch()
   trainer = T.Trainer(M.init_model(M.get_config("tiny"), seed=0), T.sft_loss_fn(100),

@@ -8,9 +8,11 @@ prompt shared by k + 1 responses is encoded once and every response sees exactly
 would see alone.
 
 "Scored tokens" say which logits score which response token: ``score_pos[r]`` is the position
-whose logits predict ``score_tok[r]``, a token of response ``score_seg[r]`` (-1 = padding). The
-first token of every response is predicted from the last prompt position. Only scored
-positions need the LM head, which is where the memory and time of long prompts are saved.
+whose logits predict ``score_tok[r]``, a token of response ``score_seg[r]`` (PAD_SCORE = -1:
+padding; PROMPT_SCORE = -2: a token of the prompt itself, one of the row's `targets`, e.g. a
+history title for SFT's history loss). The first token of every response is predicted from the
+last prompt position. Only scored positions need the LM head, which is where the memory and time
+of long prompts are saved.
 
 Lengths are padded to buckets (multiples of ``seq_multiple`` / ``score_multiple``) to bound
 recompilation. Nothing is truncated silently: a row longer than ``max_seq_len`` is an error.
@@ -24,12 +26,15 @@ import dataclasses
 import numpy as np
 
 PAD_SEGMENT, PROMPT_SEGMENT = 0, 1
+PAD_SCORE, PROMPT_SCORE = -1, -2  # score_seg of padding and of a scored prompt token
 
 
 @dataclasses.dataclass(frozen=True)
 class EncodedRow:
   prompt: tuple[int, ...]
   responses: tuple[tuple[int, ...], ...]  # each ends with EOS
+  # Prompt positions (>= 1) whose token is scored too, predicted from the position before.
+  targets: tuple[int, ...] = ()
 
   @property
   def length(self) -> int:
@@ -37,7 +42,7 @@ class EncodedRow:
 
   @property
   def scored(self) -> int:
-    return sum(len(r) for r in self.responses)
+    return sum(len(r) for r in self.responses) + len(self.targets)
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -74,7 +79,7 @@ def pack(rows: Sequence[EncodedRow], seq_len: int, score_len: int, num_responses
       "positions": np.zeros((b, seq_len), np.int32),
       "score_pos": np.zeros((b, score_len), np.int32),
       "score_tok": np.zeros((b, score_len), np.int32),
-      "score_seg": np.full((b, score_len), -1, np.int32),
+      "score_seg": np.full((b, score_len), PAD_SCORE, np.int32),
       "row_valid": np.zeros((b,), bool),
   }
   for i, row in enumerate(rows):
@@ -104,6 +109,13 @@ def pack(rows: Sequence[EncodedRow], seq_len: int, score_len: int, num_responses
       out["score_seg"][i, r:r + n] = j
       start += n
       r += n
+    if row.targets:
+      if min(row.targets) < 1 or max(row.targets) >= p:
+        raise ValueError(f"row {i}: targets {row.targets} must be prompt positions in [1, {p})")
+      n = len(row.targets)
+      out["score_pos"][i, r:r + n] = [t - 1 for t in row.targets]
+      out["score_tok"][i, r:r + n] = [row.prompt[t] for t in row.targets]
+      out["score_seg"][i, r:r + n] = PROMPT_SCORE
   return out
 
 

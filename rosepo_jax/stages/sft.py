@@ -7,7 +7,10 @@ Writes: DIR/sft/{checkpoints,tb,metrics.jsonl}, DIR/sft/model (orbax model dir +
 merged in float32) and, with LoRA, DIR/sft/adapter (the adapters alone, a PEFT folder).
 
 With `config.sft.candidate_curriculum`, the first steps train on prompts that show fewer
-candidates (`curriculum_phases`).
+candidates (`curriculum_phases`). With `config.sft.history_loss_weight` > 0 (titles as tokens),
+SFT also predicts each history title from the prompt before it (`history_targets`): a dense,
+SASRec-like signal from every position of the history, not one answer per prompt. Validation
+loss is the answer's alone.
 """
 
 from __future__ import annotations
@@ -20,9 +23,25 @@ from rosepo_jax.data.batching import EncodedRow
 from rosepo_jax.workdir import Context, Paths, Stage, Unit, fingerprint, single_unit
 
 
-def training_rows(ctx: Context, split: str) -> list[EncodedRow]:
-  """One row (prompt, (target response,)) per example of `split`."""
-  return [EncodedRow(p, (r,)) for p, r in ctx.encoded_examples(split)]
+def history_targets(prompt: tuple[int, ...], history: tuple[int, ...], title_offset: int
+                    ) -> tuple[int, ...]:
+  """The prompt positions of the history's title tokens after the first (titles as tokens):
+  each is predicted from the prompt before it, as SASRec predicts a user's next item from the
+  items before. History items are never candidates, so their tokens are told apart."""
+  items = set(history)
+  positions = [k for k, t in enumerate(prompt) if t - title_offset in items]
+  return tuple(positions[1:])
+
+
+def training_rows(ctx: Context, split: str, history: bool = False) -> list[EncodedRow]:
+  """One row (prompt, (target response,)) per example of `split`; with `history`, its history
+  titles as prompt targets too (`history_targets`)."""
+  encoded = ctx.encoded_examples(split)
+  if not history:
+    return [EncodedRow(p, (r,)) for p, r in encoded]
+  offset = ctx.codec.title_offset
+  return [EncodedRow(p, (r,), history_targets(p, ex.history, offset))
+          for (p, r), ex in zip(encoded, ctx.dataset.examples(split))]
 
 
 def curriculum_phases(ctx: Context) -> list[tuple[int, list[EncodedRow]]]:
@@ -38,13 +57,16 @@ def curriculum_phases(ctx: Context) -> list[tuple[int, list[EncodedRow]]]:
   seed = ctx.config.data.seed
   examples = ctx.dataset.examples("train")
   responses = [r for _, r in ctx.encoded_examples("train")]
+  history = bool(ctx.config.sft.history_loss_weight)
   out = []
   for end, shown in ctx.config.sft.candidate_curriculum:
     pieces = [ctx.example_pieces("train", ex, candidate_titles=(
         candidates_lib.curriculum_subset(ex.candidate_titles, ex.target_title, shown, seed,
                                          "train", ex.index))) for ex in examples]
-    out.append((end, [EncodedRow(p, (r,))
-                      for p, r in zip(ctx.codec.encode_prompts(pieces), responses)]))
+    prompts = ctx.codec.encode_prompts(pieces)
+    out.append((end, [EncodedRow(p, (r,), history_targets(p, ex.history, ctx.codec.title_offset)
+                                 if history else ())
+                      for p, r, ex in zip(prompts, responses, examples)]))
   return out
 
 
@@ -58,10 +80,10 @@ def run(ctx: Context, unit: Unit | None = None) -> dict:
   """Trains the SFT model; returns the last validation metrics."""
   del unit
   config, section = ctx.config, ctx.config.sft
-  rows = training_rows(ctx, "train")
+  rows = training_rows(ctx, "train", history=bool(section.history_loss_weight))
   phases = curriculum_phases(ctx)
-  val = training_rows(ctx, "val")[:section.eval_examples]
-  loss_fn = train.sft_loss_fn(config.vocab_chunk)
+  val = training_rows(ctx, "val")[:section.eval_examples]  # the answer's loss alone
+  loss_fn = train.sft_loss_fn(config.vocab_chunk, section.history_loss_weight)
   trainer = train.Trainer(backbone.build_model(config.model, ctx.codec), loss_fn,
                           train.make_optimizer(section.optim, section.steps),
                           mesh=ctx.mesh(), accum_steps=section.accum_steps)
