@@ -112,6 +112,9 @@ class SFTConfig(TrainSection):
   # SASRec's next-item objective inside the LLM, each such token weighing this much against a
   # response token (stages/sft.py).
   history_loss_weight: float = 0.0
+  # "best": the model SFT saves is the evaluated checkpoint of the lowest validation loss
+  # (every evaluated step is checkpointed); "last": its last step.
+  keep: str = "best"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,6 +271,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "*.optim.max_grad_norm": (_non_negative, ">= 0 (0: no clipping)"),
     "sft.eval_examples": (_non_negative, ">= 0"),
     "sft.history_loss_weight": (_non_negative, ">= 0"),
+    "sft.keep": (("best", "last"), ""),
     "oracle.dim": (_positive, "> 0"),
     "oracle.num_blocks": (_positive, "> 0"),
     "oracle.num_heads": (_positive, "> 0"),

@@ -304,15 +304,18 @@ def _checkpoint_manager(directory: str, cfg: LoopConfig) -> ocp.CheckpointManage
   """Keeps the latest `keep_checkpoints` (exact resume needs the latest) plus, with a
   `best_metric`, the best checkpoint by that eval metric."""
   policies = [ocp.checkpoint_managers.LatestN(n=cfg.keep_checkpoints)]
+  best_fn = None
   if cfg.best_metric:
     if cfg.best_mode not in ("min", "max"):
       raise ValueError(f"best_mode={cfg.best_mode!r}; expected min or max")
     best = cfg.best_metric
+    best_fn = lambda m: m[best]  # pylint: disable=unnecessary-lambda-assignment
     policies.append(ocp.checkpoint_managers.BestN(
-        get_metric_fn=lambda m: m[best], reverse=cfg.best_mode == "min", n=1,
+        get_metric_fn=best_fn, reverse=cfg.best_mode == "min", n=1,
         keep_checkpoints_without_metrics=False))
-  options = ocp.CheckpointManagerOptions(
-      create=True, enable_async_checkpointing=True,
+  options = ocp.CheckpointManagerOptions(  # with best_fn, each step's metrics are written too
+      create=True, enable_async_checkpointing=True, best_fn=best_fn,
+      best_mode=cfg.best_mode if cfg.best_metric else "max",
       preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies))
   return ocp.CheckpointManager(files.native(directory), options=options)
 
@@ -323,8 +326,24 @@ def _save(manager, state: TrainState, metrics: dict | None = None) -> None:
       opt_state=ocp.args.StandardSave(state.opt_state)), metrics=metrics)
 
 
-def restore_latest(directory: str, like: TrainState) -> TrainState | None:
-  """The latest checkpoint in `directory`, restored into `like`'s structure and shardings.
+def best_step(directory: str, metric: str, mode: str = "min") -> int | None:
+  """The kept checkpoint of `directory` whose eval `metric` (saved with it) is the lowest (mode
+  "min") or highest ("max"); None when no kept checkpoint has it."""
+  if not multihost.agree(files.isdir(directory)):
+    return None
+  manager = ocp.CheckpointManager(files.native(directory))
+  scored = [(float(m[metric]), s) for s in manager.all_steps()
+            if (m := manager.metrics(s)) and metric in m]
+  manager.close()
+  if not scored:
+    return None
+  return (min(scored) if mode == "min" else max(scored, key=lambda x: (x[0], -x[1])))[1]
+
+
+def restore_latest(directory: str, like: TrainState, step: int | None = None
+                   ) -> TrainState | None:
+  """The latest checkpoint in `directory` (or the one at `step`), restored into `like`'s
+  structure and shardings.
 
   Multi-host: every process takes process 0's view of whether `directory` exists, so all of them
   run the same collectives (another process may be creating it at this moment).
@@ -332,7 +351,7 @@ def restore_latest(directory: str, like: TrainState) -> TrainState | None:
   if not multihost.agree(files.isdir(directory)):
     return None
   manager = ocp.CheckpointManager(files.native(directory))
-  step = manager.latest_step()
+  step = manager.latest_step() if step is None else step
   if step is None:
     return None
   abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)  # pylint: disable=unnecessary-lambda-assignment
@@ -413,7 +432,8 @@ def train_loop(trainer: Trainer, batch_fn: Callable[[int], dict], cfg: LoopConfi
       pending = (state.step, metrics, batch)
       done = state.step == cfg.num_steps
       evaluate = eval_fn and ((cfg.eval_every and state.step % cfg.eval_every == 0) or done)
-      save = state.step % cfg.checkpoint_every == 0 or done
+      # every evaluated step is saved with its metrics when the best one is kept
+      save = state.step % cfg.checkpoint_every == 0 or done or bool(evaluate and cfg.best_metric)
       if not (evaluate or save):
         continue
       report(*pending)

@@ -10,6 +10,7 @@ import pytest
 
 from rosepo_jax import backbone, checkpoints, generate, methods, pipeline, scoring
 from rosepo_jax import oracle as oracle_lib
+from rosepo_jax import train as train_lib
 from rosepo_jax import config as config_lib
 from rosepo_jax.stages import compile as compile_stage, preference, sft
 from rosepo_jax.stages import eval as eval_stage
@@ -336,3 +337,34 @@ def test_title_tokens_through_the_pipeline(tmp_path):
   assert "title tokens" in report["vocab_source"]
   fresh = compile_stage.run(context(config, str(tmp_path / "fresh")))
   assert fresh["vocab_size"] != sft_model.cfg.vocab_size and "has not run" in fresh["vocab_source"]
+
+
+@pytest.mark.parametrize("keep", ["best", "last"])
+def test_sft_keeps_the_step_validation_prefers(tmp_path, monkeypatch, keep):
+  """config.sft.keep="best" (the default): the saved SFT model is the evaluated checkpoint of
+  the lowest validation loss, here planted at step 2 of 4; "last" keeps step 4."""
+  config = _tiny(steps=4)
+  config.methods = ["sft"]
+  config.sft.update(eval_every=2, checkpoint_every=4, keep=keep)
+  planted = {2: 1.0, 4: 5.0}
+  monkeypatch.setattr(train_lib, "loss_evaluator",
+                      lambda *a, **k: lambda state: {"loss": planted[state.step]})
+  pipeline.run(config, str(tmp_path), ["data", "sft"])
+  ctx = context(config, str(tmp_path))
+  saved = np.asarray(checkpoints.load_orbax(ctx.paths.model("sft")).embed[...])
+  steps = {}
+  for step in (2, 4):  # every evaluated step is checkpointed, with its metrics
+    state = train_lib.restore_latest(os.path.join(ctx.paths.run("sft"), "checkpoints"),
+                                     _initial_state(ctx), step=step)
+    steps[step] = np.asarray(state.params["embed"].get_value())
+  kept = 2 if keep == "best" else 4
+  np.testing.assert_array_equal(saved, steps[kept])
+  assert not np.array_equal(steps[2], steps[4])
+
+
+def _initial_state(ctx):
+  """A fresh SFT train state of `ctx`'s config (the structure checkpoints restore into)."""
+  trainer = train_lib.Trainer(backbone.build_model(ctx.config.model, ctx.codec),
+                              train_lib.sft_loss_fn(ctx.config.vocab_chunk),
+                              train_lib.make_optimizer(ctx.config.sft.optim, ctx.config.sft.steps))
+  return trainer.initial

@@ -4,7 +4,8 @@ Reads config: model, sft, vocab_chunk (and data through its unit); a pretrained 
 from outside DIR (its content fingerprint is part of the unit's key).
 Consumes: data (dataset, tokenizer).
 Writes: DIR/sft/{checkpoints,tb,metrics.jsonl}, DIR/sft/model (orbax model dir + tokenizer, LoRA
-merged in float32) and, with LoRA, DIR/sft/adapter (the adapters alone, a PEFT folder).
+merged in float32; with `config.sft.keep="best"`, the default, the evaluated step of the lowest
+validation loss, else the last step) and, with LoRA, DIR/sft/adapter (the adapters alone, a PEFT folder).
 
 With `config.sft.candidate_curriculum`, the first steps train on prompts that show fewer
 candidates (`curriculum_phases`). With `config.sft.history_loss_weight` > 0 (titles as tokens),
@@ -15,7 +16,7 @@ loss is the answer's alone.
 
 from __future__ import annotations
 
-from rosepo_jax import backbone, checkpoints, train
+from rosepo_jax import backbone, checkpoints, files, train
 from rosepo_jax.config import ConfigError
 from rosepo_jax.errors import InputError
 from rosepo_jax.data import candidates as candidates_lib
@@ -96,9 +97,16 @@ def run(ctx: Context, unit: Unit | None = None) -> dict:
                                        1)[1],
       section.loop(best_metric="loss" if evaluate else ""), ctx.paths.run("sft"), evaluate,
       batch_flops=train.batch_flops_fn(trainer.model_cfg, bool(config.model.lora_rank)))
+  steps = state.step
+  if section.keep == "best" and evaluate:
+    checkpoints_dir = files.join(ctx.paths.run("sft"), "checkpoints")
+    best = train.best_step(checkpoints_dir, "loss", "min")
+    if best is not None and best != state.step:
+      state = train.restore_latest(checkpoints_dir, state, step=best)
   train.save_trained(trainer, state, ctx.paths.model("sft"), ctx.codec,
                      ctx.paths.adapter("sft"))
-  print(f"sft: {state.step} steps, validation {metrics}", flush=True)
+  print(f"sft: {steps} steps, validation {metrics}; kept step {state.step} "
+        f"({section.keep if evaluate else 'last'})", flush=True)
   return metrics
 
 
