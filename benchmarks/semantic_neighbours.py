@@ -41,7 +41,7 @@ def main(argv):
   del argv
   ctx = Context(config_lib.parse(FLAGS.config), FLAGS.workdir)
   ds, codec = ctx.dataset, ctx.codec
-  examples, encoded = ctx.sample("train", ctx.config.negatives.max_prompts)
+  examples, encoded = ctx.preference_sample(ctx.config.negatives.max_prompts)
   embed_VxD = multihost.to_host(checkpoints.load_orbax(ctx.paths.model("sft")).embed[...])
   embed_VxD = np.asarray(embed_VxD, np.float32)
   table = {"subwords": negatives.title_embeddings(

@@ -128,6 +128,11 @@ class PreferenceConfig(TrainSection):
   # METHOD.md section 3's mixture: a loss weight per strategy of the negatives stage's pairs
   # (strategy name or "hallucination" -> weight >= 0; absent: 1; 0 drops the strategy's pairs).
   strategy_weights: dict = dataclasses.field(default_factory=dict)
+  # Where the negatives' and preference prompts come from: "train" (the training split, which SFT
+  # trained on) or "held_out" (the training users SFT never saw: `held_out_share` of them, a
+  # seeded draw, are left out of SFT), so that the pairs carry the SFT model's real mistakes.
+  prompts: str = "train"
+  held_out_share: float = 0.2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,6 +298,8 @@ RANGES: dict[str, tuple[Any, str]] = {
     "preference.rosepo_form": (("conservative", "robust"), ""),
     "preference.sft_weight": (_non_negative, ">= 0"),
     "preference.reference": (("precomputed", "online"), ""),
+    "preference.prompts": (("train", "held_out"), ""),
+    "preference.held_out_share": (lambda x: 0 < x < 1, "in (0, 1)"),
     "eval.split": (("train", "val", "test"), ""),
     "eval.max_examples": (_non_negative, ">= 0"),
     "export.dtype": (("", "float32", "bfloat16", "float16"), ""),

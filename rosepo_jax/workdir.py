@@ -46,6 +46,7 @@ import numpy as np
 from rosepo_jax import files, multihost, sharding
 from rosepo_jax.config import Config, ConfigError
 from rosepo_jax.data import dataset as dataset_lib
+from rosepo_jax.data import candidates as candidates_lib
 from rosepo_jax.data.candidates import subset_indices
 from rosepo_jax.data import lengths as lengths_lib
 from rosepo_jax.data import prompts, synthetic
@@ -577,6 +578,28 @@ class Context:
       return self.dataset.examples(split), self.encoded_examples(split)
     examples = self.dataset.examples_at(split, indices)
     return examples, self._encode(split, examples)
+
+  def held_out_users(self) -> set[int]:
+    """The training users SFT never sees when config.preference.prompts="held_out" (a seeded
+    draw of config.preference.held_out_share of them); empty otherwise."""
+    p = self.config.preference
+    if p.prompts != "held_out":
+      return set()
+    return candidates_lib.held_out_users([ex.user for ex in self.dataset.examples("train")],
+                                         p.held_out_share, self.config.data.seed)
+
+  def preference_sample(self, limit: int) -> tuple[list, list[tuple[tuple[int, ...],
+                                                                    tuple[int, ...]]]]:
+    """The negatives' and preference prompts: `sample("train", limit)`, or with
+    config.preference.prompts="held_out" a seeded draw of `limit` examples of the held-out
+    users (every one when `limit` is 0), in index order, and their (prompt, target) ids."""
+    held_out = self.held_out_users()
+    if not held_out:
+      return self.sample("train", limit)
+    pool = np.array([ex.index for ex in self.dataset.examples("train") if ex.user in held_out])
+    picked = pool[subset_indices(len(pool), limit, self.config.data.seed, "train")]
+    examples = self.dataset.examples_at("train", picked)
+    return examples, self._encode("train", examples)
 
   def _encode(self, split: str, examples) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
     """(prompt ids, target response ids) of `examples` of `split`."""

@@ -368,3 +368,31 @@ def _initial_state(ctx):
                               train_lib.sft_loss_fn(ctx.config.vocab_chunk),
                               train_lib.make_optimizer(ctx.config.sft.optim, ctx.config.sft.steps))
   return trainer.initial
+
+
+def test_preference_prompts_from_users_sft_never_saw(tmp_path):
+  """config.preference.prompts="held_out": a seeded share of the training users is left out of
+  SFT (its rows, its curriculum) and the negatives' and preference prompts are theirs alone."""
+  config = _tiny(steps=2)
+  config.methods = ["dpo", "rosepo"]
+  config.sft.candidate_curriculum = ((1, 5),)
+  config.preference.update(prompts="held_out", held_out_share=0.25)
+  workdir = str(tmp_path)
+  pipeline.run(config, workdir, ["data", "sft", "oracle", "negatives", "dpo"])
+  ctx = context(config, workdir)
+  users = {ex.user for ex in ctx.dataset.examples("train")}
+  held_out = ctx.held_out_users()
+  assert len(held_out) == round(0.25 * len(users))
+  by_prompt = {p: ex.user for (p, _), ex in zip(ctx.encoded_examples("train"),
+                                                 ctx.dataset.examples("train"))}
+  assert {by_prompt[r.prompt] for r in sft.training_rows(ctx, "train")} == users - held_out
+  for _, rows in sft.curriculum_phases(ctx):
+    assert len(rows) == sum(ex.user not in held_out for ex in ctx.dataset.examples("train"))
+  examples = {ex.index: ex for ex in ctx.dataset.examples("train")}
+  pairs = read_records(ctx.paths.pairs)
+  assert pairs and {examples[p["example"]].user for p in pairs} <= held_out
+  rows, _ = preference.random_pairs(ctx, "dpo", 1, with_reference=False)
+  assert {by_prompt[r.prompt] for r in rows} <= held_out
+  config.preference.prompts = "train"  # the earlier choice: SFT reruns on every user
+  assert context(config, workdir).held_out_users() == set()
+  assert pipeline.run(config, workdir, ["sft"]) == {"sft": "ran"}

@@ -18,6 +18,7 @@ SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 CANDIDATES_PURPOSE = 0
 CURRICULUM_PURPOSE = 4
 SUBSET_PURPOSE = 5
+HELD_OUT_PURPOSE = 6
 
 
 def example_rng(seed: int, split: str, index: int, purpose: int = 0) -> np.random.Generator:
@@ -35,6 +36,14 @@ def subset_indices(num_examples: int, limit: int, seed: int, split: str) -> np.n
     return np.arange(num_examples)
   rng = np.random.default_rng([seed, SPLIT_CODES[split], SUBSET_PURPOSE])
   return np.sort(rng.choice(num_examples, size=limit, replace=False))
+
+
+def held_out_users(users: Sequence[int], share: float, seed: int) -> set[int]:
+  """A seeded draw of round(share * n) of the n distinct `users` (at least one, never all)."""
+  distinct = sorted({int(u) for u in users})
+  n = min(max(round(share * len(distinct)), 1), len(distinct) - 1)
+  order = np.random.default_rng([seed, HELD_OUT_PURPOSE]).permutation(len(distinct))
+  return {distinct[j] for j in order[:n]}
 
 
 def sample_candidates(num_items: int, history: Sequence[int], target: int, num_candidates: int,

@@ -1,7 +1,8 @@
 """The negatives stage: RosePO's preference pairs (METHOD.md sections 3 and 4).
 
 Reads config: negatives, smoothing (lam, tau, eps_min, eps_max, semantic_eps, fit_tau: then tau is
-the oracle stage's fit, DIR/oracle/calibration.json), vocab_chunk.
+the oracle stage's fit, DIR/oracle/calibration.json), vocab_chunk, preference.prompts and
+preference.held_out_share (whose training prompts: `Context.preference_sample`).
 Consumes: data (dataset, tokenizer), sft (pi_ref: answers, candidate scores, title embeddings,
 reference log-probs), oracle (each pair's eps, from the fold oracle that never trained on the
 pair's user when the oracle is cross-fitted).
@@ -78,7 +79,7 @@ def run(ctx: Context, unit: Unit | None = None) -> dict:
   config, section, codec, ds = ctx.config, ctx.config.negatives, ctx.codec, ctx.dataset
   strategies = {name: negatives.STRATEGIES[name] for name in section.strategies}
   needs = set().union(*(s.needs for s in strategies.values())) if strategies else set()
-  examples, encoded = ctx.sample("train", section.max_prompts)
+  examples, encoded = ctx.preference_sample(section.max_prompts)
   reference = checkpoints.load_orbax(ctx.paths.model("sft"), mesh=ctx.mesh())
   oracle = oracle_lib.load_oracle(ctx.paths.oracle_model)
   fold_oracles, user_fold = oracle_stage.load_fold_oracles(ctx.paths)
@@ -182,7 +183,8 @@ def _outputs(paths: Paths, unit: Unit) -> list[str]:
 
 STAGE = Stage(
     name="negatives",
-    sections=("negatives", "smoothing.lam", "smoothing.tau", "smoothing.eps_min",
+    sections=("negatives", "preference.prompts", "preference.held_out_share",
+              "smoothing.lam", "smoothing.tau", "smoothing.eps_min",
               "smoothing.eps_max", "smoothing.semantic_eps", "smoothing.fit_tau", "vocab_chunk"),
     units=_units, inputs=lambda config, unit: [Unit("data"), Unit("sft"), Unit("oracle")],
     outputs=_outputs, run=run,

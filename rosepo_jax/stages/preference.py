@@ -25,7 +25,7 @@ def random_pairs(ctx: Context, method: str, num_rejected: int, with_reference: b
   """Rows (prompt, chosen, k random rejected) and reference log-probs [N, k+1] by the SFT model
   (None without reference), saved in DIR/<method>/reference.npz and reused on a resume."""
   section = ctx.config.preference
-  examples, encoded = ctx.sample("train", section.max_prompts)
+  examples, encoded = ctx.preference_sample(section.max_prompts)
   seed = ctx.config.data.seed
   rejected = np.array([negatives.random_rejected(ex.candidates, ex.target, num_rejected, seed,
                                                  "train", ex.index) for ex in examples])

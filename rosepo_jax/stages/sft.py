@@ -1,12 +1,15 @@
 """The sft stage: supervised fine-tuning on (prompt, target title + EOS); the result is pi_ref.
 
-Reads config: model, sft, vocab_chunk (and data through its unit); a pretrained `model.init`
-from outside DIR (its content fingerprint is part of the unit's key).
+Reads config: model, sft, vocab_chunk, preference.prompts and preference.held_out_share (and
+data through its unit); a pretrained `model.init` from outside DIR (its content fingerprint is
+part of the unit's key).
 Consumes: data (dataset, tokenizer).
 Writes: DIR/sft/{checkpoints,tb,metrics.jsonl}, DIR/sft/model (orbax model dir + tokenizer, LoRA
 merged in float32; with `config.sft.keep="best"`, the default, the evaluated step of the lowest
 validation loss, else the last step) and, with LoRA, DIR/sft/adapter (the adapters alone, a PEFT folder).
 
+With `config.preference.prompts="held_out"`, SFT trains on the training users outside the
+held-out share (`Context.held_out_users`), whose prompts the negatives and preference stages use.
 With `config.sft.candidate_curriculum`, the first steps train on prompts that show fewer
 candidates (`curriculum_phases`). With `config.sft.history_loss_weight` > 0 (titles as tokens),
 SFT also predicts each history title from the prompt before it (`history_targets`): a dense,
@@ -36,13 +39,13 @@ def history_targets(prompt: tuple[int, ...], history: tuple[int, ...], title_off
 
 def training_rows(ctx: Context, split: str, history: bool = False) -> list[EncodedRow]:
   """One row (prompt, (target response,)) per example of `split`; with `history`, its history
-  titles as prompt targets too (`history_targets`)."""
-  encoded = ctx.encoded_examples(split)
-  if not history:
-    return [EncodedRow(p, (r,)) for p, r in encoded]
+  titles as prompt targets too (`history_targets`). The training split leaves out the users
+  held out for the preference prompts (`Context.held_out_users`)."""
+  held_out = ctx.held_out_users() if split == "train" else set()
   offset = ctx.codec.title_offset
-  return [EncodedRow(p, (r,), history_targets(p, ex.history, offset))
-          for (p, r), ex in zip(encoded, ctx.dataset.examples(split))]
+  return [EncodedRow(p, (r,), history_targets(p, ex.history, offset) if history else ())
+          for (p, r), ex in zip(ctx.encoded_examples(split), ctx.dataset.examples(split))
+          if ex.user not in held_out]
 
 
 def curriculum_phases(ctx: Context) -> list[tuple[int, list[EncodedRow]]]:
@@ -56,8 +59,10 @@ def curriculum_phases(ctx: Context) -> list[tuple[int, list[EncodedRow]]]:
   (docs/findings.md).
   """
   seed = ctx.config.data.seed
-  examples = ctx.dataset.examples("train")
-  responses = [r for _, r in ctx.encoded_examples("train")]
+  held_out = ctx.held_out_users()
+  kept = [(ex, r) for ex, (_, r) in zip(ctx.dataset.examples("train"),
+                                        ctx.encoded_examples("train")) if ex.user not in held_out]
+  examples, responses = [ex for ex, _ in kept], [r for _, r in kept]
   history = bool(ctx.config.sft.history_loss_weight)
   out = []
   for end, shown in ctx.config.sft.candidate_curriculum:
@@ -115,11 +120,16 @@ def _outputs(paths: Paths, unit: Unit) -> list[str]:
   return [paths.run("sft")]
 
 
-def _backbone_fingerprint(config, unit: Unit):
-  """The pretrained checkpoint SFT starts from (outside DIR), by content."""
+def _key_extra(config, unit: Unit):
+  """The pretrained checkpoint SFT starts from (outside DIR), by content; and the share of
+  training users it leaves out for the preference prompts."""
   del unit
   init = config.model.init
-  return None if init == "scratch" else fingerprint([checkpoints.resolve_model_path(init)])
+  backbone_print = None if init == "scratch" else fingerprint(
+      [checkpoints.resolve_model_path(init)])
+  p = config.preference
+  return {"backbone": backbone_print,
+          "held_out_share": p.held_out_share if p.prompts == "held_out" else 0.0}
 
 
 def check(config) -> None:
@@ -137,6 +147,6 @@ def check(config) -> None:
 
 STAGE = Stage(name="sft", sections=("model", "sft", "vocab_chunk"), units=single_unit("sft"),
               inputs=lambda config, unit: [Unit("data")], outputs=_outputs, run=run,
-              key_extra=_backbone_fingerprint,
+              key_extra=_key_extra,
               required=lambda config, paths, unit: [paths.model("sft")], per_seed=True,
               check=check)
