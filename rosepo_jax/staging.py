@@ -61,7 +61,8 @@ def check_owned(name: str, root: str, outputs: list[str], marker: dict | None,
   foreign = [f for f in owned_files(root, outputs) if f not in known]
   if foreign:
     more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
-    top = files.join(root, foreign[0].split("/")[0])
+    top = next(p for p in outputs if foreign[0] == files.relative(p, root)
+               or foreign[0].startswith(files.relative(p, root) + "/"))
     raise ForeignFilesError(
         f"{files.join(root, foreign[0])}{more}: a file rosepo-jax did not write, among the "
         f"outputs of {name}, which this command would replace; nothing was changed. Move it out "
