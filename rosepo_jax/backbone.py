@@ -2,7 +2,8 @@
 
 `config.model.init` is "scratch" (the `preset` with `overrides`, sized to the tokenizer) or a
 pretrained checkpoint (a .gguf file, pkg:NAME, a Hugging Face folder or an orbax model dir).
-`lora_rank > 0` adds LoRA adapters; from scratch, `copy_init_layers` start as copy heads.
+`lora_rank > 0` adds LoRA adapters (with title tokens, their rows train with the adapters); from
+scratch, `copy_init_layers` start as copy heads.
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ def model_vocab_size(m: ModelSection, checkpoint_vocab: int, codec_vocab: int) -
   return max(checkpoint_vocab, codec_vocab)
 
 
-def architecture(m: ModelSection, codec_vocab: int = 0) -> model_lib.ModelConfig:
+def architecture(m: ModelSection, codec_vocab: int = 0,
+                 title_tokens: int = 0) -> model_lib.ModelConfig:
   """The configured architecture without loading weights: the checkpoint's config when
   `m.init` exists on this machine, else the `m.preset` with `m.overrides` (LoRA included);
   `codec_vocab` > 0: with the vocabulary `build_model` gives it for a codec of that many ids
-  (title tokens included), else the checkpoint's or preset's."""
+  whose last `title_tokens` are title tokens, else the checkpoint's or preset's."""
   init = checkpoints.resolve_model_path(m.init) if m.init != "scratch" else ""
   if init and files.exists(init):
     cfg = checkpoints.read_model_config(init).replace(**_dtypes(m))
@@ -45,7 +47,8 @@ def architecture(m: ModelSection, codec_vocab: int = 0) -> model_lib.ModelConfig
   if codec_vocab:
     cfg = cfg.replace(vocab_size=model_vocab_size(m, cfg.vocab_size, codec_vocab))
   if m.lora_rank:
-    cfg = cfg.replace(lora_rank=m.lora_rank, lora_alpha=m.lora_alpha)
+    rows = (codec_vocab - title_tokens, title_tokens) if codec_vocab and title_tokens else (0, 0)
+    cfg = cfg.replace(lora_rank=m.lora_rank, lora_alpha=m.lora_alpha, lora_token_rows=rows)
   return cfg
 
 
@@ -70,7 +73,7 @@ def build_model(m: ModelSection, codec: Codec) -> model_lib.Decoder:
     if model.cfg.vocab_size < codec.vocab_size:
       raise ValueError(f"config.model.init={m.init}: vocabulary {model.cfg.vocab_size} is "
                        f"smaller than the tokenizer's {codec.vocab_size}")
-  return add_lora(m, model)
+  return add_lora(m, model, codec)
 
 
 def with_title_tokens(model: model_lib.Decoder, codec: Codec) -> model_lib.Decoder:
@@ -98,6 +101,15 @@ def with_title_tokens(model: model_lib.Decoder, codec: Codec) -> model_lib.Decod
                               "title tokens")
 
 
-def add_lora(m: ModelSection, model: model_lib.Decoder) -> model_lib.Decoder:
-  """`model` with the configured LoRA adapters (unchanged when lora_rank is 0)."""
-  return model_lib.add_lora(model, m.lora_rank, m.lora_alpha, seed=m.seed) if m.lora_rank else model
+def lora_token_rows(codec: Codec) -> tuple[int, int]:
+  """(first, count): the vocabulary rows that train with LoRA adapters, `codec`'s title tokens."""
+  return (codec.title_offset, len(codec.titles)) if codec.title_tokens else (0, 0)
+
+
+def add_lora(m: ModelSection, model: model_lib.Decoder, codec: Codec) -> model_lib.Decoder:
+  """`model` with the configured LoRA adapters (unchanged when lora_rank is 0); with title
+  tokens, their rows train with the adapters (a title token is both an input and the answer)."""
+  if not m.lora_rank:
+    return model
+  return model_lib.add_lora(model, m.lora_rank, m.lora_alpha, seed=m.seed,
+                            token_rows=lora_token_rows(codec))

@@ -31,7 +31,8 @@ LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 
 class LoRAParam(nnx.Param):
-  """A LoRA adapter weight: the only trainable parameters when LoRA is on."""
+  """A LoRA adapter weight (low-rank factors, token-row deltas): the only trainable parameters
+  when LoRA is on."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +72,9 @@ class ModelConfig:
   lora_alpha: float = 16.0
   lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                    "up_proj", "down_proj")
+  # (first, count): with LoRA, the vocabulary rows first .. first + count - 1 (title tokens) train
+  # with the adapters, as deltas on their input (and untied output) embeddings; (0, 0): none.
+  lora_token_rows: tuple[int, int] = (0, 0)
 
   def __post_init__(self):
     for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
@@ -94,6 +98,10 @@ class ModelConfig:
     if unknown:
       raise ValueError(f"ModelConfig.lora_targets has unknown projections {sorted(unknown)}; "
                        f"expected some of {LINEAR_NAMES}")
+    first, count = self.lora_token_rows
+    if count and (not self.lora_rank or first < 0 or count < 0 or first + count > self.vocab_size):
+      raise ValueError(f"ModelConfig.lora_token_rows={self.lora_token_rows}: expected (first, "
+                       f"count) rows inside the vocabulary of {self.vocab_size}, with lora_rank > 0")
     for name in ("param_dtype", "dtype"):
       if getattr(self, name) not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}; expected float32, "
@@ -166,8 +174,9 @@ def config_from_dict(d: dict, source: str = "model config") -> ModelConfig:
   if d.get("rope_scaling") is not None:
     d["rope_scaling"] = RopeScaling(**d["rope_scaling"])
   d["eos_token_ids"] = tuple(d.get("eos_token_ids") or ())
-  if "lora_targets" in d:
-    d["lora_targets"] = tuple(d["lora_targets"])
+  for name in ("lora_targets", "lora_token_rows"):
+    if name in d:
+      d[name] = tuple(d[name])
   return ModelConfig(**d)
 
 
@@ -419,6 +428,20 @@ class Decoder(nnx.Module):
     self.lm_head = (None if cfg.tie_word_embeddings else
                     Linear(cfg.hidden_size, cfg.vocab_size, ("embed", "vocab"), use_bias=False,
                            cfg=cfg, rngs=rngs))
+    # LoRA on token rows: deltas [count, D] added to those rows of the embedding (and of the
+    # untied head), zero at init, so the adapted model starts equal to the base one.
+    count = cfg.lora_token_rows[1] if cfg.lora_rank else 0
+    delta = lambda: LoRAParam(jnp.zeros((count, cfg.hidden_size), cfg.param_dtype),  # pylint: disable=unnecessary-lambda-assignment
+                              logical_axes=(None, "embed"))
+    self.token_delta = delta() if count else None
+    self.head_token_delta = delta() if count and self.lm_head is not None else None
+
+  def embedding(self) -> jax.Array:
+    """The input embedding [V, D] in its storage dtype, with the LoRA token-row deltas."""
+    if self.token_delta is None:
+      return self.embed[...]
+    first, count = self.cfg.lora_token_rows
+    return self.embed[...].at[first:first + count].add(self.token_delta[...])
 
   def hidden_states(self, tokens_BxT: jax.Array, positions_BxT: jax.Array,
                     mask_BxTxS: jax.Array, cache: KVCache | None = None
@@ -431,7 +454,7 @@ class Decoder(nnx.Module):
     """
     cfg = self.cfg
     dtype = jnp.dtype(cfg.dtype)
-    x_BxTxD = jnp.take(self.embed[...], tokens_BxT, axis=0).astype(dtype)
+    x_BxTxD = jnp.take(self.embedding(), tokens_BxT, axis=0).astype(dtype)
     x_BxTxD = shard(x_BxTxD, ("batch", "length", "act_embed"))
     sin_BxTxH, cos_BxTxH = rope_sin_cos(cfg, positions_BxT)
     forward = _remat_block_forward if cfg.remat else _block_forward
@@ -452,8 +475,12 @@ class Decoder(nnx.Module):
     """The LM head as a [D, V] matrix in the compute dtype (the embedding when tied)."""
     dtype = jnp.dtype(self.cfg.dtype)
     if self.lm_head is None:
-      return self.embed[...].astype(dtype).T
-    return self.lm_head.kernel[...].astype(dtype)
+      return self.embedding().astype(dtype).T
+    kernel_DxV = self.lm_head.kernel[...]
+    if self.head_token_delta is not None:
+      first, count = self.cfg.lora_token_rows
+      kernel_DxV = kernel_DxV.at[:, first:first + count].add(self.head_token_delta[...].T)
+    return kernel_DxV.astype(dtype)
 
   def logits(self, h_BxTxD: jax.Array) -> jax.Array:
     """Vocabulary logits [B, T, V] in fp32 (matmul in the compute dtype, as transformers)."""
@@ -518,9 +545,11 @@ def abstract_model(cfg: ModelConfig) -> Decoder:
 
 
 def add_lora(model: Decoder, rank: int, alpha: float = 16.0,
-             targets: tuple[str, ...] | None = None, seed: int = 0) -> Decoder:
-  """A copy of `model` with fresh LoRA adapters (B = 0: the same function as `model`)."""
-  cfg = model.cfg.replace(lora_rank=rank, lora_alpha=alpha,
+             targets: tuple[str, ...] | None = None, seed: int = 0,
+             token_rows: tuple[int, int] = (0, 0)) -> Decoder:
+  """A copy of `model` with fresh LoRA adapters (B = 0 and token-row deltas 0: the same function
+  as `model`); `token_rows` (first, count) are vocabulary rows that train with them."""
+  cfg = model.cfg.replace(lora_rank=rank, lora_alpha=alpha, lora_token_rows=tuple(token_rows),
                           **({"lora_targets": tuple(targets)} if targets else {}))
   adapted = init_model(cfg, seed)
   base = dict(nnx.state(model, nnx.Param).flat_state())
@@ -532,12 +561,13 @@ def add_lora(model: Decoder, rank: int, alpha: float = 16.0,
 
 def merged_config(cfg: ModelConfig) -> ModelConfig:
   """The config of `merge_lora`'s result: no adapters, float32 parameters (unchanged without LoRA)."""
-  return cfg.replace(lora_rank=0, param_dtype="float32") if cfg.lora_rank else cfg
+  return (cfg.replace(lora_rank=0, lora_token_rows=(0, 0), param_dtype="float32")
+          if cfg.lora_rank else cfg)
 
 
 def merge_lora(model: Decoder) -> Decoder:
-  """A plain model (no adapters) whose kernels are W + scale * A @ B: what eval, the reference
-  and export use.
+  """A plain model (no adapters) whose kernels are W + scale * A @ B and whose token rows hold
+  their deltas: what eval, the reference and export use.
 
   The sum is kept in float32 (the merged model's param_dtype is float32 whatever the adapted
   model's): in bfloat16, W + delta rounds most small LoRA updates away (for W ~ N(0, 0.02) and
@@ -556,6 +586,11 @@ def merge_lora(model: Decoder) -> Decoder:
       a = flat[path[:-1] + ("lora_a",)].get_value().astype(jnp.float32)
       b = flat[path[:-1] + ("lora_b",)].get_value().astype(jnp.float32)
       value = value + (cfg.lora_alpha / cfg.lora_rank) * (a @ b)
+    first, count = cfg.lora_token_rows
+    if path == ("embed",) and count:
+      value = value.at[first:first + count].add(flat[("token_delta",)].get_value())
+    if path == ("lm_head", "kernel") and ("head_token_delta",) in flat:
+      value = value.at[:, first:first + count].add(flat[("head_token_delta",)].get_value().T)
     values.append((path, var.replace(value)))
   graphdef, _ = nnx.split(merged)
   return nnx.merge(graphdef, nnx.State.from_flat_path(values))

@@ -69,6 +69,10 @@ def learning_rate_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule
                               [warmup])
 
 
+# The adapter parameters that are zero in the base model (adapters off).
+LORA_ZEROS = ("lora_b", "token_delta", "head_token_delta")
+
+
 def param_name(path) -> str:
   """The parameter's own name in a state pytree path (e.g. "kernel", "lora_b")."""
   keys = [p.key for p in path if isinstance(p, jax.tree_util.DictKey)]
@@ -161,7 +165,7 @@ def make_step_fn(graphdef, loss_fn: LossFn, optimizer: optax.GradientTransformat
 
   `frozen` is the non-trainable state (e.g. LoRA's base weights) plus, for an online reference
   policy, ``frozen["reference"]``: "model" = separate reference parameters, "lora_off" = this
-  model with its LoRA B matrices at zero (the base model). With ``accum_steps > 1`` the batch is
+  model with its LoRA B matrices and token-row deltas at zero (the base model). With ``accum_steps > 1`` the batch is
   split into micro-batches whose gradients, denominators and metric sums are added up first.
   """
   def reference_model(params, frozen):
@@ -169,7 +173,7 @@ def make_step_fn(graphdef, loss_fn: LossFn, optimizer: optax.GradientTransformat
       return nnx.merge(graphdef, frozen["reference"], frozen["rest"])
     if reference == "lora_off":
       off = jax.tree_util.tree_map_with_path(
-          lambda path, x: jnp.zeros_like(x) if param_name(path) == "lora_b" else x, params)
+          lambda path, x: jnp.zeros_like(x) if param_name(path) in LORA_ZEROS else x, params)
       return nnx.merge(graphdef, jax.lax.stop_gradient(off), frozen["rest"])
     return None
 
@@ -210,8 +214,8 @@ def make_step_fn(graphdef, loss_fn: LossFn, optimizer: optax.GradientTransformat
 class Trainer:
   """One model + loss + optimizer on a mesh (or one device): state and the jitted step.
 
-  Trainable parameters: every nnx.Param, or only the LoRA adapters when the model has them
-  (base weights frozen). `reference_model` (same architecture) enables an online reference
+  Trainable parameters: every nnx.Param, or only the LoRA adapters (with their token-row
+  deltas) when the model has them (base weights frozen). `reference_model` (same architecture) enables an online reference
   policy; with LoRA, ``online_reference=True`` uses the base model (adapters off) instead.
   """
 

@@ -48,6 +48,43 @@ def test_peft_adapter_on_the_base_export_computes_our_adapted_model(tmp_path):
   assert_close(_ours(M.merge_lora(lora), tokens, valid), ours, where=valid)
 
 
+@pytest.mark.parametrize("preset", ["tiny", "tiny_qwen2"])  # untied head; tied
+def test_title_rows_under_lora_load_in_peft_as_trainable_tokens(preset, tmp_path):
+  """Token rows that train with the adapters (title tokens): peft's trainable_token_indices on the
+  base export computes our adapted model (their rows, not deltas, over the base's), and so does
+  the merged model; the adapters off (B and deltas zero) give the base model back."""
+  base = M.init_model(M.get_config(preset), seed=2)
+  first, count = 200, 40
+  lora = M.add_lora(base, rank=4, alpha=8.0, seed=2, token_rows=(first, count))
+  rs = np.random.RandomState(0)
+  deltas = [lora.token_delta] + ([lora.head_token_delta] if lora.lm_head is not None else [])
+  assert (lora.head_token_delta is None) == (preset == "tiny_qwen2")
+  for delta in deltas:
+    delta[...] = jnp.asarray(rs.normal(0, 0.1, delta[...].shape), jnp.float32)
+  tokens, valid, positions = _batch(vocab=256)
+  tokens = np.where(np.arange(tokens.shape[1]) % 3 == 0, first + tokens % count, tokens)
+  ours = _ours(lora, tokens, valid)
+  assert np.abs(ours - _ours(base, tokens, valid)).max() > 1e-2  # the rows matter
+  hf.save_hf(base, str(tmp_path / "base"))
+  peft_lib.save_adapter(lora, str(tmp_path / "adapter"), base_model=str(tmp_path / "base"))
+  config = json.load(open(tmp_path / "adapter" / "adapter_config.json"))
+  want = {"embed_tokens": list(range(first, first + count))}
+  if preset == "tiny":
+    want["lm_head"] = want["embed_tokens"]
+  assert config["trainable_token_indices"] == want
+  theirs = peft.PeftModel.from_pretrained(
+      transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "base"),
+                                                        dtype=torch.float32),
+      str(tmp_path / "adapter")).eval()
+  assert_close(_theirs(theirs, tokens, valid, positions), ours, where=valid)
+  merged = M.merge_lora(lora)
+  assert merged.cfg.lora_token_rows == (0, 0)
+  assert_close(_ours(merged, tokens, valid), ours, where=valid)
+  for delta in deltas:
+    delta[...] = jnp.zeros_like(delta[...])
+  np.testing.assert_array_equal(_ours(lora, tokens, valid), _ours(base, tokens, valid))
+
+
 def test_adapter_tensors_are_the_transposed_factors():
   _, lora = _trained_lora()
   tensors = peft_lib.adapter_tensors(lora)
@@ -77,3 +114,39 @@ def test_lora_runs_export_their_adapters_on_their_bases(tmp_path):
     merged = _theirs(load(export / run), tokens, valid, positions)
     assert np.abs(merged - _theirs(load(base), tokens, valid, positions)).max() > 0
     assert_close(_theirs(theirs, tokens, valid, positions), merged, where=valid)
+
+
+def test_title_rows_train_under_lora_and_reach_the_peft_adapter(tmp_path):
+  """Titles as tokens with LoRA: the title rows train with the adapters (SFT's merged model
+  differs from its base there and only there: every output row, since the softmax reaches each,
+  and the input rows of the titles the prompts held), survive the merge into the export, and the
+  SFT adapter on its base export (which has the title rows at their initial values) computes the
+  merged export in peft."""
+  config = _tiny(steps=3)
+  config.methods = ("sft",)
+  config.tokenizer.title_tokens = True
+  config.model.lora_rank = 4
+  config.sft.optim.learning_rate = 1e-2
+  pipeline.run(config, str(tmp_path), ["data", "sft", "export"])
+  export = tmp_path / "export"
+  load = lambda path: transformers.AutoModelForCausalLM.from_pretrained(  # pylint: disable=unnecessary-lambda-assignment
+      str(path), dtype=torch.float32).eval()
+  base, merged = load(export / "sft" / "base"), load(export / "sft")
+  stats = json.load(open(tmp_path / "data" / "stats.json"))["tokenizer"]
+  first, count = stats["subwords"], stats["title_tokens"]
+  changed = lambda get: (get(base).weight != get(merged).weight).any(1).numpy()  # pylint: disable=unnecessary-lambda-assignment
+  inputs, outputs = (changed(lambda m: m.get_input_embeddings()),
+                     changed(lambda m: m.get_output_embeddings()))
+  assert outputs[first:first + count].all() and not outputs[:first].any()
+  assert inputs[first:first + count].mean() > 0.5 and not inputs[:first].any()
+  adapter = export / "sft" / "adapter"
+  assert json.load(open(adapter / "adapter_config.json"))["trainable_token_indices"] == {
+      "embed_tokens": list(range(first, first + count)),
+      "lm_head": list(range(first, first + count))}
+  rs = np.random.RandomState(0)
+  tokens = rs.randint(first, first + count, (2, 12))
+  valid = np.ones_like(tokens, bool)
+  positions = np.broadcast_to(np.arange(12), tokens.shape)
+  theirs = peft.PeftModel.from_pretrained(base, str(adapter)).eval()
+  assert_close(_theirs(theirs, tokens, valid, positions),
+               _theirs(merged, tokens, valid, positions), where=valid)

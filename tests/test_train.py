@@ -221,14 +221,20 @@ def test_online_reference_equals_precomputed():
     assert_close(results[1][0][key], value)
 
 
-def test_lora_trains_adapters_only_against_the_base_model():
+@pytest.mark.parametrize("token_rows", [(0, 0), (3, 253)])  # (first, count): no rows; titles
+def test_lora_trains_adapters_only_against_the_base_model(token_rows):
+  """LoRA (and token rows) train alone; the online reference is the base model (adapters off):
+  after training, a step against it computes what a step against the base's precomputed
+  log-probabilities computes."""
   base = M.init_model(M.get_config("tiny"), seed=7)
   batch = _pref_batch(base, k=1)  # reference log-probs of the base model
   online = {k: v for k, v in batch.items() if k != "ref_logps"}
-  lora = M.add_lora(base, rank=4, alpha=8.0)
-  trainer = T.Trainer(lora, T.preference_loss_fn(losses.dpo, 1, beta=1.0, vocab_chunk=64),
-                      optax.adam(1e-2), online_reference=True)
-  assert all("lora" in str(k[-1]) for k, _ in trainer.initial.params.flat_state())
+  lora = M.add_lora(base, rank=4, alpha=8.0, token_rows=token_rows)
+  loss_fn = T.preference_loss_fn(losses.dpo, 1, beta=1.0, vocab_chunk=64)
+  trainer = T.Trainer(lora, loss_fn, optax.adam(1e-2), online_reference=True)
+  names = {str(k[-1]) for k, _ in trainer.initial.params.flat_state()}
+  assert names == {"lora_a", "lora_b"} | ({"token_delta", "head_token_delta"} if token_rows[1]
+                                          else set())
   state, m0 = trainer.step(trainer.initial, online)
   assert float(m0["rewards/margin"]) == pytest.approx(0.0, abs=1e-6)  # policy == reference
   for _ in range(20):
@@ -238,6 +244,12 @@ def test_lora_trains_adapters_only_against_the_base_model():
   np.testing.assert_array_equal(np.asarray(trained.layers[0].attn.q_proj.kernel[...]),
                                 np.asarray(base.layers[0].attn.q_proj.kernel[...]))
   assert np.abs(np.asarray(trained.layers[0].attn.q_proj.lora_b[...])).max() > 0
+  copy = lambda tree: jax.tree.map(jnp.copy, tree)  # pylint: disable=unnecessary-lambda-assignment
+  _, against_online = trainer.step(  # (a step donates its state)
+      T.TrainState(state.step, copy(state.params), copy(state.opt_state)), online)
+  offline = T.Trainer(trainer.model(copy(state.params)), loss_fn, optax.adam(1e-2))
+  _, against_base = offline.step(offline.initial, batch)
+  assert float(against_online["loss"]) == pytest.approx(float(against_base["loss"]), rel=1e-5)
   # Export merges the adapters: the merged plain model computes what the adapted one does.
   merged = M.merge_lora(trained)
   assert merged.cfg.lora_rank == 0

@@ -6,6 +6,11 @@ Ours: kernel [in, out], lora_a [in, r], lora_b [r, out], delta = (alpha / r) * a
 Linear weights [out, in]): lora_A.weight [r, in], lora_B.weight [out, r], delta = (alpha / r) *
 B @ A; so lora_A = a.T and lora_B = b.T, named after the layer's HF weight under
 ``base_model.model.``.
+
+Title-token rows that trained with the adapters (`ModelConfig.lora_token_rows`) go as peft's
+trainable tokens (`trainable_token_indices`): peft stores the rows' new values, not deltas, as
+``<embedding>.token_adapter.trainable_tokens_delta`` [count, D] (and the untied head's rows under
+its own name), and writes them over the base's rows.
 """
 
 from __future__ import annotations
@@ -36,7 +41,36 @@ def adapter_tensors(model: Decoder) -> dict[str, np.ndarray]:
     for ours, theirs in (("lora_a", "lora_A"), ("lora_b", "lora_B")):
       value = multihost.to_host(flat[name.path[:-1] + (ours,)].get_value())
       out[f"{prefix}.{theirs}.weight"] = np.ascontiguousarray(np.asarray(value, np.float32).T)
+  if model.cfg.lora_token_rows[1]:
+    for name, delta in _token_rows(model):
+      rows_NxD = (np.asarray(multihost.to_host(_rows(model, name)), np.float32)
+                  + np.asarray(multihost.to_host(delta), np.float32))
+      out[f"base_model.model.{_module(name)}.token_adapter.trainable_tokens_delta"] = rows_NxD
   return out
+
+
+def _token_rows(model: Decoder) -> list[tuple[P.ParamName, object]]:
+  """(HF parameter, its LoRA token-row delta [count, D]) for the embedding and an untied head."""
+  pairs = []
+  for name in P.param_names(model.cfg):
+    if name.path == ("embed",):
+      pairs.append((name, model.token_delta.get_value()))
+    elif name.path == ("lm_head", "kernel") and model.head_token_delta is not None:
+      pairs.append((name, model.head_token_delta.get_value()))
+  return pairs
+
+
+def _rows(model: Decoder, name: P.ParamName):
+  """The base rows [count, D] of the token rows in `name` (embedding, or the head's columns)."""
+  first, count = model.cfg.lora_token_rows
+  if name.path == ("embed",):
+    return model.embed.get_value()[first:first + count]
+  return model.lm_head.kernel.get_value()[:, first:first + count].T
+
+
+def _module(name: P.ParamName) -> str:
+  """The HF module of a parameter ("model.embed_tokens" for "model.embed_tokens.weight")."""
+  return name.hf[:-len(".weight")]
 
 
 def save_adapter(model: Decoder, folder: str, base_model: str = "") -> None:
@@ -49,6 +83,11 @@ def save_adapter(model: Decoder, folder: str, base_model: str = "") -> None:
             "lora_alpha": cfg.lora_alpha, "lora_dropout": 0.0, "bias": "none",
             "fan_in_fan_out": False, "target_modules": sorted(cfg.lora_targets),
             "use_rslora": False, "inference_mode": True, "base_model_name_or_path": base_model}
+  first, count = cfg.lora_token_rows
+  if count:
+    indices = list(range(first, first + count))
+    config["trainable_token_indices"] = {_module(name).split(".")[-1]: indices
+                                         for name, _ in _token_rows(model)}
   tensors = adapter_tensors(model)
   with atomic_dir(folder) as tmp:
     if multihost.is_leader():

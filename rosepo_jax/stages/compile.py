@@ -23,22 +23,23 @@ from rosepo_jax.config import ConfigError
 from rosepo_jax.workdir import Context, read_json
 
 
-def _codec_vocab(ctx: Context) -> tuple[int, str]:
+def _codec_vocab(ctx: Context) -> tuple[int, int, str]:
   """(ids of the data stage's tokenizer, title tokens included, or 0 before the data stage;
-  where the model's vocabulary size comes from)."""
+  how many of them are title tokens; where the model's vocabulary size comes from)."""
   if files.isfile(ctx.paths.data_stats):
     stats = read_json(ctx.paths.data_stats, "the data stage's stats")
     tok = stats["tokenizer"]
-    return tok["vocab_size"], (f"sized to the tokenizer of {ctx.paths.data_stats} "
-                               f"({tok.get('title_tokens', 0)} title tokens)")
-  return 0, "the checkpoint's or preset's vocabulary (the data stage has not run here)"
+    titles = tok.get("title_tokens", 0)
+    return tok["vocab_size"], titles, (f"sized to the tokenizer of {ctx.paths.data_stats} "
+                                       f"({titles} title tokens)")
+  return 0, 0, "the checkpoint's or preset's vocabulary (the data stage has not run here)"
 
 
 def run(ctx: Context) -> dict:
   """Compiles the steps; prints the memory table; checks the HBM budget; returns the report."""
   config = ctx.config
-  codec_vocab, vocab_source = _codec_vocab(ctx)
-  cfg = backbone.architecture(config.model, codec_vocab)
+  codec_vocab, title_tokens, vocab_source = _codec_vocab(ctx)
+  cfg = backbone.architecture(config.model, codec_vocab, title_tokens)
   mesh = ctx.mesh() or sharding.make_mesh(data=1)
   seq_len = config.compile.seq_len or config.data.max_seq_len
   if not seq_len:

@@ -6,7 +6,9 @@ Writes: DIR/export/<run>/ (safetensors, config.json, tokenizer files; LoRA runs 
 saved), atomically. A LoRA run also gets DIR/export/<run>/adapter/, its adapters as a PEFT folder
 whose base (adapter_config.json's base_model_name_or_path) is the HF folder they apply to: for a
 preference method the SFT model's export, DIR/export/sft; for SFT the backbone's HF folder, or,
-when the backbone is not one (from scratch, GGUF, orbax), its export in DIR/export/sft/base/.
+when the backbone is not one (from scratch, GGUF, orbax) or lacks the title tokens' rows, its
+export in DIR/export/sft/base/ (title rows at their initial values; the adapter carries the
+trained ones).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ def _adapter_base(ctx: Context, run: str) -> str:
     return files.absolute(ctx.paths.export("sft"))
   m = ctx.config.model
   init = checkpoints.resolve_model_path(m.init) if m.init != "scratch" else ""
-  if init and files.isfile(files.join(init, "config.json")):
+  if init and files.isfile(files.join(init, "config.json")) and not ctx.codec.title_tokens:
     return files.absolute(init)
   folder = files.join(ctx.paths.export("sft"), "base")
   base = backbone.build_model(dataclasses.replace(m, lora_rank=0), ctx.codec)

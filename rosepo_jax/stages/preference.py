@@ -113,7 +113,8 @@ def run(ctx: Context, unit: Unit) -> int:
   loss_fn = train.preference_loss_fn(methods.objective(method, section.rosepo_form), k,
                                      section.beta, config.vocab_chunk,
                                      sft_weight=section.sft_weight)
-  model = backbone.add_lora(config.model, checkpoints.load_orbax(ctx.paths.model("sft"), mesh=ctx.mesh()))
+  sft_model = checkpoints.load_orbax(ctx.paths.model("sft"), mesh=ctx.mesh())
+  model = backbone.add_lora(config.model, sft_model, ctx.codec)
   lora = bool(config.model.lora_rank)
   # With LoRA the frozen base is the reference; otherwise a second copy runs in each step.
   reference = checkpoints.load_orbax(ctx.paths.model("sft"), mesh=ctx.mesh()) if online and not lora else None
