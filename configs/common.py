@@ -55,6 +55,8 @@ def training(steps_sft: int = 300, steps_preference: int = 100) -> dict:
           lora_rank=0, lora_alpha=16.0,
           # From scratch: layers whose attention starts as copy heads (model.init_copy_heads).
           copy_init_layers=(), copy_init_gain=1.0,
+          # "oracle": hybrid item embeddings (LLaRA; titles as tokens, no LoRA).
+          item_embeddings="none",
           overrides=dict(hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4,
                          num_kv_heads=2, head_dim=32, max_position_embeddings=512,
                          tie_word_embeddings=True))),

@@ -102,7 +102,7 @@ def compile_step(cfg: model_lib.ModelConfig, loss_fn, optimizer, mesh, batch_siz
   """Lowers and compiles one train step; returns its per-device memory and FLOPs figures."""
   model = model_lib.abstract_model(cfg)
   lora = bool(cfg.lora_rank)
-  graphdef, params, rest = nnx.split(model, model_lib.LoRAParam if lora else nnx.Param, ...)
+  graphdef, params, rest = nnx.split(model, model_lib.trainable(cfg), ...)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   params_s = sharding.state_shardings(params, mesh)
   rest_s = sharding.state_shardings(rest, mesh)

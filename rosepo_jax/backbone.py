@@ -52,10 +52,12 @@ def architecture(m: ModelSection, codec_vocab: int = 0,
   return cfg
 
 
-def build_model(m: ModelSection, codec: Codec) -> model_lib.Decoder:
+def build_model(m: ModelSection, codec: Codec, item_table=None) -> model_lib.Decoder:
   """The SFT starting point: the preset initialised from scratch (with copy heads in
   `m.copy_init_layers`; its vocabulary covers every id of `codec`, title tokens included), or
-  the pretrained checkpoint; LoRA adapters added when configured."""
+  the pretrained checkpoint; LoRA adapters added when configured. With
+  `m.item_embeddings="oracle"`, `item_table` [items, dim] (the oracle's item embeddings) feeds
+  the title tokens' hybrid embeddings."""
   if m.init == "scratch":
     cfg = model_lib.get_config(m.preset, vocab_size=model_vocab_size(m, 0, codec.vocab_size),
                                bos_token_id=None, eos_token_ids=(codec.eos_token_id,),
@@ -73,6 +75,11 @@ def build_model(m: ModelSection, codec: Codec) -> model_lib.Decoder:
     if model.cfg.vocab_size < codec.vocab_size:
       raise ValueError(f"config.model.init={m.init}: vocabulary {model.cfg.vocab_size} is "
                        f"smaller than the tokenizer's {codec.vocab_size}")
+  if m.item_embeddings == "oracle":
+    if item_table is None or len(item_table) != len(codec.titles):
+      raise ValueError(f"config.model.item_embeddings='oracle' needs the oracle's embedding of "
+                       f"each of the {len(codec.titles)} titles")
+    model = model_lib.add_item_embeddings(model, item_table, codec.title_offset, seed=m.seed)
   return add_lora(m, model, codec)
 
 

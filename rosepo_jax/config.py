@@ -75,6 +75,9 @@ class ModelSection:
   lora_alpha: float = 16.0
   copy_init_layers: tuple[int, ...] = ()  # from scratch: layers that start as copy heads
   copy_init_gain: float = 1.0
+  # "oracle": hybrid item embeddings (LLaRA): each title token's input embedding gains a learned
+  # projection of the all-users SASRec oracle's item embedding (titles as tokens; no LoRA).
+  item_embeddings: str = "none"
   overrides: dict = dataclasses.field(default_factory=dict)  # model.ModelConfig fields
 
 
@@ -254,6 +257,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "model.dtype": (("float32", "bfloat16", "float16"), ""),
     "model.param_dtype": (("float32", "bfloat16", "float16"), ""),
     "model.lora_rank": (_non_negative, ">= 0"),
+    "model.item_embeddings": (("none", "oracle"), ""),
     "model.lora_alpha": (_positive, "> 0"),
     "mesh.data": (lambda x: x == -1 or x >= 1, "-1 (all remaining devices) or >= 1"),
     "mesh.fsdp": (lambda x: x == -1 or x >= 1, "-1 (all remaining devices) or >= 1"),
@@ -489,6 +493,11 @@ def _check_needs_no_data(c: Config) -> None:
     problem = prompts.template_problem(template)
     if problem:
       raise ConfigError(f"config.prompt.templates[{i}]={template[:60]!r}: {problem}")
+  if c.model.item_embeddings == "oracle" and (not c.tokenizer.title_tokens or c.model.lora_rank):
+    raise ConfigError(
+        "config.model.item_embeddings='oracle' is built for titles as tokens "
+        "(config.tokenizer.title_tokens=True) without LoRA (config.model.lora_rank=0); got "
+        f"title_tokens={c.tokenizer.title_tokens}, lora_rank={c.model.lora_rank}")
   if c.sft.history_loss_weight and not c.tokenizer.title_tokens:
     raise ConfigError(f"config.sft.history_loss_weight={c.sft.history_loss_weight} needs "
                       "config.tokenizer.title_tokens=True (a history title is then one token)")

@@ -35,6 +35,16 @@ class LoRAParam(nnx.Param):
   when LoRA is on."""
 
 
+class FrozenParam(nnx.Param):
+  """A parameter saved with the model and never trained (the oracle's item embeddings)."""
+
+
+def trainable(cfg: "ModelConfig"):
+  """The nnx filter of the parameters training updates: the LoRA adapters when the model has
+  them, else every parameter but the frozen ones."""
+  return LoRAParam if cfg.lora_rank else nnx.All(nnx.Param, nnx.Not(FrozenParam))
+
+
 @dataclasses.dataclass(frozen=True)
 class RopeScaling:
   """Llama-3 style RoPE frequency scaling (HF ``rope_type: llama3``)."""
@@ -75,6 +85,11 @@ class ModelConfig:
   # (first, count): with LoRA, the vocabulary rows first .. first + count - 1 (title tokens) train
   # with the adapters, as deltas on their input (and untied output) embeddings; (0, 0): none.
   lora_token_rows: tuple[int, int] = (0, 0)
+  # Hybrid item embeddings (LLaRA): (first, count) vocabulary rows (title tokens) whose input
+  # embedding gains a learned 2-layer projection of a frozen item embedding of `item_dim` (the
+  # SASRec oracle's); (0, 0): none.
+  item_rows: tuple[int, int] = (0, 0)
+  item_dim: int = 0
 
   def __post_init__(self):
     for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
@@ -102,6 +117,12 @@ class ModelConfig:
     if count and (not self.lora_rank or first < 0 or count < 0 or first + count > self.vocab_size):
       raise ValueError(f"ModelConfig.lora_token_rows={self.lora_token_rows}: expected (first, "
                        f"count) rows inside the vocabulary of {self.vocab_size}, with lora_rank > 0")
+    first, count = self.item_rows
+    if count and (self.item_dim < 1 or first < 0 or first + count > self.vocab_size
+                  or self.lora_rank):
+      raise ValueError(f"ModelConfig.item_rows={self.item_rows}, item_dim={self.item_dim}: "
+                       f"expected rows inside the vocabulary of {self.vocab_size}, item_dim >= 1 "
+                       "and no LoRA (hybrid item embeddings under LoRA are not built)")
     for name in ("param_dtype", "dtype"):
       if getattr(self, name) not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}; expected float32, "
@@ -117,7 +138,9 @@ class ModelConfig:
     attn += self.qkv_bias * h * (self.num_heads + 2 * self.num_kv_heads) + self.o_bias * d
     per_layer = attn + 3 * d * f + 2 * d
     head = 0 if self.tie_word_embeddings else self.vocab_size * d
-    return self.vocab_size * d + self.num_layers * per_layer + d + head
+    items = (self.item_rows[1] * self.item_dim + self.item_dim * d + 2 * d + d * d
+             if self.item_rows[1] else 0)
+    return self.vocab_size * d + self.num_layers * per_layer + d + head + items
 
 
 PRESETS: dict[str, ModelConfig] = {
@@ -174,7 +197,7 @@ def config_from_dict(d: dict, source: str = "model config") -> ModelConfig:
   if d.get("rope_scaling") is not None:
     d["rope_scaling"] = RopeScaling(**d["rope_scaling"])
   d["eos_token_ids"] = tuple(d.get("eos_token_ids") or ())
-  for name in ("lora_targets", "lora_token_rows"):
+  for name in ("lora_targets", "lora_token_rows", "item_rows"):
     if name in d:
       d[name] = tuple(d[name])
   return ModelConfig(**d)
@@ -435,6 +458,34 @@ class Decoder(nnx.Module):
                               logical_axes=(None, "embed"))
     self.token_delta = delta() if count else None
     self.head_token_delta = delta() if count and self.lm_head is not None else None
+    # Hybrid item embeddings: item_table [count, item_dim] (set by the caller, never trained)
+    # and its projection item_in [item_dim, D] -> GELU -> item_out [D, D].
+    items = cfg.item_rows[1]
+    self.item_table = (FrozenParam(jnp.zeros((items, cfg.item_dim), cfg.param_dtype),
+                                   logical_axes=(None, None)) if items else None)
+    self.item_in = (Linear(cfg.item_dim, cfg.hidden_size, (None, "embed"), use_bias=True,
+                           cfg=cfg, rngs=rngs) if items else None)
+    self.item_out = (Linear(cfg.hidden_size, cfg.hidden_size, ("embed", None), use_bias=True,
+                            cfg=cfg, rngs=rngs) if items else None)
+
+  def item_embeddings(self) -> jax.Array:
+    """The projected item embeddings [count, D] (fp32) that hybrid item embeddings add to the
+    input rows of `cfg.item_rows`."""
+    table = self.item_table[...].astype(jnp.float32)
+    return self.item_out(jax.nn.gelu(self.item_in(table))).astype(jnp.float32)
+
+  def embed_tokens(self, tokens_BxT: jax.Array) -> jax.Array:
+    """Input embeddings [B, T, D] in the compute dtype: the embedding's rows, plus the projected
+    item embedding on the tokens of `cfg.item_rows` (hybrid item embeddings)."""
+    dtype = jnp.dtype(self.cfg.dtype)
+    x_BxTxD = jnp.take(self.embedding(), tokens_BxT, axis=0).astype(dtype)
+    if self.item_table is None:
+      return x_BxTxD
+    first, count = self.cfg.item_rows
+    item_BxT = tokens_BxT - first
+    is_item_BxT = (item_BxT >= 0) & (item_BxT < count)
+    added_BxTxD = jnp.take(self.item_embeddings(), jnp.clip(item_BxT, 0, count - 1), axis=0)
+    return x_BxTxD + jnp.where(is_item_BxT[..., None], added_BxTxD, 0.0).astype(dtype)
 
   def embedding(self) -> jax.Array:
     """The input embedding [V, D] in its storage dtype, with the LoRA token-row deltas."""
@@ -453,9 +504,7 @@ class Decoder(nnx.Module):
     cache slots (valid earlier keys plus causal order within the chunk).
     """
     cfg = self.cfg
-    dtype = jnp.dtype(cfg.dtype)
-    x_BxTxD = jnp.take(self.embedding(), tokens_BxT, axis=0).astype(dtype)
-    x_BxTxD = shard(x_BxTxD, ("batch", "length", "act_embed"))
+    x_BxTxD = shard(self.embed_tokens(tokens_BxT), ("batch", "length", "act_embed"))
     sin_BxTxH, cos_BxTxH = rope_sin_cos(cfg, positions_BxT)
     forward = _remat_block_forward if cfg.remat else _block_forward
     new_k, new_v = [], []
@@ -559,6 +608,20 @@ def add_lora(model: Decoder, rank: int, alpha: float = 16.0,
   return adapted
 
 
+def add_item_embeddings(model: Decoder, table: np.ndarray, first: int, seed: int = 0) -> Decoder:
+  """A copy of `model` with hybrid item embeddings: the frozen `table` [count, item_dim] (item i's
+  embedding) for the vocabulary rows first .. first + count - 1, and a fresh projection."""
+  table = np.asarray(table)
+  cfg = model.cfg.replace(item_rows=(first, table.shape[0]), item_dim=table.shape[1])
+  hybrid = init_model(cfg, seed)
+  base = dict(nnx.state(model, nnx.Param).flat_state())
+  for k, v in nnx.state(hybrid, nnx.Param).flat_state():
+    if k in base:
+      v.set_value(base[k].get_value())
+  hybrid.item_table.set_value(jnp.asarray(table, cfg.param_dtype))
+  return hybrid
+
+
 def merged_config(cfg: ModelConfig) -> ModelConfig:
   """The config of `merge_lora`'s result: no adapters, float32 parameters (unchanged without LoRA)."""
   return (cfg.replace(lora_rank=0, lora_token_rows=(0, 0), param_dtype="float32")
@@ -593,4 +656,26 @@ def merge_lora(model: Decoder) -> Decoder:
       value = value.at[:, first:first + count].add(flat[("head_token_delta",)].get_value().T)
     values.append((path, var.replace(value)))
   graphdef, _ = nnx.split(merged)
+  return nnx.merge(graphdef, nnx.State.from_flat_path(values))
+
+
+def fold_item_embeddings(model: Decoder) -> Decoder:
+  """A plain model (no item table or projection) that computes what `model` computes: the
+  projected item embeddings are added to their input rows (in float32, the result's param_dtype).
+  With a tied head the result is untied, its head keeping the rows as they were (hybrid item
+  embeddings change only the input). Unchanged without hybrid item embeddings; what the Hugging
+  Face export writes."""
+  cfg = model.cfg
+  if not cfg.item_rows[1]:
+    return model
+  first, count = cfg.item_rows
+  plain = abstract_model(cfg.replace(item_rows=(0, 0), item_dim=0, param_dtype="float32",
+                                     tie_word_embeddings=False))
+  flat = {path: var.get_value() for path, var in nnx.state(model, nnx.Param).flat_state()}
+  embed_VxD = flat[("embed",)].astype(jnp.float32)
+  flat[("lm_head", "kernel")] = flat.get(("lm_head", "kernel"), embed_VxD.T)
+  flat[("embed",)] = embed_VxD.at[first:first + count].add(model.item_embeddings())
+  values = [(path, var.replace(flat[path].astype(jnp.float32)))
+            for path, var in nnx.state(plain, nnx.Param).flat_state()]
+  graphdef, _ = nnx.split(plain)
   return nnx.merge(graphdef, nnx.State.from_flat_path(values))

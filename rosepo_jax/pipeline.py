@@ -188,6 +188,19 @@ def stage_list(stages) -> list[str]:
   return stages
 
 
+def stage_order(config: config_lib.Config) -> list[Stage]:
+  """STAGES in an order where every stage follows those it consumes: the listed order, except
+  that a stage moves after a later-listed one it consumes (hybrid item embeddings: sft reads the
+  oracle)."""
+  needs = {s.name: {u.stage for unit in units(config, s.name) for u in inputs_of(config, unit)}
+           - {s.name} for s in STAGES}
+  order: list[Stage] = []
+  while len(order) < len(STAGES):
+    placed = {s.name for s in order}
+    order.append(next(s for s in STAGES if s.name not in placed and needs[s.name] <= placed))
+  return order
+
+
 def _check_inputs(ctx: Context, unit: Unit, asked: set[str], will_run: set[str]) -> None:
   """Stops when an input of `unit` is missing or stale, or will be once the units that run
   before it have run, and its stage is not asked for."""
@@ -221,7 +234,7 @@ def plan(ctx: Context, stages: list[str], force: bool) -> list[Step]:
   or downstream of a unit that runs. Stops (before any work) on inputs that are missing or
   stale outside `stages`."""
   asked, will_run, out = set(stages), set(), []
-  for stage in STAGES:
+  for stage in stage_order(ctx.config):
     if stage.name not in asked:
       continue
     for unit in units(ctx.config, stage.name):

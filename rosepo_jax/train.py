@@ -35,7 +35,7 @@ from rosepo_jax import flops as flops_lib
 from rosepo_jax import losses, multihost, progress, scoring, sharding
 from rosepo_jax.data.batching import (PAD_SCORE, PROMPT_SCORE, BatchShape, EncodedRow, StepSampler,
                                      eval_batches, make_batch)
-from rosepo_jax.model import Decoder, LoRAParam, merge_lora
+from rosepo_jax.model import Decoder, merge_lora, trainable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,8 +214,9 @@ def make_step_fn(graphdef, loss_fn: LossFn, optimizer: optax.GradientTransformat
 class Trainer:
   """One model + loss + optimizer on a mesh (or one device): state and the jitted step.
 
-  Trainable parameters: every nnx.Param, or only the LoRA adapters (with their token-row
-  deltas) when the model has them (base weights frozen). `reference_model` (same architecture) enables an online reference
+  Trainable parameters (`model.trainable`): every nnx.Param but the frozen ones (the oracle's
+  item table), or only the LoRA adapters (with their token-row deltas) when the model has them
+  (base weights frozen). `reference_model` (same architecture) enables an online reference
   policy; with LoRA, ``online_reference=True`` uses the base model (adapters off) instead.
   """
 
@@ -226,13 +227,12 @@ class Trainer:
     self.model_cfg = model.cfg
     lora = bool(model.cfg.lora_rank)
     sharding.shard_module(model, mesh, rules)
-    trainable = LoRAParam if lora else nnx.Param
-    self.graphdef, params, rest = nnx.split(model, trainable, ...)
+    self.graphdef, params, rest = nnx.split(model, trainable(model.cfg), ...)
     self.frozen = {"rest": rest}
     reference = "none"
     if reference_model is not None:
       sharding.shard_module(reference_model, mesh, rules)
-      self.frozen["reference"] = nnx.state(reference_model, nnx.Param)
+      self.frozen["reference"] = nnx.state(reference_model, trainable(reference_model.cfg))
       reference = "model"
     elif online_reference:
       if not lora:

@@ -21,7 +21,7 @@ from rosepo_jax import files, multihost, progress
 from rosepo_jax.checkpoints import params as P
 from rosepo_jax.checkpoints.errors import CheckpointError, CheckpointNotFoundError
 from rosepo_jax.checkpoints.atomic import atomic_dir
-from rosepo_jax.model import Decoder, ModelConfig, RopeScaling
+from rosepo_jax.model import Decoder, ModelConfig, RopeScaling, fold_item_embeddings
 
 SUPPORTED_MODEL_TYPES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -248,8 +248,11 @@ def save_hf(model: Decoder, folder: str, tokenizer=None, dtype: str | None = Non
   `overwrite` and `protect`: which existing folder may be replaced (`atomic.check_destination`).
   The summary's "rounding" measures what a narrower `dtype` changes: the largest absolute error,
   the largest error relative to its tensor's largest magnitude, and the fraction of elements
-  changed (all 0 when nothing is cast). Collective in a multi-process job: every process gathers the weights, the leader writes.
+  changed (all 0 when nothing is cast). Hybrid item embeddings are folded into the embedding
+  rows first (`model.fold_item_embeddings`). Collective in a multi-process job: every process
+  gathers the weights, the leader writes.
   """
+  model = fold_item_embeddings(model)
   cfg = model.cfg
   dtype = dtype or cfg.param_dtype
   if dtype == "bfloat16":

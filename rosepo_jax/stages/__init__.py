@@ -4,6 +4,7 @@
 
 plus `compile`, a check that writes nothing. Each module's docstring and its `STAGE`
 (`rosepo_jax.workdir.Stage`) say which config keys it reads, which units it consumes and which
-paths it writes, next to its `run`. The runner (`rosepo_jax.pipeline`) imports them; they never
+paths it writes, next to its `run`. With hybrid item embeddings (`model.item_embeddings=
+"oracle"`) sft reads the oracle, which then runs first (`pipeline.stage_order`). The runner (`rosepo_jax.pipeline`) imports them; they never
 import it.
 """

@@ -3,7 +3,8 @@
 Reads config: model, sft, vocab_chunk, preference.prompts and preference.held_out_share (and
 data through its unit); a pretrained `model.init` from outside DIR (its content fingerprint is
 part of the unit's key).
-Consumes: data (dataset, tokenizer).
+Consumes: data (dataset, tokenizer); with `config.model.item_embeddings="oracle"` also oracle
+(the all-users SASRec oracle's item embeddings, frozen, under the title tokens' embeddings).
 Writes: DIR/sft/{checkpoints,tb,metrics.jsonl}, DIR/sft/model (orbax model dir + tokenizer, LoRA
 merged in float32; with `config.sft.keep="best"`, the default, the evaluated step of the lowest
 validation loss, else the last step) and, with LoRA, DIR/sft/adapter (the adapters alone, a PEFT folder).
@@ -19,7 +20,10 @@ loss is the answer's alone.
 
 from __future__ import annotations
 
-from rosepo_jax import backbone, checkpoints, files, train
+import numpy as np
+
+from rosepo_jax import backbone, checkpoints, files, multihost, train
+from rosepo_jax import oracle as oracle_lib
 from rosepo_jax.config import ConfigError
 from rosepo_jax.errors import InputError
 from rosepo_jax.data import candidates as candidates_lib
@@ -76,6 +80,15 @@ def curriculum_phases(ctx: Context) -> list[tuple[int, list[EncodedRow]]]:
   return out
 
 
+def item_table(ctx: Context) -> np.ndarray | None:
+  """The all-users oracle's item embeddings [items, dim] (float32) for hybrid item embeddings
+  (`config.model.item_embeddings="oracle"`), else None."""
+  if ctx.config.model.item_embeddings != "oracle":
+    return None
+  rows = oracle_lib.load_oracle(ctx.paths.oracle_model).model.item_embed[...]
+  return np.asarray(multihost.to_host(rows), np.float32)[:ctx.dataset.num_items]
+
+
 def rows_at_step(phases: list[tuple[int, list[EncodedRow]]], rows: list[EncodedRow],
                  step: int) -> list[EncodedRow]:
   """The training rows of `step`: its curriculum phase's, or the full `rows` after the last."""
@@ -90,7 +103,7 @@ def run(ctx: Context, unit: Unit | None = None) -> dict:
   phases = curriculum_phases(ctx)
   val = training_rows(ctx, "val")[:section.eval_examples]  # the answer's loss alone
   loss_fn = train.sft_loss_fn(config.vocab_chunk, section.history_loss_weight)
-  trainer = train.Trainer(backbone.build_model(config.model, ctx.codec), loss_fn,
+  trainer = train.Trainer(backbone.build_model(config.model, ctx.codec, item_table(ctx)), loss_fn,
                           train.make_optimizer(section.optim, section.steps),
                           mesh=ctx.mesh(), accum_steps=section.accum_steps)
   sampler = train.step_sampler(len(rows), section.batch_size, config.data.seed + config.model.seed)
@@ -145,8 +158,13 @@ def check(config) -> None:
     raise ConfigError(f"config.model: {e}") from None
 
 
+def _inputs(config, unit: Unit) -> list[Unit]:
+  del unit
+  return [Unit("data")] + ([Unit("oracle")] if config.model.item_embeddings == "oracle" else [])
+
+
 STAGE = Stage(name="sft", sections=("model", "sft", "vocab_chunk"), units=single_unit("sft"),
-              inputs=lambda config, unit: [Unit("data")], outputs=_outputs, run=run,
+              inputs=_inputs, outputs=_outputs, run=run,
               key_extra=_key_extra,
               required=lambda config, paths, unit: [paths.model("sft")], per_seed=True,
               check=check)
