@@ -40,6 +40,8 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   ctx = Context(config_lib.parse(FLAGS.config), FLAGS.workdir)
+  if ctx.config.seeds:  # a run folder over seeds: the first seed's SFT model
+    ctx = ctx.for_seed(ctx.config.seeds[0])
   ds, codec = ctx.dataset, ctx.codec
   examples, encoded = ctx.preference_sample(ctx.config.negatives.max_prompts)
   embed_VxD = multihost.to_host(checkpoints.load_orbax(ctx.paths.model("sft")).embed[...])

@@ -81,8 +81,11 @@ def training(steps_sft: int = 300, steps_preference: int = 100) -> dict:
           steps=steps_sft, batch_size=32, accum_steps=1, log_every=10, eval_every=100,
           checkpoint_every=100, keep_checkpoints=2, eval_examples=128,
           candidate_curriculum=(),  # ((end_step, shown), ...): stages/sft.py curriculum_phases
+          # > 0 (titles as tokens): SFT also predicts each history title (stages/sft.py)
+          history_loss_weight=0.0,
+          keep="best",  # the evaluated step of the lowest validation loss, or "last"
           optim=dict(learning_rate=1e-3, warmup_steps=30, decay="cosine", min_lr_ratio=0.1,
-                     weight_decay=0.01, max_grad_norm=1.0))),
+                     weight_decay=0.01, max_grad_norm=1.0, b1=0.9, b2=0.999, eps=1e-8))),
       preference=ml_collections.ConfigDict(dict(
           steps=steps_preference, batch_size=16, accum_steps=1, log_every=10, eval_every=0,
           checkpoint_every=50, keep_checkpoints=2, beta=1.0, sdpo_k=3,
@@ -91,13 +94,19 @@ def training(steps_sft: int = 300, steps_preference: int = 100) -> dict:
           strategy_weights=dict(random=1.0, self_hard=1.0, semantic=1.0, popularity=1.0,
                                 hallucination=1.0),
           reference="precomputed",  # or "online": the frozen SFT model runs in every step
+          # "held_out": the negatives' and preference prompts from held_out_share of the
+          # training users, left out of SFT; "train": from the users SFT trained on
+          prompts="train", held_out_share=0.2,
           optim=dict(learning_rate=1e-5, warmup_steps=10, decay="linear", min_lr_ratio=0.0,
-                     weight_decay=0.0, max_grad_norm=1.0))),
+                     weight_decay=0.0, max_grad_norm=1.0, b1=0.9, b2=0.999, eps=1e-8))),
       eval=ml_collections.ConfigDict(dict(
           split="test", max_examples=0, batch_size=32, max_new_tokens=32, ranking=True)),
       export=ml_collections.ConfigDict(dict(dtype="")),  # "": the parameters' dtype
       # More runs to compare every run with in the report (paired differences run - baseline).
       report=ml_collections.ConfigDict(dict(baselines=())),
+      # --stages=compile: the per-device HBM budget in GiB (0: none) and the sequence length
+      # (0: data.max_seq_len)
+      compile=ml_collections.ConfigDict(dict(hbm_gib=0.0, seq_len=0)),
   )
 
 
