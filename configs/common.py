@@ -66,7 +66,9 @@ def training(steps_sft: int = 300, steps_preference: int = 100) -> dict:
       seeds=(),  # e.g. (0, 1, 2): the model units once per seed (README); (): one run
       negatives=ml_collections.ConfigDict(dict(
           strategies=("random", "self_hard", "semantic", "popularity"), popularity_alpha=1.0,
-          max_prompts=0, max_new_tokens=32, batch_size=32)),
+          max_prompts=0, max_new_tokens=32, batch_size=32,
+          # what places titles for semantic negatives: "sft" (METHOD.md) or "oracle" (SASRec)
+          semantic_embedding="sft")),
       oracle=ml_collections.ConfigDict(dict(
           dim=64, num_blocks=2, num_heads=1, dropout=0.2, max_len=10, learning_rate=1e-3,
           batch_size=256, max_epochs=200, patience=10, seed=0,

@@ -145,6 +145,9 @@ class NegativesConfig:
   max_prompts: int = 0  # > 0: a seeded draw across users (data.candidates.subset_indices)
   max_new_tokens: int = 32
   batch_size: int = 32
+  # What places titles for the semantic negatives: "sft" (METHOD.md's default: the SFT model's
+  # input embeddings of the title's tokens) or "oracle" (the all-users SASRec item embeddings)
+  semantic_embedding: str = "sft"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,6 +261,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "model.param_dtype": (("float32", "bfloat16", "float16"), ""),
     "model.lora_rank": (_non_negative, ">= 0"),
     "model.item_embeddings": (("none", "oracle"), ""),
+    "negatives.semantic_embedding": (("sft", "oracle"), ""),
     "model.lora_alpha": (_positive, "> 0"),
     "mesh.data": (lambda x: x == -1 or x >= 1, "-1 (all remaining devices) or >= 1"),
     "mesh.fsdp": (lambda x: x == -1 or x >= 1, "-1 (all remaining devices) or >= 1"),

@@ -15,6 +15,7 @@ from rosepo_jax import model as M
 from rosepo_jax import oracle as oracle_lib
 from rosepo_jax.checkpoints import hf
 from rosepo_jax.data import batching as B
+from rosepo_jax.stages import negatives as negatives_stage
 from test_hf import _batch, _ours, _theirs
 from test_stages import _tiny
 
@@ -89,12 +90,14 @@ def test_export_folds_the_item_embeddings_into_plain_rows(preset, tmp_path):
 
 def test_hybrid_sft_reads_the_oracle_first(tmp_path):
   """Through the pipeline: the oracle runs before SFT, whose saved model holds the all-users
-  oracle's item rows as its frozen table; the config refuses text titles and LoRA."""
+  oracle's item rows as its frozen table; the config refuses text titles and LoRA. The same
+  oracle rows can place the semantic negatives (negatives.semantic_embedding="oracle")."""
   config = _tiny(steps=2)
   config.methods = ("sft",)
   config.tokenizer.title_tokens = True
   config.oracle.folds = 1
   config.model.item_embeddings = "oracle"
+  config.negatives.semantic_embedding = "oracle"
   ran = pipeline.run(config, str(tmp_path), ["data", "oracle", "sft"])
   assert list(ran) == ["data", "oracle", "sft"]
   ctx = context(config, tmp_path)
@@ -105,6 +108,10 @@ def test_hybrid_sft_reads_the_oracle_first(tmp_path):
   np.testing.assert_array_equal(np.asarray(sft_model.item_table[...]),
                                 np.asarray(oracle_rows)[:ctx.dataset.num_items])
   assert sft_model.cfg.item_rows == (ctx.codec.title_offset, ctx.dataset.num_items)
+  rows = np.asarray(oracle_rows, np.float64)[:ctx.dataset.num_items]
+  np.testing.assert_allclose(negatives_stage.semantic_embeddings(ctx, sft_model),
+                             rows / np.linalg.norm(rows, axis=1, keepdims=True), rtol=1e-5,
+                             atol=1e-7)
   for change in (dict(title_tokens=False), dict(lora_rank=4)):
     bad = _tiny()
     bad.model.item_embeddings = "oracle"

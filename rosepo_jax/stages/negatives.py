@@ -18,9 +18,10 @@ chosen and rejected under the SFT model, and with the synthetic world eps_world 
 from the world's true probabilities, `oracle.world_eps`, with the same lam and bounds).
 
 A hallucination pair's rejected response is the SFT answer's generated ids (up to EOS, then EOS),
-never its text encoded again. Semantic negatives place titles by the SFT model's input
-embeddings (`semantic_title_ids`): the mean over a title's subword tokens, or with title tokens
-the title's own token, which training updates (its subwords never occur in prompts then).
+never its text encoded again. Semantic negatives place titles (`semantic_embeddings`) by the SFT
+model's input embeddings (`semantic_title_ids`): the mean over a title's subword tokens, or with
+title tokens the title's own token, which training updates (its subwords never occur in prompts
+then); with `negatives.semantic_embedding="oracle"`, by the all-users oracle's item embeddings.
 """
 
 from __future__ import annotations
@@ -64,6 +65,19 @@ def semantic_title_ids(codec, titles) -> list[tuple[int, ...]]:
   return [codec.title_text_ids(t) or (codec.eos_token_id,) for t in titles]
 
 
+def semantic_embeddings(ctx: Context, reference) -> np.ndarray:
+  """Unit embeddings [items, D] that place the titles for semantic negatives: the SFT model's
+  (`reference`) input rows of each title's tokens, or the all-users oracle's item embeddings
+  (`config.negatives.semantic_embedding`)."""
+  ds = ctx.dataset
+  if ctx.config.negatives.semantic_embedding == "oracle":
+    rows = oracle_lib.load_oracle(ctx.paths.oracle_model).model.item_embed[...]
+    rows = np.asarray(multihost.to_host(rows), np.float32)[:ds.num_items]
+    return negatives.title_embeddings([(i,) for i in range(ds.num_items)], rows)
+  return negatives.title_embeddings(semantic_title_ids(ctx.codec, ds.titles),
+                                    multihost.to_host(reference.embed[...]).astype(np.float32))
+
+
 def smoothing_settings(ctx: Context) -> oracle_lib.SmoothingConfig:
   """config.smoothing, with tau the oracle stage's fit when config.smoothing.fit_tau is set."""
   settings = ctx.config.smoothing
@@ -101,10 +115,8 @@ def run(ctx: Context, unit: Unit | None = None) -> dict:
     cand_logps = dict(zip(todo, scores))
   response_ids = [codec.encode_response(t) for t in ds.titles]
   embeddings = None
-  if "embeddings" in needs:  # closeness of the titles as the SFT model reads them
-    embeddings = negatives.title_embeddings(
-        semantic_title_ids(codec, ds.titles),
-        multihost.to_host(reference.embed[...]).astype(np.float32))
+  if "embeddings" in needs:
+    embeddings = semantic_embeddings(ctx, reference)
 
   pairs = []  # (example position, strategy, rejected item or -1, rejected token ids)
   for i, ex in enumerate(examples):
