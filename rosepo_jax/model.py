@@ -600,12 +600,16 @@ def add_lora(model: Decoder, rank: int, alpha: float = 16.0,
   as `model`); `token_rows` (first, count) are vocabulary rows that train with them."""
   cfg = model.cfg.replace(lora_rank=rank, lora_alpha=alpha, lora_token_rows=tuple(token_rows),
                           **({"lora_targets": tuple(targets)} if targets else {}))
-  adapted = init_model(cfg, seed)
-  base = dict(nnx.state(model, nnx.Param).flat_state())
-  for k, v in nnx.state(adapted, nnx.Param).flat_state():
-    if k in base:
-      v.set_value(base[k].get_value())
-  return adapted
+  return _copy_shared(model, init_model(cfg, seed))
+
+
+def _copy_shared(source: Decoder, target: Decoder) -> Decoder:
+  """`target` with every parameter it shares (by path) with `source` set to the source's."""
+  shared = dict(nnx.state(source, nnx.Param).flat_state())
+  for k, v in nnx.state(target, nnx.Param).flat_state():
+    if k in shared:
+      v.set_value(shared[k].get_value())
+  return target
 
 
 def add_item_embeddings(model: Decoder, table: np.ndarray, first: int, seed: int = 0) -> Decoder:
@@ -613,11 +617,7 @@ def add_item_embeddings(model: Decoder, table: np.ndarray, first: int, seed: int
   embedding) for the vocabulary rows first .. first + count - 1, and a fresh projection."""
   table = np.asarray(table)
   cfg = model.cfg.replace(item_rows=(first, table.shape[0]), item_dim=table.shape[1])
-  hybrid = init_model(cfg, seed)
-  base = dict(nnx.state(model, nnx.Param).flat_state())
-  for k, v in nnx.state(hybrid, nnx.Param).flat_state():
-    if k in base:
-      v.set_value(base[k].get_value())
+  hybrid = _copy_shared(model, init_model(cfg, seed))
   hybrid.item_table.set_value(jnp.asarray(table, cfg.param_dtype))
   return hybrid
 
