@@ -298,8 +298,8 @@ def test_command_line_mistakes_are_one_line(tmp_path):
   assert _launch(tmp_path, *main, "--config.sft.step=10") == (
       "error: --config.sft.step=10: config.sft has no key 'step'; did you mean 'steps'? "
       "(config.sft takes ['accum_steps', 'batch_size', 'candidate_curriculum', "
-      "'checkpoint_every', 'eval_every', 'eval_examples', 'keep_checkpoints', 'log_every', "
-      "'optim', 'steps'])")
+      "'checkpoint_every', 'eval_every', 'eval_examples', 'history_loss_weight', 'keep', "
+      "'keep_checkpoints', 'log_every', 'optim', 'steps'])")
   assert _launch(tmp_path, "launch.main", "--config=configs/nowhere.py", w) == (
       "error: --config=configs/nowhere.py: no such file")
   raising = tmp_path / "raising.py"
