@@ -8,14 +8,15 @@ SFT recipe, oracle and negatives (configs/demo.py), with:
   methods                     dpo, cdpo (the mean oracle eps as a constant), rosepo (each pair's
                               oracle eps), rosepo_world (each pair's ideal eps from the world's true
                               probabilities), rosepo_no_smoothing (eps 0)
-  preference.steps            150 (the demo's) or 1200 (over-optimisation shows with length)
+  preference.steps            150 (the demo's) or longer (over-optimisation shows with length;
+                              docs/results.md measures 600)
   seeds                       0, 1, 2
   eval.max_examples           0: the whole test split (2,407 rows of 300 users), for power
   report.baselines            every run against dpo and against rosepo_no_smoothing
 The report adds the Bayes-optimal HitRatio@1 of the runs' rows.
 
   python -m launch.main --config=configs/world_smoothing.py --workdir=DIR
-  python -m launch.main --config=configs/world_smoothing.py --config.preference.steps=1200 \
+  python -m launch.main --config=configs/world_smoothing.py --config.preference.steps=600 \
       --workdir=DIR --stages=dpo,eval,report   # the same data, SFT and pairs: only preference
 """
 
