@@ -56,8 +56,7 @@ def main(argv):
     print(f"subword ids of the titles: {len(subwords)}; occurring in the {len(encoded)} drawn "
           f"training prompts: {len(subwords & in_prompts)}")
   if os.path.isdir(ctx.paths.oracle_model):
-    rows = multihost.to_host(oracle_lib.load_oracle(ctx.paths.oracle_model).model.item_embed[...])
-    rows = np.asarray(rows, np.float64)[:ds.num_items]
+    rows = oracle_lib.load_oracle(ctx.paths.oracle_model).item_embeddings().astype(np.float64)
     table["oracle"] = rows / np.linalg.norm(rows, axis=1, keepdims=True)
   together: dict[int, set[int]] = {}
   for ex in ds.examples("train"):

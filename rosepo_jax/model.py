@@ -468,15 +468,20 @@ class Decoder(nnx.Module):
     self.item_out = (Linear(cfg.hidden_size, cfg.hidden_size, ("embed", None), use_bias=True,
                             cfg=cfg, rngs=rngs) if items else None)
 
-  def item_embeddings(self) -> jax.Array:
+  def item_embeddings(self, items: jax.Array | None = None) -> jax.Array:
     """The projected item embeddings [count, D] (fp32) that hybrid item embeddings add to the
-    input rows of `cfg.item_rows`."""
+    input rows of `cfg.item_rows`; with `items` (any shape [...] of item indices), those
+    items' rows only [..., D]."""
     table = self.item_table[...].astype(jnp.float32)
+    if items is not None:
+      table = jnp.take(table, items, axis=0)
     return self.item_out(jax.nn.gelu(self.item_in(table))).astype(jnp.float32)
 
   def embed_tokens(self, tokens_BxT: jax.Array) -> jax.Array:
     """Input embeddings [B, T, D] in the compute dtype: the embedding's rows, plus the projected
-    item embedding on the tokens of `cfg.item_rows` (hybrid item embeddings)."""
+    item embedding on the tokens of `cfg.item_rows` (hybrid item embeddings). The projection
+    runs over whichever is smaller: the whole item table (then gathered), or the B * T tokens'
+    rows (a decode step projects B rows, not the catalogue)."""
     dtype = jnp.dtype(self.cfg.dtype)
     x_BxTxD = jnp.take(self.embedding(), tokens_BxT, axis=0).astype(dtype)
     if self.item_table is None:
@@ -484,7 +489,11 @@ class Decoder(nnx.Module):
     first, count = self.cfg.item_rows
     item_BxT = tokens_BxT - first
     is_item_BxT = (item_BxT >= 0) & (item_BxT < count)
-    added_BxTxD = jnp.take(self.item_embeddings(), jnp.clip(item_BxT, 0, count - 1), axis=0)
+    index_BxT = jnp.clip(item_BxT, 0, count - 1)
+    if tokens_BxT.size < count:
+      added_BxTxD = self.item_embeddings(index_BxT)
+    else:
+      added_BxTxD = jnp.take(self.item_embeddings(), index_BxT, axis=0)
     return x_BxTxD + jnp.where(is_item_BxT[..., None], added_BxTxD, 0.0).astype(dtype)
 
   def embedding(self) -> jax.Array:
@@ -640,23 +649,21 @@ def merge_lora(model: Decoder) -> Decoder:
   cfg = model.cfg
   if not cfg.lora_rank:
     return model
-  merged = abstract_model(merged_config(cfg))
-  flat = dict(nnx.state(model, nnx.Param).flat_state())
-  values = []
-  for path, var in nnx.state(merged, nnx.Param).flat_state():
-    value = flat[path].get_value().astype(jnp.float32)
+  flat = _flat_params(model)
+  first, count = cfg.lora_token_rows
+
+  def merged(path):
+    value = flat[path]
     if path[-1] == "kernel" and path[:-1] + ("lora_a",) in flat:
-      a = flat[path[:-1] + ("lora_a",)].get_value().astype(jnp.float32)
-      b = flat[path[:-1] + ("lora_b",)].get_value().astype(jnp.float32)
+      a, b = flat[path[:-1] + ("lora_a",)], flat[path[:-1] + ("lora_b",)]
       value = value + (cfg.lora_alpha / cfg.lora_rank) * (a @ b)
-    first, count = cfg.lora_token_rows
     if path == ("embed",) and count:
-      value = value.at[first:first + count].add(flat[("token_delta",)].get_value())
+      value = value.at[first:first + count].add(flat[("token_delta",)])
     if path == ("lm_head", "kernel") and ("head_token_delta",) in flat:
-      value = value.at[:, first:first + count].add(flat[("head_token_delta",)].get_value().T)
-    values.append((path, var.replace(value)))
-  graphdef, _ = nnx.split(merged)
-  return nnx.merge(graphdef, nnx.State.from_flat_path(values))
+      value = value.at[:, first:first + count].add(flat[("head_token_delta",)].T)
+    return value
+
+  return _built_from(merged_config(cfg), merged)
 
 
 def fold_item_embeddings(model: Decoder) -> Decoder:
@@ -669,13 +676,23 @@ def fold_item_embeddings(model: Decoder) -> Decoder:
   if not cfg.item_rows[1]:
     return model
   first, count = cfg.item_rows
-  plain = abstract_model(cfg.replace(item_rows=(0, 0), item_dim=0, param_dtype="float32",
-                                     tie_word_embeddings=False))
-  flat = {path: var.get_value() for path, var in nnx.state(model, nnx.Param).flat_state()}
-  embed_VxD = flat[("embed",)].astype(jnp.float32)
-  flat[("lm_head", "kernel")] = flat.get(("lm_head", "kernel"), embed_VxD.T)
-  flat[("embed",)] = embed_VxD.at[first:first + count].add(model.item_embeddings())
-  values = [(path, var.replace(flat[path].astype(jnp.float32)))
-            for path, var in nnx.state(plain, nnx.Param).flat_state()]
-  graphdef, _ = nnx.split(plain)
+  flat = _flat_params(model)
+  flat[("lm_head", "kernel")] = flat.get(("lm_head", "kernel"), flat[("embed",)].T)
+  flat[("embed",)] = flat[("embed",)].at[first:first + count].add(model.item_embeddings())
+  return _built_from(cfg.replace(item_rows=(0, 0), item_dim=0, param_dtype="float32",
+                                 tie_word_embeddings=False), flat.__getitem__)
+
+
+def _flat_params(model: Decoder) -> dict[tuple, jax.Array]:
+  """Every parameter of `model` by its path, in float32."""
+  return {path: var.get_value().astype(jnp.float32)
+          for path, var in nnx.state(model, nnx.Param).flat_state()}
+
+
+def _built_from(cfg: ModelConfig, value_of) -> Decoder:
+  """A model of `cfg` whose parameter at each path is `value_of(path)` (no initialisation)."""
+  template = abstract_model(cfg)
+  values = [(path, var.replace(value_of(path)))
+            for path, var in nnx.state(template, nnx.Param).flat_state()]
+  graphdef, _ = nnx.split(template)
   return nnx.merge(graphdef, nnx.State.from_flat_path(values))

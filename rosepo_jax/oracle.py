@@ -19,9 +19,11 @@ I catalogue size, C candidates.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import json
+import os
 import time
 from collections.abc import Mapping, Sequence
 
@@ -219,6 +221,11 @@ class Oracle:
       out.append(np.take_along_axis(logits, np.asarray(items_BxC[start:start + batch_size]), 1))
     return np.concatenate(out) if out else np.zeros((0, np.shape(items_BxC)[1]), np.float32)
 
+  def item_embeddings(self) -> np.ndarray:
+    """The item embeddings [I, D] (float32, on the host; the padding row left out)."""
+    rows = multihost.to_host(self.model.item_embed[...])
+    return np.asarray(rows, np.float32)[:self.model.num_items]
+
   def evaluate(self, examples) -> dict:
     """HitRatio@1 / NDCG@10 over each example's candidates."""
     cands = np.array([e.candidates for e in examples])
@@ -233,8 +240,9 @@ def _logits_fn(graphdef):
 
 
 def train_oracle(train_examples, val_examples, num_items: int, cfg: OracleConfig,
-                 log=print) -> tuple[Oracle, dict]:
-  """Trains SASRec; keeps the parameters of the best validation HitRatio@1 epoch."""
+                 log=print, name: str = "oracle") -> tuple[Oracle, dict]:
+  """Trains SASRec; keeps the parameters of the best validation HitRatio@1 epoch and stops after
+  `cfg.patience` epochs without a better one. `name` labels its log lines and progress bar."""
   model = SASRec(num_items, cfg, nnx.Rngs(params=cfg.seed, dropout=cfg.seed + 1))
   optimizer = nnx.Optimizer(model, optax.adam(cfg.learning_rate), wrt=nnx.Param)
   hist = pad_histories([e.history for e in train_examples], cfg.max_len, num_items)
@@ -256,7 +264,7 @@ def train_oracle(train_examples, val_examples, num_items: int, cfg: OracleConfig
   rng = np.random.default_rng(cfg.seed)
   best, best_state, best_epoch, start = -1.0, None, 0, time.time()
   epoch = 0
-  bar = progress.bar(cfg.max_epochs, "oracle (at most)", "epoch")
+  bar = progress.bar(cfg.max_epochs, f"{name} (at most)", "epoch")
   for epoch in range(1, cfg.max_epochs + 1):
     model.train()
     order = rng.permutation(len(hist))
@@ -265,7 +273,7 @@ def train_oracle(train_examples, val_examples, num_items: int, cfg: OracleConfig
       idx = order[i:i + batch]
       losses.append(step(model, optimizer, hist[idx], targets[idx]))
     val = oracle.evaluate(val_examples)
-    log(f"oracle epoch {epoch}: loss {float(np.mean(jax.device_get(losses))):.4f} "
+    log(f"{name} epoch {epoch}: loss {float(np.mean(jax.device_get(losses))):.4f} "
         f"val hit_ratio@1 {val['hit_ratio@1']:.4f} ndcg@10 {val['ndcg@10']:.4f}")
     bar.update(1)
     if val["hit_ratio@1"] > best:
@@ -277,6 +285,21 @@ def train_oracle(train_examples, val_examples, num_items: int, cfg: OracleConfig
   nnx.update(model, best_state)
   return oracle, {"epochs": epoch, "best_epoch": best_epoch, "val_hit_ratio@1": best,
                   "seconds": round(time.time() - start, 1)}
+
+
+def train_oracles(train_sets: Sequence[Sequence], val_examples, num_items: int,
+                  cfg: OracleConfig, names: Sequence[str], log=print,
+                  workers: int | None = None) -> list[tuple[Oracle, dict]]:
+  """`train_oracle` on each training set, `workers` at a time (default: one per CPU core, at
+  most one per set), in threads: each model is trained exactly as alone (its own seeded init,
+  dropout stream and shuffle), and the small models' steps overlap on the host's cores (the
+  demo's four models on 2 cores: 0.79 of their time one after another, docs/benchmarks.md).
+  Returns (oracle, info) per set, in order."""
+  workers = workers or min(len(train_sets), os.cpu_count() or 1)
+  with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+    futures = [pool.submit(train_oracle, examples, val_examples, num_items, cfg, log, name)
+               for examples, name in zip(train_sets, names, strict=True)]
+    return [future.result() for future in futures]
 
 
 def save_oracle(oracle: Oracle, folder: str) -> None:

@@ -32,12 +32,15 @@ def _gelu(x):  # jax.nn.gelu's default (tanh) form, written out
   return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
 
 
-def test_title_tokens_gain_the_projected_item_embedding():
+@pytest.mark.parametrize("rows", [1, 8])  # 6 tokens < 40 items: their rows projected; 48: all
+def test_title_tokens_gain_the_projected_item_embedding(rows):
   """embed_tokens = row + W2 gelu(W1 e + b1) + b2 on the item rows, the row alone elsewhere
-  (float64 reference); the other parameters are the base model's."""
+  (float64 reference), whether the tokens' rows or the whole table is projected; the other
+  parameters are the base model's."""
   base, model, table = _hybrid()
-  tokens = np.array([[3, FIRST, FIRST + COUNT - 1, FIRST + COUNT, FIRST - 1, FIRST + 7]])
+  tokens = np.array([[3, FIRST, FIRST + COUNT - 1, FIRST + COUNT, FIRST - 1, FIRST + 7]] * rows)
   got = np.asarray(model.embed_tokens(jnp.asarray(tokens)), np.float64)
+  np.testing.assert_array_equal(got, np.stack([got[0]] * rows))
   f64 = lambda x: np.asarray(x[...], np.float64)  # pylint: disable=unnecessary-lambda-assignment
   embed = f64(model.embed)
   np.testing.assert_array_equal(embed, f64(base.embed))

@@ -1,9 +1,12 @@
 """The SASRec oracle: smoothing factors, metrics, padding, learning, checkpoints, the stage."""
 
 import json
+from types import SimpleNamespace
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -107,3 +110,75 @@ def test_fitted_temperature_recovers_a_planted_one():
   for b in table:  # calibrated by construction: observed frequency near the prediction
     if b["examples"] > 500:
       assert abs(b["observed"] - b["predicted"]) < 0.05, b
+
+
+def _examples(rs, count, num_items=30, users=(0,)):
+  """Learnable toy rows: the next item follows the last one; 20 candidates hold the target."""
+  rows = []
+  for k in range(count):
+    history = list(rs.randint(0, num_items, rs.randint(2, 8)))
+    target = (history[-1] + 1) % num_items
+    others = [i for i in rs.permutation(num_items) if i != target][:19]
+    candidates = [int(i) for i in rs.permutation([target] + others)]
+    rows.append(SimpleNamespace(user=users[k % len(users)], history=history, target=target,
+                                candidates=candidates))
+  return rows
+
+
+def _train_alone(train, val, num_items, cfg):
+  """The reference: one SASRec trained by itself with nnx's optimizer, the loop written out
+  (seeded shuffle per epoch, full batches, the best validation epoch kept, early stopping)."""
+  model = O.SASRec(num_items, cfg, nnx.Rngs(params=cfg.seed, dropout=cfg.seed + 1))
+  optimizer = nnx.Optimizer(model, optax.adam(cfg.learning_rate), wrt=nnx.Param)
+
+  @nnx.jit
+  def step(model, optimizer, hist, target):
+    loss_fn = lambda m: optax.softmax_cross_entropy_with_integer_labels(m(hist), target).mean()
+    optimizer.update(model, nnx.grad(loss_fn)(model))
+
+  hist = O.pad_histories([e.history for e in train], cfg.max_len, num_items)
+  target = np.array([e.target for e in train], np.int32)
+  batch, rng, oracle = min(cfg.batch_size, len(hist)), np.random.default_rng(cfg.seed), \
+      O.Oracle(model, cfg)
+  best, best_epoch, best_state = -1.0, 0, None
+  for epoch in range(1, cfg.max_epochs + 1):
+    model.train()
+    order = rng.permutation(len(hist))
+    for i in range(0, len(order) - batch + 1, batch):
+      step(model, optimizer, hist[order[i:i + batch]], target[order[i:i + batch]])
+    hr = oracle.evaluate(val)["hit_ratio@1"]
+    if hr > best:
+      best, best_epoch = hr, epoch
+      best_state = jax.tree.map(np.asarray, nnx.state(model, nnx.Param))
+    elif epoch - best_epoch >= cfg.patience:
+      break
+  nnx.update(model, best_state)
+  return oracle, {"epochs": epoch, "best_epoch": best_epoch, "val_hit_ratio@1": best}
+
+
+@pytest.mark.parametrize("dropout,sizes", [(0.2, (300, 200, 250)), (0.0, (300, 40))])
+def test_oracles_trained_together_equal_each_trained_alone(dropout, sizes):
+  """train_oracles (threads, two at a time) gives each model what training it alone gives:
+  sets of different sizes (one smaller than a batch), each with its own dropout stream, the same
+  best epoch and early stop, the same scores and parameters."""
+  rs = np.random.RandomState(0)
+  cfg = O.OracleConfig(dim=16, num_blocks=1, dropout=dropout, max_len=8, batch_size=64,
+                       max_epochs=6, patience=2, learning_rate=3e-3)
+  sets = [_examples(rs, n) for n in sizes]
+  val = _examples(rs, 100)
+  together = O.train_oracles(sets, val, 30, cfg, [f"set {k}" for k in range(len(sets))],
+                             log=lambda *a: None, workers=2)
+  histories, candidates = [e.history for e in val], np.array([e.candidates for e in val])
+  for examples, (oracle, info) in zip(sets, together):
+    ref, ref_info = _train_alone(examples, val, 30, cfg)
+    assert {k: info[k] for k in ref_info} == ref_info
+    np.testing.assert_allclose(oracle.scores(histories, candidates),
+                               ref.scores(histories, candidates), rtol=1e-5, atol=1e-5)
+    got = dict(nnx.state(oracle.model, nnx.Param).flat_state())
+    for path, var in nnx.state(ref.model, nnx.Param).flat_state():
+      if path[-2:] == ("key", "bias"):
+        # Its exact gradient is 0 (it adds one constant to all of a query's logits), so Adam
+        # turns round-off into steps of full size: its value is noise that no output sees.
+        continue
+      np.testing.assert_allclose(np.asarray(got[path].get_value()), np.asarray(var.get_value()),
+                                 rtol=1e-5, atol=1e-6, err_msg=str(path))

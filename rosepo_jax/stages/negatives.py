@@ -71,8 +71,7 @@ def semantic_embeddings(ctx: Context, reference) -> np.ndarray:
   (`config.negatives.semantic_embedding`)."""
   ds = ctx.dataset
   if ctx.config.negatives.semantic_embedding == "oracle":
-    rows = oracle_lib.load_oracle(ctx.paths.oracle_model).model.item_embed[...]
-    rows = np.asarray(multihost.to_host(rows), np.float32)[:ds.num_items]
+    rows = oracle_lib.load_oracle(ctx.paths.oracle_model).item_embeddings()
     return negatives.title_embeddings([(i,) for i in range(ds.num_items)], rows)
   return negatives.title_embeddings(semantic_title_ids(ctx.codec, ds.titles),
                                     multihost.to_host(reference.embed[...]).astype(np.float32))

@@ -25,24 +25,26 @@ from rosepo_jax.workdir import Context, Paths, Stage, Unit, read_json, single_un
 
 
 def run(ctx: Context, unit: Unit | None = None) -> dict:
-  """Trains the oracle and the fold oracles (early-stopped on validation); returns the oracle's
-  test metrics."""
+  """Trains the oracle and the fold oracles together (`oracle.train_oracles`, each early-stopped
+  on validation); returns the oracle's test metrics."""
   del unit
   ds, cfg = ctx.dataset, ctx.config.oracle
   train, val = ds.examples("train"), ds.examples("val")
-  oracle, info = oracle_lib.train_oracle(train, val, ds.num_items, cfg)
-  oracle_lib.save_oracle(oracle, ctx.paths.oracle_model)
-  fold_oracles, fold_info, user_fold = [], [], {}
+  sets, names, user_fold = [train], ["oracle"], {}
   if cfg.folds > 1:
     user_fold = oracle_lib.user_folds([e.user for e in train], cfg.folds, cfg.seed)
     write_json(ctx.paths.oracle_folds, {"folds": cfg.folds,
                                         "user_fold": {str(u): k for u, k in user_fold.items()}})
     for k in range(cfg.folds):
-      held_out = [e for e in train if user_fold[int(e.user)] != k]
-      fold, fold_stats = oracle_lib.train_oracle(held_out, val, ds.num_items, cfg)
-      oracle_lib.save_oracle(fold, ctx.paths.oracle_fold_model(k))
-      fold_oracles.append(fold)
-      fold_info.append({"fold": k, "train_examples": len(held_out), **fold_stats})
+      sets.append([e for e in train if user_fold[int(e.user)] != k])
+      names.append(f"fold {k}")
+  trained = oracle_lib.train_oracles(sets, val, ds.num_items, cfg, names)
+  (oracle, info), folds = trained[0], trained[1:]
+  oracle_lib.save_oracle(oracle, ctx.paths.oracle_model)
+  fold_oracles, fold_info = [fold for fold, _ in folds], []
+  for k, (fold, fold_stats) in enumerate(folds):
+    oracle_lib.save_oracle(fold, ctx.paths.oracle_fold_model(k))
+    fold_info.append({"fold": k, "train_examples": len(sets[k + 1]), **fold_stats})
   test = ds.examples("test")
   target_pos = np.array([list(e.candidates).index(e.target) for e in test])
   random_scores = np.random.default_rng(cfg.seed).random((len(test), len(test[0].candidates)))

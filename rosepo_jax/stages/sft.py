@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rosepo_jax import backbone, checkpoints, files, multihost, train
+from rosepo_jax import backbone, checkpoints, files, train
 from rosepo_jax import oracle as oracle_lib
 from rosepo_jax.config import ConfigError
 from rosepo_jax.errors import InputError
@@ -85,8 +85,7 @@ def item_table(ctx: Context) -> np.ndarray | None:
   (`config.model.item_embeddings="oracle"`), else None."""
   if ctx.config.model.item_embeddings != "oracle":
     return None
-  rows = oracle_lib.load_oracle(ctx.paths.oracle_model).model.item_embed[...]
-  return np.asarray(multihost.to_host(rows), np.float32)[:ctx.dataset.num_items]
+  return oracle_lib.load_oracle(ctx.paths.oracle_model).item_embeddings()
 
 
 def rows_at_step(phases: list[tuple[int, list[EncodedRow]]], rows: list[EncodedRow],
