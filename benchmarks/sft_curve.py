@@ -3,8 +3,10 @@ r"""SFT learning curve: greedy ValidRatio / HitRatio@1 on validation examples ev
   python benchmarks/sft_curve.py --config=configs/synthetic_scratch.py --steps=900 --every=150 \
       --config.sft.optim.learning_rate=2e-3
 
-Trains the config's SFT model in-process (no checkpoints) and prints one line per evaluation: the
-question it answers is "does this model learn to answer with a candidate title, and how fast?".
+Trains the config's SFT model in-process (no checkpoints) on the SFT stage's rows and loss (the
+history loss, the held-out users and hybrid item embeddings from the workdir's oracle included)
+and prints one line per evaluation: the question it answers is "does this model learn to answer
+with a candidate title, and how fast?".
 Recipes are chosen on these curves, so they evaluate the validation split (`--split=val`, the
 default); `--split=test` is for a final table of a recipe already chosen.
 
@@ -75,19 +77,18 @@ def main(argv):
   c = ctx.config
   data_stage.run(ctx)
   ds, codec = ctx.dataset, ctx.codec
-  encoded = ctx.encoded_examples("train")
-  rows = [EncodedRow(p, (r,)) for p, r in encoded]
+  rows = sft.training_rows(ctx, "train", history=bool(c.sft.history_loss_weight))
   copy_rows = []  # built only when asked for: it encodes a response per training example
   if FLAGS.random_target_steps > 0:
     rng = np.random.default_rng(c.data.seed)
     copy_rows = [EncodedRow(p, (codec.encode_response(rng.choice(ex.candidate_titles)),))
-                 for (p, _), ex in zip(encoded, ds.examples("train"))]
+                 for (p, _), ex in zip(ctx.encoded_examples("train"), ds.examples("train"))]
   model = (checkpoints.load_orbax(FLAGS.init_model) if FLAGS.init_model
-           else backbone.build_model(c.model, codec))
+           else backbone.build_model(c.model, codec, sft.item_table(ctx)))
   start = FLAGS.start_step
   if start >= FLAGS.steps:
     raise ValueError(f"--start_step={start} must be below --steps={FLAGS.steps}")
-  trainer = train.Trainer(model, train.sft_loss_fn(c.vocab_chunk),
+  trainer = train.Trainer(model, train.sft_loss_fn(c.vocab_chunk, c.sft.history_loss_weight),
                           train.make_optimizer(c.sft.optim, FLAGS.steps - start))
   phases = sft.curriculum_phases(ctx)  # config.sft.candidate_curriculum
   sampler = train.step_sampler(len(rows), c.sft.batch_size, c.data.seed + start)

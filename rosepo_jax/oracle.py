@@ -24,6 +24,7 @@ import dataclasses
 import functools
 import json
 import os
+import threading
 import time
 from collections.abc import Mapping, Sequence
 
@@ -240,9 +241,11 @@ def _logits_fn(graphdef):
 
 
 def train_oracle(train_examples, val_examples, num_items: int, cfg: OracleConfig,
-                 log=print, name: str = "oracle") -> tuple[Oracle, dict]:
+                 log=print, name: str = "oracle", stop: threading.Event | None = None
+                 ) -> tuple[Oracle, dict]:
   """Trains SASRec; keeps the parameters of the best validation HitRatio@1 epoch and stops after
-  `cfg.patience` epochs without a better one. `name` labels its log lines and progress bar."""
+  `cfg.patience` epochs without a better one. `name` labels its log lines and progress bar; once
+  `stop` is set, the next step raises `Stopped` (how `train_oracles` ends its other threads)."""
   model = SASRec(num_items, cfg, nnx.Rngs(params=cfg.seed, dropout=cfg.seed + 1))
   optimizer = nnx.Optimizer(model, optax.adam(cfg.learning_rate), wrt=nnx.Param)
   hist = pad_histories([e.history for e in train_examples], cfg.max_len, num_items)
@@ -270,6 +273,8 @@ def train_oracle(train_examples, val_examples, num_items: int, cfg: OracleConfig
     order = rng.permutation(len(hist))
     losses = []
     for i in range(0, len(order) - batch + 1, batch):
+      if stop is not None and stop.is_set():
+        raise Stopped(f"{name}: stopped at epoch {epoch}")
       idx = order[i:i + batch]
       losses.append(step(model, optimizer, hist[idx], targets[idx]))
     val = oracle.evaluate(val_examples)
@@ -294,12 +299,28 @@ def train_oracles(train_sets: Sequence[Sequence], val_examples, num_items: int,
   most one per set), in threads: each model is trained exactly as alone (its own seeded init,
   dropout stream and shuffle), and the small models' steps overlap on the host's cores (the
   demo's four models on 2 cores: 0.79 of their time one after another, docs/benchmarks.md).
-  Returns (oracle, info) per set, in order."""
+  Returns (oracle, info) per set, in order. An error (or Ctrl-C) in any of them stops the others
+  at their next step and is raised."""
   workers = workers or min(len(train_sets), os.cpu_count() or 1)
+  stop = threading.Event()
   with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-    futures = [pool.submit(train_oracle, examples, val_examples, num_items, cfg, log, name)
+    futures = [pool.submit(train_oracle, examples, val_examples, num_items, cfg, log, name, stop)
                for examples, name in zip(train_sets, names, strict=True)]
-    return [future.result() for future in futures]
+    try:
+      concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
+      for future in futures:
+        if future.done() and future.exception() is not None:
+          raise future.exception()
+      return [future.result() for future in futures]
+    except BaseException:
+      stop.set()
+      for future in futures:
+        future.cancel()
+      raise
+
+
+class Stopped(Exception):
+  """A `train_oracle` call ended early because `train_oracles` stopped it."""
 
 
 def save_oracle(oracle: Oracle, folder: str) -> None:

@@ -182,3 +182,16 @@ def test_oracles_trained_together_equal_each_trained_alone(dropout, sizes):
         continue
       np.testing.assert_allclose(np.asarray(got[path].get_value()), np.asarray(var.get_value()),
                                  rtol=1e-5, atol=1e-6, err_msg=str(path))
+
+
+def test_an_error_in_one_oracle_stops_the_others_and_is_raised():
+  """train_oracles with a set that cannot train (no rows) beside one that would train for 50
+  epochs: the error is raised, and the other thread stops at its next step instead of finishing."""
+  rs = np.random.RandomState(0)
+  cfg = O.OracleConfig(dim=16, num_blocks=1, max_len=8, batch_size=64, max_epochs=50,
+                       patience=50)
+  logged = []
+  with pytest.raises(ValueError, match="no training examples"):
+    O.train_oracles([_examples(rs, 300), []], _examples(rs, 50), 30, cfg, ["big", "empty"],
+                    log=logged.append, workers=2)
+  assert len(logged) < 5, logged
