@@ -36,10 +36,7 @@ def main(argv):
   ctx = Context(config_lib.parse(FLAGS.config), FLAGS.workdir)
   ds, cfg = ctx.dataset, ctx.config.oracle
   train, val = ds.examples("train"), ds.examples("val")
-  user_fold = oracle_lib.user_folds([e.user for e in train], cfg.folds, cfg.seed)
-  sets = [train] + [[e for e in train if user_fold[int(e.user)] != k]
-                    for k in range(cfg.folds if cfg.folds > 1 else 0)]
-  names = ["oracle"] + [f"fold {k}" for k in range(len(sets) - 1)]
+  sets, names, _ = oracle_lib.fold_training_sets(train, cfg.folds, cfg.seed)
   quiet = lambda *args: None
   start = time.time()
   alone = [oracle_lib.train_oracle(s, val, ds.num_items, cfg, quiet, name)[1]

@@ -113,6 +113,19 @@ def user_folds(users: Sequence[int], folds: int, seed: int) -> dict[int, int]:
   return {distinct[j]: i % folds for i, j in enumerate(order)}
 
 
+def fold_training_sets(train_examples: Sequence, folds: int, seed: int
+                       ) -> tuple[list[list], list[str], dict[int, int]]:
+  """The oracle stage's training sets: every training example (the all-users oracle), then, with
+  `folds` > 1, each fold oracle's (every user but fold k's, `user_folds`); their names; and each
+  training user's fold ({} without cross-fitting)."""
+  if folds <= 1:
+    return [list(train_examples)], ["oracle"], {}
+  user_fold = user_folds([e.user for e in train_examples], folds, seed)
+  sets = [list(train_examples)] + [[e for e in train_examples if user_fold[int(e.user)] != k]
+                                   for k in range(folds)]
+  return sets, ["oracle"] + [f"fold {k}" for k in range(folds)], user_fold
+
+
 def cross_fitted_scores(oracles: Sequence["Oracle"], fallback: "Oracle",
                         user_fold: Mapping[int, int], users: Sequence[int],
                         histories: Sequence[Sequence[int]], items_BxC: np.ndarray

@@ -30,14 +30,10 @@ def run(ctx: Context, unit: Unit | None = None) -> dict:
   del unit
   ds, cfg = ctx.dataset, ctx.config.oracle
   train, val = ds.examples("train"), ds.examples("val")
-  sets, names, user_fold = [train], ["oracle"], {}
-  if cfg.folds > 1:
-    user_fold = oracle_lib.user_folds([e.user for e in train], cfg.folds, cfg.seed)
+  sets, names, user_fold = oracle_lib.fold_training_sets(train, cfg.folds, cfg.seed)
+  if user_fold:
     write_json(ctx.paths.oracle_folds, {"folds": cfg.folds,
                                         "user_fold": {str(u): k for u, k in user_fold.items()}})
-    for k in range(cfg.folds):
-      sets.append([e for e in train if user_fold[int(e.user)] != k])
-      names.append(f"fold {k}")
   trained = oracle_lib.train_oracles(sets, val, ds.num_items, cfg, names)
   (oracle, info), folds = trained[0], trained[1:]
   oracle_lib.save_oracle(oracle, ctx.paths.oracle_model)
