@@ -1,7 +1,7 @@
 """Does RosePO's smoothing help? The demo's world, which knows each user's true preferences.
 
 docs/results.md ("Does the smoothing help? A world that knows the answer"). The demo's data, model,
-SFT recipe, oracle and negatives (configs/demo.py), with:
+SFT recipe, oracle and negatives (configs/synthetic_text.py, the demo until commit 714d0e0), with:
   data.world.exposure_noise   0 (the demo's world) or 0.3: that share of interactions are random
                               exposures, so some chosen answers are noise and some rejected ones
                               truly preferred, the premise of the smoothing
@@ -20,11 +20,11 @@ The report adds the Bayes-optimal HitRatio@1 of the runs' rows.
       --workdir=DIR --stages=dpo,eval,report   # the same data, SFT and pairs: only preference
 """
 
-from configs import demo
+from configs import synthetic_text
 
 
 def get_config():
-  c = demo.get_config()
+  c = synthetic_text.get_config()
   c.data.world.exposure_noise = 0.0  # or 0.3 (--config.data.world.exposure_noise=0.3)
   c.methods = ("sft", "dpo", "cdpo", "rosepo", "rosepo_world", "rosepo_no_smoothing")
   c.seeds = (0, 1, 2)
