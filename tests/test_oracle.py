@@ -13,6 +13,7 @@ from flax import nnx
 from rosepo_jax import oracle as O
 from conftest import context
 from rosepo_jax import pipeline
+from rosepo_jax.stages import oracle as oracle_stage
 from test_data_pipeline import _config
 
 
@@ -47,7 +48,11 @@ def test_left_padding_does_not_change_the_score():
 def test_oracle_stage_learns_beyond_baselines_and_reloads(tmp_path):
   config = _config("synthetic_scratch.py")
   config.oracle.max_epochs = 12
-  pipeline.run(config, str(tmp_path), ["data", "oracle"])
+  pipeline.run(config, str(tmp_path), ["data"])
+  ctx = context(config, tmp_path)
+  some = [0, 3, 4, 9]
+  ctx.dataset.eval_subsets = {"test": {"some": some}}  # as LastFM's llara_last
+  oracle_stage.run(ctx)
   metrics = json.load(open(tmp_path / "oracle" / "metrics.json"))
   assert metrics["hit_ratio@1"] > 2 * metrics["popularity"]["hit_ratio@1"] > 0
   assert metrics["random"]["hit_ratio@1"] < 0.12
@@ -55,6 +60,8 @@ def test_oracle_stage_learns_beyond_baselines_and_reloads(tmp_path):
   reloaded = O.load_oracle(str(tmp_path / "oracle" / "model"))
   ds = context(config, tmp_path).dataset
   assert reloaded.evaluate(ds.examples("test"))["hit_ratio@1"] == metrics["hit_ratio@1"]
+  assert metrics["subsets"] == {"some": {**reloaded.evaluate(ds.examples_at("test", some)),
+                                         "num_examples": 4}}
 
 
 def test_user_folds_deal_every_user_once_in_balanced_seeded_folds():

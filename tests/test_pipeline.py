@@ -81,6 +81,14 @@ def test_all_stages_write_their_outputs(finished_run):
     assert ceiling["hit_ratio@1"] >= json.load(open(os.path.join(
         workdir, "eval", f"{run}.json")))["hit_ratio@1"]
   assert "bayes ceiling" in report and "SASRec oracle, the whole test split" in report
+  # SASRec on the runs' rows: the all-users oracle's top candidate, ties against the target.
+  sasrec = O.load_oracle(os.path.join(workdir, "oracle", "model"))
+  scores_NxC = sasrec.scores([ex.history for ex in rows], np.array([ex.candidates for ex in rows]))
+  target_N = np.array([list(ex.candidates).index(ex.target) for ex in rows])
+  top = (scores_NxC >= scores_NxC[np.arange(len(rows)), target_N][:, None]).sum(1) == 1
+  assert reference["SASRec oracle, the runs' rows"] == {"hit_ratio@1": pytest.approx(top.mean()),
+                                                        "examples": 24}
+  assert "SASRec oracle, the runs' rows" in report
   assert sorted(os.listdir(os.path.join(workdir, "plots"))) == ["eps.png", "popularity.png",
                                                                 "training.png"]
 
@@ -103,6 +111,14 @@ def test_eval_subset_figures_are_the_figures_of_their_rows(finished_run):
   assert some["hit_ratio@1"] == pytest.approx(np.mean([p["hit"] for p in rows]))
   assert some["valid_ratio"] == pytest.approx(np.mean([p["valid"] for p in rows]))
   assert set(EVAL_KEYS) <= set(some)
+  # SASRec's reference figures on the runs' rows of each subset: "some" without its undrawn row.
+  points = report.reference_points(ctx, predictions, "test")
+  sasrec = O.load_oracle(ctx.paths.oracle_model)
+  assert points["SASRec oracle, the runs' rows of subset some"] == {
+      "hit_ratio@1": sasrec.evaluate(ctx.dataset.examples_at("test", picked))["hit_ratio@1"],
+      "examples": 3}
+  assert (points["SASRec oracle, the runs' rows of subset every"]
+          == points["SASRec oracle, the runs' rows"])
 
 
 def test_rerun_is_up_to_date_and_changes_rerun_downstream(finished_run, tmp_path):

@@ -4,7 +4,8 @@ Reads config: oracle (the smoothing factor's settings are `smoothing`, read by n
 Consumes: data (the dataset).
 Writes: DIR/oracle/model (SASRec on every training user: the reported oracle), DIR/oracle/metrics.json
 (its test HitRatio@1 and NDCG@10, next to random and popularity-only ranking measured in the same
-run, and each fold oracle's validation figures); with config.oracle.folds = K > 1,
+run, the same over each eval subset of the test split, e.g. LastFM's llara_last, and each fold
+oracle's validation figures); with config.oracle.folds = K > 1,
 DIR/oracle/folds.json (each training user's fold) and DIR/oracle/folds/<k> (the fold oracles, each
 trained without fold k's users; they score the pairs); DIR/oracle/calibration.json (the
 temperature tau of maximum likelihood of the validation choices scored as the pairs are, by the
@@ -49,6 +50,9 @@ def run(ctx: Context, unit: Unit | None = None) -> dict:
              "random": oracle_lib.candidate_metrics(random_scores, target_pos),
              "popularity": oracle_lib.candidate_metrics(popularity, target_pos),
              "fold_oracles": fold_info}
+  for name, indices in sorted(ds.eval_subsets.get("test", {}).items()):
+    metrics.setdefault("subsets", {})[name] = {
+        **oracle.evaluate(ds.examples_at("test", indices)), "num_examples": len(indices)}
   if ctx.knows_truth:
     metrics["bayes"] = {"hit_ratio@1": metrics_lib.bayes_hit_ratio(ctx.true_probs("test", test))}
   write_json(ctx.paths.oracle_metrics, metrics)
@@ -58,6 +62,8 @@ def run(ctx: Context, unit: Unit | None = None) -> dict:
         f"(random {metrics['random']['hit_ratio@1']:.4f}, popularity "
         f"{metrics['popularity']['hit_ratio@1']:.4f}"
         + (f", Bayes ceiling {metrics['bayes']['hit_ratio@1']:.4f}" if "bayes" in metrics else "")
+        + "".join(f", subset {name} {sub['hit_ratio@1']:.4f}"
+                  for name, sub in metrics.get("subsets", {}).items())
         + f"); {info['epochs']} epochs, "
         f"{info['seconds']} s; {len(fold_oracles)} fold oracles", flush=True)
   return metrics

@@ -8,8 +8,9 @@ Writes: DIR/report.md (one table: rows = runs, columns = METHOD.md section 6 fig
 per eval subset of the split, e.g. LastFM's llara_last; then the figures over config.seeds and the
 paired differences, rosepo - every other run and every other run - sft, with bootstrap intervals
 over test users; and the reference points: the Bayes-optimal ceiling of the synthetic world, on
-the runs' rows and the whole split, and the SASRec oracle's, popularity's and random ranking's
-figures from DIR/oracle/metrics.json when it exists),
+the runs' rows and the whole split, the SASRec oracle's on the runs' rows (and on those of each
+eval subset) from DIR/oracle/model, and its, popularity's and random ranking's figures over the
+whole test split from DIR/oracle/metrics.json, when the oracle stage has run),
 DIR/eval/summary.json (those figures: `seed_figures`, and "reference") and DIR/plots/:
   popularity.png  popularity percentile of the recommended (valid) items per run, against the
                   test targets'
@@ -28,6 +29,7 @@ import matplotlib
 import numpy as np
 
 from rosepo_jax import files, metrics, multihost
+from rosepo_jax import oracle as oracle_lib
 from rosepo_jax.workdir import (Context, Paths, Stage, Unit, model_unit, read_json, read_jsonl,
                                 read_records, write_json, write_text)
 
@@ -223,12 +225,14 @@ def seeds_table(figures: dict) -> str:
 
 def reference_points(ctx: Context, predictions: list[dict], split: str) -> dict:
   """What the runs' HitRatio@1 compares with: the Bayes-optimal ceiling on the runs' own rows
-  and on the whole split (the synthetic world, `metrics.bayes_hit_ratio`), and the SASRec
-  oracle's, random and popularity-only ranking's on the test split (DIR/oracle/metrics.json, when
-  the oracle stage has run)."""
+  and on the whole split (the synthetic world, `metrics.bayes_hit_ratio`); when the oracle stage
+  has run, the all-users SASRec oracle's on the runs' rows and on each eval subset among them
+  (e.g. LastFM's llara_last; on validation rows, those its early stopping saw), and on the test
+  split its, random and popularity-only ranking's over the whole split (DIR/oracle/metrics.json)."""
   out = {}
+  indices = [p["index"] for p in predictions]
+  rows = ctx.dataset.examples_at(split, indices)
   if ctx.knows_truth:
-    rows = ctx.dataset.examples_at(split, [p["index"] for p in predictions])
     out["bayes ceiling (the world's true probabilities), the runs' rows"] = {
         "hit_ratio@1": metrics.bayes_hit_ratio(ctx.true_probs(split, rows)),
         "examples": len(rows)}
@@ -236,6 +240,16 @@ def reference_points(ctx: Context, predictions: list[dict], split: str) -> dict:
     out[f"bayes ceiling, the whole {split} split"] = {
         "hit_ratio@1": metrics.bayes_hit_ratio(ctx.true_probs(split, whole)),
         "examples": len(whole)}
+  if files.isdir(ctx.paths.oracle_model):
+    sasrec = oracle_lib.load_oracle(ctx.paths.oracle_model)
+    out["SASRec oracle, the runs' rows"] = {"hit_ratio@1": sasrec.evaluate(rows)["hit_ratio@1"],
+                                            "examples": len(rows)}
+    for name, subset in sorted(ctx.dataset.eval_subsets.get(split, {}).items()):
+      picked = set(subset)
+      kept = [ex for ex, i in zip(rows, indices) if i in picked]
+      if kept:
+        out[f"SASRec oracle, the runs' rows of subset {name}"] = {
+            "hit_ratio@1": sasrec.evaluate(kept)["hit_ratio@1"], "examples": len(kept)}
   if split == "test" and files.isfile(ctx.paths.oracle_metrics):
     oracle = read_json(ctx.paths.oracle_metrics)
     for name, figures in (("SASRec oracle", oracle), ("popularity-only ranking",
@@ -309,8 +323,9 @@ def _outputs(paths: Paths, unit: Unit) -> list[str]:
   return [paths.report, paths.plots, paths.eval_overall]
 
 
-# The report's format: a report written before the reference points (the Bayes ceiling) reruns.
-REPORT_FORMAT = 2
+# The report's format: a report written before the latest reference points (SASRec on the runs'
+# rows) reruns.
+REPORT_FORMAT = 3
 
 STAGE = Stage(name="report", sections=("methods", "report"),
               units=lambda config: [Unit("report")],
