@@ -497,11 +497,10 @@ def _check_needs_no_data(c: Config) -> None:
     problem = prompts.template_problem(template)
     if problem:
       raise ConfigError(f"config.prompt.templates[{i}]={template[:60]!r}: {problem}")
-  if c.model.item_embeddings == "oracle" and (not c.tokenizer.title_tokens or c.model.lora_rank):
+  if c.model.item_embeddings == "oracle" and not c.tokenizer.title_tokens:
     raise ConfigError(
         "config.model.item_embeddings='oracle' is built for titles as tokens "
-        "(config.tokenizer.title_tokens=True) without LoRA (config.model.lora_rank=0); got "
-        f"title_tokens={c.tokenizer.title_tokens}, lora_rank={c.model.lora_rank}")
+        "(config.tokenizer.title_tokens=True); got title_tokens=False")
   if c.sft.history_loss_weight and not c.tokenizer.title_tokens:
     raise ConfigError(f"config.sft.history_loss_weight={c.sft.history_loss_weight} needs "
                       "config.tokenizer.title_tokens=True (a history title is then one token)")

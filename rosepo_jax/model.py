@@ -41,8 +41,13 @@ class FrozenParam(nnx.Param):
 
 def trainable(cfg: "ModelConfig"):
   """The nnx filter of the parameters training updates: the LoRA adapters when the model has
-  them, else every parameter but the frozen ones."""
-  return LoRAParam if cfg.lora_rank else nnx.All(nnx.Param, nnx.Not(FrozenParam))
+  them, and with hybrid item embeddings also their projection (new to the backbone, like the
+  title rows that train as token-row deltas); else every parameter but the frozen ones."""
+  if not cfg.lora_rank:
+    return nnx.All(nnx.Param, nnx.Not(FrozenParam))
+  if not cfg.item_rows[1]:
+    return LoRAParam
+  return nnx.Any(LoRAParam, nnx.PathContains("item_in"), nnx.PathContains("item_out"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,10 +124,11 @@ class ModelConfig:
                        f"count) rows inside the vocabulary of {self.vocab_size}, with lora_rank > 0")
     first, count = self.item_rows
     if count and (self.item_dim < 1 or first < 0 or first + count > self.vocab_size
-                  or self.lora_rank):
+                  or (self.lora_rank and self.lora_token_rows != self.item_rows)):
       raise ValueError(f"ModelConfig.item_rows={self.item_rows}, item_dim={self.item_dim}: "
                        f"expected rows inside the vocabulary of {self.vocab_size}, item_dim >= 1 "
-                       "and no LoRA (hybrid item embeddings under LoRA are not built)")
+                       "and, under LoRA, the rows that train with the adapters "
+                       f"(lora_token_rows={self.lora_token_rows})")
     for name in ("param_dtype", "dtype"):
       if getattr(self, name) not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}; expected float32, "
@@ -676,11 +682,26 @@ def fold_item_embeddings(model: Decoder) -> Decoder:
   if not cfg.item_rows[1]:
     return model
   first, count = cfg.item_rows
-  flat = _flat_params(model)
-  flat[("lm_head", "kernel")] = flat.get(("lm_head", "kernel"), flat[("embed",)].T)
+  flat = _flat_params(untie_head(model))
   flat[("embed",)] = flat[("embed",)].at[first:first + count].add(model.item_embeddings())
   return _built_from(cfg.replace(item_rows=(0, 0), item_dim=0, param_dtype="float32",
                                  tie_word_embeddings=False), flat.__getitem__)
+
+
+def untie_head(model: Decoder) -> Decoder:
+  """The same function with an untied head (float32 parameters) whose kernel is the tied
+  embedding's rows, transposed; `model` itself when its head is untied. Input and output rows
+  can then differ: what a PEFT base needs when hybrid item embeddings change the title tokens'
+  input rows only (`checkpoints.peft`)."""
+  cfg = model.cfg
+  if not cfg.tie_word_embeddings:
+    return model
+  if cfg.lora_rank:
+    raise ValueError("untie_head: merge the LoRA adapters first (model.merge_lora)")
+  flat = _flat_params(model)
+  flat[("lm_head", "kernel")] = flat[("embed",)].T
+  return _built_from(cfg.replace(param_dtype="float32", tie_word_embeddings=False),
+                     flat.__getitem__)
 
 
 def _flat_params(model: Decoder) -> dict[tuple, jax.Array]:

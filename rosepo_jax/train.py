@@ -215,8 +215,8 @@ class Trainer:
   """One model + loss + optimizer on a mesh (or one device): state and the jitted step.
 
   Trainable parameters (`model.trainable`): every nnx.Param but the frozen ones (the oracle's
-  item table), or only the LoRA adapters (with their token-row deltas) when the model has them
-  (base weights frozen). `reference_model` (same architecture) enables an online reference
+  item table), or only the LoRA adapters (with their token-row deltas and a hybrid item
+  projection) when the model has them (base weights frozen). `reference_model` (same architecture) enables an online reference
   policy; with LoRA, ``online_reference=True`` uses the base model (adapters off) instead.
   """
 
@@ -237,6 +237,10 @@ class Trainer:
     elif online_reference:
       if not lora:
         raise ValueError("online_reference without LoRA needs a reference_model")
+      if model.cfg.item_rows[1]:
+        raise ValueError("online_reference with LoRA: the adapters-off model would carry the "
+                         "trained item projection; fold the item embeddings into the rows first "
+                         "(model.fold_item_embeddings)")
       reference = "lora_off"
     with sharding.use_mesh(mesh):
       if mesh is None:

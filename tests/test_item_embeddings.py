@@ -74,6 +74,33 @@ def test_the_projection_trains_and_the_item_table_stays_frozen():
   np.testing.assert_array_equal(np.asarray(trained.item_table[...]), table)
 
 
+def test_under_lora_the_projection_trains_with_the_adapters():
+  """With LoRA the projection and the adapters train; the backbone's weights and the item table
+  stay; merging keeps the trained projection (the merged model computes the adapted one)."""
+  base, hybrid, table = _hybrid()
+  model = M.add_lora(hybrid, rank=4, alpha=8.0, seed=1, token_rows=(FIRST, COUNT))
+  rows = [((3, 4, FIRST + i, FIRST + i + 1, 5), ((FIRST + i + 2, 2),)) for i in range(8)]
+  batch = B.make_batch([B.EncodedRow(p, r) for p, r in rows], B.BatchShape(seq_multiple=16), 1)
+  trainer = train.Trainer(model, train.sft_loss_fn(64), optax.adam(1e-2))
+  names = {"/".join(map(str, k)) for k, _ in trainer.initial.params.flat_state()}
+  assert {"item_in/kernel", "item_out/bias", "token_delta", "layers/0/attn/q_proj/lora_b"} <= names
+  assert not names & {"item_table", "embed", "layers/0/attn/q_proj/kernel"}
+  before = {k: np.asarray(v.get_value()) for k, v in trainer.initial.params.flat_state()}
+  state = trainer.initial
+  for _ in range(3):
+    state, _ = trainer.step(state, batch)
+  for key, value in dict(state.params.flat_state()).items():
+    if key[0] in ("item_in", "item_out"):
+      assert np.abs(np.asarray(value.get_value()) - before[key]).max() > 0, key
+  trained = trainer.model(state.params)
+  np.testing.assert_array_equal(np.asarray(trained.item_table[...]), table)
+  np.testing.assert_array_equal(np.asarray(trained.embed[...]), np.asarray(base.embed[...]))
+  tokens, valid, _ = _batch(vocab=256)
+  tokens = np.where(np.arange(tokens.shape[1]) % 2 == 0, FIRST + tokens % COUNT, tokens)
+  assert_close(_ours(M.merge_lora(trained), tokens, valid), _ours(trained, tokens, valid),
+               where=valid)
+
+
 @pytest.mark.parametrize("preset", ["tiny", "tiny_qwen2"])  # untied; tied (exported untied)
 def test_export_folds_the_item_embeddings_into_plain_rows(preset, tmp_path):
   """The HF export is a plain model (no item table): transformers computes our hybrid model's
@@ -93,7 +120,7 @@ def test_export_folds_the_item_embeddings_into_plain_rows(preset, tmp_path):
 
 def test_hybrid_sft_reads_the_oracle_first(tmp_path):
   """Through the pipeline: the oracle runs before SFT, whose saved model holds the all-users
-  oracle's item rows as its frozen table; the config refuses text titles and LoRA. The same
+  oracle's item rows as its frozen table; the config refuses text titles. The same
   oracle rows can place the semantic negatives (negatives.semantic_embedding="oracle")."""
   config = _tiny(steps=2)
   config.methods = ("sft",)
@@ -115,10 +142,7 @@ def test_hybrid_sft_reads_the_oracle_first(tmp_path):
   np.testing.assert_allclose(negatives_stage.semantic_embeddings(ctx, sft_model),
                              rows / np.linalg.norm(rows, axis=1, keepdims=True), rtol=1e-5,
                              atol=1e-7)
-  for change in (dict(title_tokens=False), dict(lora_rank=4)):
-    bad = _tiny()
-    bad.model.item_embeddings = "oracle"
-    bad.tokenizer.title_tokens = change.get("title_tokens", True)
-    bad.model.lora_rank = change.get("lora_rank", 0)
-    with pytest.raises(config_lib.ConfigError, match="item_embeddings='oracle' is built for"):
-      config_lib.parse(bad)
+  bad = _tiny()
+  bad.model.item_embeddings = "oracle"
+  with pytest.raises(config_lib.ConfigError, match="item_embeddings='oracle' is built for"):
+    config_lib.parse(bad)

@@ -85,6 +85,37 @@ def test_title_rows_under_lora_load_in_peft_as_trainable_tokens(preset, tmp_path
   np.testing.assert_array_equal(_ours(lora, tokens, valid), _ours(base, tokens, valid))
 
 
+@pytest.mark.parametrize("preset", ["tiny", "tiny_qwen2"])  # untied head; tied
+def test_hybrid_item_embeddings_under_lora_load_in_peft(preset, tmp_path):
+  """Hybrid item embeddings under LoRA: the adapter's input title rows carry the projected item
+  embeddings and its head rows do not; on the base without the projection (its head untied)
+  peft computes our adapted hybrid model (1e-5)."""
+  first, count, dim = 200, 40, 12
+  base = M.init_model(M.get_config(preset), seed=2)
+  table = np.random.RandomState(1).normal(0, 1, (count, dim)).astype(np.float32)
+  hybrid = M.add_item_embeddings(base, table, first, seed=2)
+  lora = M.add_lora(hybrid, rank=4, alpha=8.0, seed=2, token_rows=(first, count))
+  rs = np.random.RandomState(0)
+  for delta in (lora.token_delta, lora.head_token_delta):
+    if delta is not None:
+      delta[...] = jnp.asarray(rs.normal(0, 0.1, delta[...].shape), jnp.float32)
+  lora.layers[0].attn.q_proj.lora_b[...] = jnp.asarray(
+      rs.normal(0, 0.05, lora.layers[0].attn.q_proj.lora_b[...].shape), jnp.float32)
+  tokens, valid, positions = _batch(vocab=256)
+  tokens = np.where(np.arange(tokens.shape[1]) % 3 == 0, first + tokens % count, tokens)
+  ours = _ours(lora, tokens, valid)
+  hf.save_hf(M.untie_head(base), str(tmp_path / "base"))
+  peft_lib.save_adapter(lora, str(tmp_path / "adapter"), base_model=str(tmp_path / "base"))
+  indices = list(range(first, first + count))
+  assert json.load(open(tmp_path / "adapter" / "adapter_config.json"))[
+      "trainable_token_indices"] == {"embed_tokens": indices, "lm_head": indices}
+  theirs = peft.PeftModel.from_pretrained(
+      transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "base"),
+                                                        dtype=torch.float32),
+      str(tmp_path / "adapter")).eval()
+  assert_close(_theirs(theirs, tokens, valid, positions), ours, where=valid)
+
+
 def test_adapter_tensors_are_the_transposed_factors():
   _, lora = _trained_lora()
   tensors = peft_lib.adapter_tensors(lora)
@@ -95,16 +126,32 @@ def test_adapter_tensors_are_the_transposed_factors():
   assert len(tensors) == 2 * 7 * lora.cfg.num_layers  # every projection of every layer
 
 
-def test_lora_runs_export_their_adapters_on_their_bases(tmp_path):
+@pytest.mark.parametrize("hybrid", [False, True])
+def test_lora_runs_export_their_adapters_on_their_bases(hybrid, tmp_path):
   """A LoRA pipeline (SFT and DPO with LoRA, from scratch): each run's export holds its adapters
   as a PEFT folder naming its base (SFT: the backbone's export; DPO: the SFT export); base +
-  adapter in peft computes the run's merged export in transformers."""
+  adapter in peft computes the run's merged export in transformers. With hybrid item embeddings
+  (titles as tokens) too: the projection trained in SFT reaches both exports, and DPO's adapters
+  apply to the SFT model with the projection folded into its rows (online reference included)."""
   config = _tiny(steps=2)
   config.methods = ("sft", "dpo")
   config.model.lora_rank = 4
-  pipeline.run(config, str(tmp_path), ["data", "sft", "dpo", "export"])
+  stages = ["data", "sft", "dpo", "export"]
+  if hybrid:
+    config.tokenizer.title_tokens = True
+    config.model.item_embeddings = "oracle"
+    config.oracle.folds = 1
+    config.sft.optim.learning_rate = 1e-2
+    config.preference.reference = "online"  # the adapters-off model: the folded SFT model
+    config.model.overrides.tie_word_embeddings = True  # the SFT adapter's base is untied
+    stages.insert(1, "oracle")
+  pipeline.run(config, str(tmp_path), stages)
   export = tmp_path / "export"
   tokens, valid, positions = _batch(vocab=256)
+  if hybrid:
+    stats = json.load(open(tmp_path / "data" / "stats.json"))["tokenizer"]
+    first, count = stats["subwords"], stats["title_tokens"]
+    tokens = np.where(np.arange(tokens.shape[1]) % 2 == 0, first + tokens % count, tokens)
   for run, base in (("sft", export / "sft" / "base"), ("dpo", export / "sft")):
     adapter = export / run / "adapter"
     assert json.load(open(adapter / "adapter_config.json"))["base_model_name_or_path"] == str(base)

@@ -10,7 +10,9 @@ B @ A; so lora_A = a.T and lora_B = b.T, named after the layer's HF weight under
 Title-token rows that trained with the adapters (`ModelConfig.lora_token_rows`) go as peft's
 trainable tokens (`trainable_token_indices`): peft stores the rows' new values, not deltas, as
 ``<embedding>.token_adapter.trainable_tokens_delta`` [count, D] (and the untied head's rows under
-its own name), and writes them over the base's rows.
+its own name), and writes them over the base's rows. With hybrid item embeddings the input rows
+carry the projected item embedding and the head's rows do not, so both go, and the base must
+have an untied head.
 """
 
 from __future__ import annotations
@@ -41,31 +43,35 @@ def adapter_tensors(model: Decoder) -> dict[str, np.ndarray]:
     for ours, theirs in (("lora_a", "lora_A"), ("lora_b", "lora_B")):
       value = multihost.to_host(flat[name.path[:-1] + (ours,)].get_value())
       out[f"{prefix}.{theirs}.weight"] = np.ascontiguousarray(np.asarray(value, np.float32).T)
-  if model.cfg.lora_token_rows[1]:
-    for name, delta in _token_rows(model):
-      rows_NxD = (np.asarray(multihost.to_host(_rows(model, name)), np.float32)
-                  + np.asarray(multihost.to_host(delta), np.float32))
-      out[f"base_model.model.{_module(name)}.token_adapter.trainable_tokens_delta"] = rows_NxD
+  for module, rows_NxD in _token_rows(model).items():
+    out[f"base_model.model.{module}.token_adapter.trainable_tokens_delta"] = rows_NxD
   return out
 
 
-def _token_rows(model: Decoder) -> list[tuple[P.ParamName, object]]:
-  """(HF parameter, its LoRA token-row delta [count, D]) for the embedding and an untied head."""
-  pairs = []
-  for name in P.param_names(model.cfg):
-    if name.path == ("embed",):
-      pairs.append((name, model.token_delta.get_value()))
-    elif name.path == ("lm_head", "kernel") and model.head_token_delta is not None:
-      pairs.append((name, model.head_token_delta.get_value()))
-  return pairs
-
-
-def _rows(model: Decoder, name: P.ParamName):
-  """The base rows [count, D] of the token rows in `name` (embedding, or the head's columns)."""
-  first, count = model.cfg.lora_token_rows
-  if name.path == ("embed",):
-    return model.embed.get_value()[first:first + count]
-  return model.lm_head.kernel.get_value()[:, first:first + count].T
+def _token_rows(model: Decoder) -> dict[str, np.ndarray]:
+  """HF module -> the rows [count, D] (float32) that the adapter writes over its base's, for the
+  token rows that trained with the adapters (`ModelConfig.lora_token_rows`; none: {}): the
+  embedding's (base + delta, plus the projected item embedding with hybrid item embeddings) and
+  an untied head's (base + its delta). With hybrid item embeddings a tied head's rows (base +
+  delta, no projection) go as the head's too: input and output rows then differ, so the base
+  the adapter applies to must have an untied head (`model.untie_head`)."""
+  cfg = model.cfg
+  first, count = cfg.lora_token_rows
+  if not count:
+    return {}
+  host = lambda x: np.asarray(multihost.to_host(x), np.float32)  # pylint: disable=unnecessary-lambda-assignment
+  names = {name.path: _module(name)
+           for name in P.param_names(cfg.replace(tie_word_embeddings=False))}
+  embed_NxD = host(model.embed.get_value()[first:first + count]) + host(model.token_delta.get_value())
+  rows = {names[("embed",)]: embed_NxD}
+  if model.lm_head is not None:
+    rows[names[("lm_head", "kernel")]] = (
+        host(model.lm_head.kernel.get_value()[:, first:first + count].T)
+        + host(model.head_token_delta.get_value()))
+  if cfg.item_rows[1]:  # the same rows (ModelConfig checks)
+    rows.setdefault(names[("lm_head", "kernel")], embed_NxD)
+    rows[names[("embed",)]] = embed_NxD + host(model.item_embeddings())
+  return rows
 
 
 def _module(name: P.ParamName) -> str:
@@ -84,11 +90,11 @@ def save_adapter(model: Decoder, folder: str, base_model: str = "") -> None:
             "fan_in_fan_out": False, "target_modules": sorted(cfg.lora_targets),
             "use_rslora": False, "inference_mode": True, "base_model_name_or_path": base_model}
   first, count = cfg.lora_token_rows
+  tensors = adapter_tensors(model)
   if count:
     indices = list(range(first, first + count))
-    config["trainable_token_indices"] = {_module(name).split(".")[-1]: indices
-                                         for name, _ in _token_rows(model)}
-  tensors = adapter_tensors(model)
+    config["trainable_token_indices"] = {module.split(".")[-1]: indices
+                                         for module in _token_rows(model)}
   with atomic_dir(folder) as tmp:
     if multihost.is_leader():
       save_safetensors(tensors, files.join(tmp, ADAPTER_WEIGHTS), {"format": "pt"})

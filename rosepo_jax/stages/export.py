@@ -8,7 +8,8 @@ whose base (adapter_config.json's base_model_name_or_path) is the HF folder they
 preference method the SFT model's export, DIR/export/sft; for SFT the backbone's HF folder, or,
 when the backbone is not one (from scratch, GGUF, orbax) or lacks the title tokens' rows, its
 export in DIR/export/sft/base/ (title rows at their initial values; the adapter carries the
-trained ones).
+trained ones; with hybrid item embeddings its head is untied and the adapter's input rows hold
+the projected item embeddings).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 
 from rosepo_jax import backbone, checkpoints, files, multihost
+from rosepo_jax import model as model_lib
 from rosepo_jax.checkpoints import atomic, peft
 from rosepo_jax.workdir import Context, Paths, Stage, Unit, model_unit
 
@@ -29,7 +31,10 @@ def _adapter_base(ctx: Context, run: str) -> str:
   if init and files.isfile(files.join(init, "config.json")) and not ctx.codec.title_tokens:
     return files.absolute(init)
   folder = files.join(ctx.paths.export("sft"), "base")
-  base = backbone.build_model(dataclasses.replace(m, lora_rank=0), ctx.codec)
+  base = backbone.build_model(dataclasses.replace(m, lora_rank=0, item_embeddings="none"),
+                              ctx.codec)
+  if m.item_embeddings == "oracle":  # the adapter's input and output title rows differ
+    base = model_lib.untie_head(base)
   checkpoints.save_hf(base, folder, tokenizer=ctx.codec)
   return files.absolute(ctx.paths.published(folder))  # where it lies once the unit is swapped in
 

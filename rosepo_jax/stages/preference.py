@@ -7,7 +7,8 @@ pairs (`methods.uses_negatives`).
 Writes: DIR/<method>/reference.npz (random-pairs methods with a precomputed reference: the
 rejected ids and pi_ref log-probs, made by this unit), DIR/<method>/{checkpoints,tb,metrics.jsonl}
 DIR/<method>/model (orbax model dir, LoRA merged in float32) and, with LoRA, DIR/<method>/adapter
-(the adapters alone, a PEFT folder; their base is the SFT model).
+(the adapters alone, a PEFT folder; their base is the SFT model, with hybrid item embeddings
+folded into its title rows as in its export).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from rosepo_jax import backbone, checkpoints, files, methods, negatives, scoring, train
+from rosepo_jax import model as model_lib
 from rosepo_jax.data.batching import EncodedRow
 from rosepo_jax.workdir import Context, Paths, Stage, Unit, load_npz, read_records, save_npz
 
@@ -114,8 +116,10 @@ def run(ctx: Context, unit: Unit) -> int:
                                      section.beta, config.vocab_chunk,
                                      sft_weight=section.sft_weight)
   sft_model = checkpoints.load_orbax(ctx.paths.model("sft"), mesh=ctx.mesh())
-  model = backbone.add_lora(config.model, sft_model, ctx.codec)
   lora = bool(config.model.lora_rank)
+  if lora:  # the adapters apply to the SFT export, whose title rows hold the item projection
+    sft_model = model_lib.fold_item_embeddings(sft_model)
+  model = backbone.add_lora(config.model, sft_model, ctx.codec)
   # With LoRA the frozen base is the reference; otherwise a second copy runs in each step.
   reference = checkpoints.load_orbax(ctx.paths.model("sft"), mesh=ctx.mesh()) if online and not lora else None
   trainer = train.Trainer(model, loss_fn, train.make_optimizer(section.optim, section.steps),
