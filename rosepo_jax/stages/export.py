@@ -28,7 +28,7 @@ def _adapter_base(ctx: Context, run: str) -> str:
     return files.absolute(ctx.paths.export("sft"))
   m = ctx.config.model
   init = checkpoints.resolve_model_path(m.init) if m.init != "scratch" else ""
-  if init and files.isfile(files.join(init, "config.json")) and not ctx.codec.title_tokens:
+  if init and files.isfile(files.join(init, "config.json")) and not ctx.codec.item_tokens:
     return files.absolute(init)
   folder = files.join(ctx.paths.export("sft"), "base")
   base = backbone.build_model(dataclasses.replace(m, lora_rank=0, item_embeddings="none"),
