@@ -87,9 +87,9 @@ def with_title_tokens(model: model_lib.Decoder, codec: Codec) -> model_lib.Decod
   """A pretrained `model` whose vocabulary holds `codec`'s item tokens (ids title_offset + item:
   title tokens or item slots): each one's input embedding, and its output embedding when the
   head is untied, starts as the mean of the rows of the title's subword tokens
-  (`Codec.title_text_ids`), so the model reads it roughly as it read the title's text. Rows past the tokenizer that the
-  checkpoint already had (padding rows no text produces) are taken over first; the vocabulary
-  grows by what is still missing."""
+  (`Codec.title_text_ids`), so the model reads it roughly as it read the title's text. Rows past
+  the tokenizer that the checkpoint already had (padding rows no text produces) are taken over
+  first; the vocabulary grows by what is still missing."""
   cfg = model.cfg
   first, count = codec.title_offset, len(codec.titles)
   vocab = max(cfg.vocab_size, codec.vocab_size)  # codec.vocab_size == first + count

@@ -29,6 +29,7 @@ from rosepo_jax.checkpoints.hf import save_safetensors
 from rosepo_jax.model import Decoder
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+_TOKEN_ROWS = ".token_adapter.trainable_tokens_delta"  # after the module's name
 
 
 def adapter_tensors(model: Decoder) -> dict[str, np.ndarray]:
@@ -44,7 +45,7 @@ def adapter_tensors(model: Decoder) -> dict[str, np.ndarray]:
       value = multihost.to_host(flat[name.path[:-1] + (ours,)].get_value())
       out[f"{prefix}.{theirs}.weight"] = np.ascontiguousarray(np.asarray(value, np.float32).T)
   for module, rows_NxD in _token_rows(model).items():
-    out[f"base_model.model.{module}.token_adapter.trainable_tokens_delta"] = rows_NxD
+    out[f"base_model.model.{module}{_TOKEN_ROWS}"] = rows_NxD
   return out
 
 
@@ -91,10 +92,11 @@ def save_adapter(model: Decoder, folder: str, base_model: str = "") -> None:
             "use_rslora": False, "inference_mode": True, "base_model_name_or_path": base_model}
   first, count = cfg.lora_token_rows
   tensors = adapter_tensors(model)
-  if count:
+  if count:  # the modules whose token rows `adapter_tensors` wrote
     indices = list(range(first, first + count))
-    config["trainable_token_indices"] = {module.split(".")[-1]: indices
-                                         for module in _token_rows(model)}
+    config["trainable_token_indices"] = {
+        name[:-len(_TOKEN_ROWS)].split(".")[-1]: indices
+        for name in tensors if name.endswith(_TOKEN_ROWS)}
   with atomic_dir(folder) as tmp:
     if multihost.is_leader():
       save_safetensors(tensors, files.join(tmp, ADAPTER_WEIGHTS), {"format": "pt"})
