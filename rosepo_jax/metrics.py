@@ -101,12 +101,18 @@ def generation_metrics(answers: Sequence[str], candidate_titles: Sequence[Sequen
   return out, records
 
 
-def ranking_metrics(scores_NxC: np.ndarray, target_pos_N: np.ndarray) -> dict:
-  """HitRatio@{1,5,10} and NDCG@{5,10} of the target when candidates are ranked by score
-  (ties count against the target)."""
+def target_ranks(scores_NxC: np.ndarray, target_pos_N: np.ndarray) -> np.ndarray:
+  """The target's 0-based rank [N] among its candidates ranked by score, best first (ties count
+  against the target: a candidate scored equal to the target ranks above it)."""
   scores = np.asarray(scores_NxC, np.float64)
   target = scores[np.arange(len(scores)), target_pos_N]
-  rank = (scores >= target[:, None]).sum(axis=1) - 1
+  return (scores >= target[:, None]).sum(axis=1) - 1
+
+
+def ranking_metrics(scores_NxC: np.ndarray, target_pos_N: np.ndarray) -> dict:
+  """HitRatio@{1,5,10} and NDCG@{5,10} of the target when candidates are ranked by score
+  (`target_ranks`)."""
+  rank = target_ranks(scores_NxC, target_pos_N)
   out = {f"rank_hit_ratio@{k}": float(np.mean(rank < k)) for k in (1, 5, 10)}
   for k in (5, 10):
     out[f"rank_ndcg@{k}"] = float(np.mean(np.where(rank < k, 1.0 / np.log2(rank + 2.0), 0.0)))

@@ -58,6 +58,11 @@ def test_all_stages_write_their_outputs(finished_run):
     # The figures can be recomputed from the predictions alone.
     assert summary["hit_ratio@1"] == pytest.approx(np.mean([p["hit"] for p in predictions]))
     assert summary["valid_ratio"] == pytest.approx(np.mean([p["valid"] for p in predictions]))
+    rank_N = np.array([p["rank"] for p in predictions])
+    assert ((0 <= rank_N) & (rank_N < len(predictions[0]["candidates"]))).all()
+    assert summary["rank_hit_ratio@1"] == pytest.approx(np.mean(rank_N == 0))
+    assert summary["rank_ndcg@10"] == pytest.approx(
+        np.mean(np.where(rank_N < 10, 1 / np.log2(rank_N + 2.0), 0.0)))
     for p in predictions:
       assert {"prompt", "candidates", "target", "answer", "valid", "hit"} <= set(p)
       assert p["prompt"].endswith("Answer:") and p["target"] in p["candidates"]
@@ -411,12 +416,13 @@ def test_seeds_run_the_model_units_per_seed_over_shared_data_and_oracle(finished
     assert f["mean"] == pytest.approx(np.mean(values)) and f["seeds"] == 2
     assert f["std"] == pytest.approx(np.std(values, ddof=1))
   assert list(summary["differences"]) == ["rosepo - sft", "rosepo - dpo", "dpo - sft"]
-  for figure in ("valid_ratio", "hit_ratio@1", "head_ratio"):  # per-example sums = eval's figures
+  for figure in ("valid_ratio", "hit_ratio@1", "head_ratio", "rank_hit_ratio@1"):
+    # per-example sums = eval's figures
     d = summary["differences"]["rosepo - sft"][figure]
     assert d["mean"] == pytest.approx(np.mean([runs[s]["rosepo"][figure] - runs[s]["sft"][figure]
                                                for s in (0, 1)]), abs=1e-12)
   assert "Paired differences" in open(os.path.join(workdir, "report.md")).read()
-  # The tiny model answers nothing valid, so every difference above is 0 = 0. On planted answers
+  # The tiny model answers nothing valid, so the greedy differences above are 0 = 0. On planted answers
   # (rosepo right on every 3rd example, sft on every 4th, shifted by seed) the report's paired
   # difference is the one written out here, and its bootstrap interval has width around it.
   planted = {"rosepo": 3, "sft": 4}
@@ -445,6 +451,23 @@ def test_seeds_run_the_model_units_per_seed_over_shared_data_and_oracle(finished
   assert {u for u, how in again.items() if how == "ran"} == {
       u for u in again if u.startswith("seed_2/")} | {"report"}
   assert json.load(open(os.path.join(workdir, "eval", "summary.json")))["seeds"] == [0, 1, 2]
+
+
+def test_report_rank_difference_is_paired_and_left_out_without_ranks():
+  """seed_figures' rank_hit_ratio@1 difference is the per-example (rank == 0) difference; runs
+  evaluated without ranking (rank None) get the greedy figures only."""
+  def preds(ranks):
+    return [{"index": i, "user": i, "hit": False, "valid": False, "answer_item": None,
+             "rank": r} for i, r in enumerate(ranks)]
+  summary = {"rank_hit_ratio@1": 0.0, "hit_ratio@1": 0.0}
+  ranks = {"rosepo": [0, 0, 3, 0], "sft": [1, 0, 0, 2]}
+  out = report.seed_figures({0: {r: summary for r in ranks}},
+                            {0: {r: preds(v) for r, v in ranks.items()}}, np.zeros(4, bool))
+  assert out["differences"]["rosepo - sft"]["rank_hit_ratio@1"]["mean"] == pytest.approx(0.25)
+  ranks["sft"] = [None] * 4
+  out = report.seed_figures({0: {r: summary for r in ranks}},
+                            {0: {r: preds(v) for r, v in ranks.items()}}, np.zeros(4, bool))
+  assert set(out["differences"]["rosepo - sft"]) == {"hit_ratio@1", "valid_ratio", "head_ratio"}
 
 
 def test_report_differences_are_rosepo_against_each_run_and_each_run_against_sft():

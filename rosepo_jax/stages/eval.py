@@ -10,7 +10,9 @@ Writes, for every run in config.methods (``sft`` = DIR/sft/model, others DIR/<me
   DIR/eval/<run>.predictions.jsonl one line per example: prompt (the exact text fed to the model),
                                    candidates, target, answer (decoded, stripped), valid, hit
                                    (plus valid_substring, the item ids answer_item, target_item,
-                                   and the user)
+                                   the user, and rank: the target's 0-based rank among the
+                                   candidates ranked by the model's scores, null without
+                                   eval.ranking)
 so anyone can audit or recompute the figures from the predictions alone.
 """
 
@@ -25,14 +27,18 @@ from rosepo_jax.workdir import Context, Paths, Stage, Unit, model_unit, write_js
 
 
 def _figures(answers, examples, scores_NxC, popularity) -> tuple[dict, list[dict]]:
-  """METHOD.md section 6 figures (+ ranking when `scores_NxC` is given) and per-example records."""
+  """METHOD.md section 6 figures (+ ranking when `scores_NxC` is given) and per-example records
+  (`metrics.generation_metrics`'s, each with the target's "rank": `metrics.target_ranks`, or
+  None without scores)."""
   figures, records = metrics.generation_metrics(
       answers, [ex.candidate_titles for ex in examples], [ex.candidates for ex in examples],
       [ex.target for ex in examples], popularity)
+  ranks = [None] * len(examples)
   if scores_NxC is not None:
     target_pos = np.array([ex.candidates.index(ex.target) for ex in examples])
     figures.update(metrics.ranking_metrics(scores_NxC, target_pos))
-  return figures, records
+    ranks = [int(r) for r in metrics.target_ranks(scores_NxC, target_pos)]
+  return figures, [{**rec, "rank": rank} for rec, rank in zip(records, ranks)]
 
 
 def evaluate_model(ctx: Context, model, split: str, limit: int = 0) -> tuple[dict, list[dict]]:
@@ -66,7 +72,8 @@ def evaluate_model(ctx: Context, model, split: str, limit: int = 0) -> tuple[dic
       {"index": ex.index, "prompt": ctx.example_prompt(split, ex),
        "candidates": list(ex.candidate_titles), "target": ex.target_title, "answer": answer,
        "valid": rec["valid"], "hit": rec["hit"], "valid_substring": rec["valid_substring"],
-       "answer_item": rec["answer_item"], "target_item": ex.target, "user": ex.user}
+       "answer_item": rec["answer_item"], "target_item": ex.target, "user": ex.user,
+       "rank": rec["rank"]}
       for ex, answer, rec in zip(examples, answers, records)]
   return figures, predictions
 
@@ -91,8 +98,8 @@ def _outputs(paths: Paths, unit: Unit) -> list[str]:
 
 
 # The predictions' format: a workdir evaluated with an older one (no "user" field, which the
-# report's bootstrap needs) reruns its eval units.
-PREDICTIONS_FORMAT = 2
+# report's bootstrap needs, or no "rank", its paired rank_hit_ratio@1) reruns its eval units.
+PREDICTIONS_FORMAT = 3
 
 STAGE = Stage(name="eval", sections=("eval", "vocab_chunk"),
               units=lambda config: [Unit("eval", m) for m in config.methods],

@@ -144,11 +144,16 @@ def make_plots(ctx: Context, predictions: dict[str, list[dict]]) -> list[str]:
 
 # The figures with paired differences: each example's (numerator, denominator) of the figure from
 # its prediction and the head items (`metrics.head_items`); a figure is sum(num) / sum(den).
+# rank_hit_ratio@1 (the candidate the model scores highest is the target: greedy decoding
+# restricted to the candidates, up to the EOS term) is None for predictions without ranks
+# (eval.ranking off), and then left out.
 PER_EXAMPLE = {
     "hit_ratio@1": lambda p, head: (float(p["hit"]), 1.0),
     "valid_ratio": lambda p, head: (float(p["valid"]), 1.0),
     "head_ratio": lambda p, head: ((0.0, 0.0) if p["answer_item"] is None
                                    else (float(head[p["answer_item"]]), 1.0)),
+    "rank_hit_ratio@1": lambda p, head: (None if p.get("rank") is None
+                                         else (float(p["rank"] == 0), 1.0)),
 }
 
 
@@ -189,10 +194,14 @@ def seed_figures(summaries: dict, predictions: dict, head: np.ndarray,
         pa, pb = predictions[s][a], predictions[s][b]
         if [p["index"] for p in pa] != [p["index"] for p in pb]:
           raise ValueError(f"eval predictions of {a} and {b} (seed {s}) are not the same examples")
-        na_N, da_N = np.array([of(p, head) for p in pa]).T
-        nb_N, db_N = np.array([of(p, head) for p in pb]).T
+        va, vb = [of(p, head) for p in pa], [of(p, head) for p in pb]
+        if None in va or None in vb:
+          break
+        na_N, da_N = np.array(va).T
+        nb_N, db_N = np.array(vb).T
         per_seed.append((np.array([p["user"] for p in pa]), na_N, da_N, nb_N, db_N))
-      figures[figure] = metrics.paired_ratio_difference(per_seed)
+      else:
+        figures[figure] = metrics.paired_ratio_difference(per_seed)
     out["differences"][f"{a} - {b}"] = figures
   return out
 
@@ -219,7 +228,8 @@ def seeds_table(figures: dict) -> str:
               "within each seed, pooled over seeds]:", "",
               "| difference | " + " | ".join(PER_EXAMPLE) + " |", "|" + "---|" * (len(PER_EXAMPLE) + 1)]
     for name, d in figures["differences"].items():
-      lines.append(f"| {name} | " + " | ".join(_interval(d[f]) for f in PER_EXAMPLE) + " |")
+      lines.append(f"| {name} | " + " | ".join(_interval(d[f]) if f in d else ""
+                                               for f in PER_EXAMPLE) + " |")
   return "\n".join(lines)
 
 
