@@ -109,10 +109,10 @@ def target_ranks(scores_NxC: np.ndarray, target_pos_N: np.ndarray) -> np.ndarray
   return (scores >= target[:, None]).sum(axis=1) - 1
 
 
-def ranking_metrics(scores_NxC: np.ndarray, target_pos_N: np.ndarray) -> dict:
-  """HitRatio@{1,5,10} and NDCG@{5,10} of the target when candidates are ranked by score
-  (`target_ranks`)."""
-  rank = target_ranks(scores_NxC, target_pos_N)
+def ranking_metrics(rank_N: np.ndarray) -> dict:
+  """HitRatio@{1,5,10} and NDCG@{5,10} of targets whose 0-based ranks among their candidates
+  are `rank_N` (`target_ranks`)."""
+  rank = np.asarray(rank_N)
   out = {f"rank_hit_ratio@{k}": float(np.mean(rank < k)) for k in (1, 5, 10)}
   for k in (5, 10):
     out[f"rank_ndcg@{k}"] = float(np.mean(np.where(rank < k, 1.0 / np.log2(rank + 2.0), 0.0)))

@@ -36,8 +36,9 @@ def _figures(answers, examples, scores_NxC, popularity) -> tuple[dict, list[dict
   ranks = [None] * len(examples)
   if scores_NxC is not None:
     target_pos = np.array([ex.candidates.index(ex.target) for ex in examples])
-    figures.update(metrics.ranking_metrics(scores_NxC, target_pos))
-    ranks = [int(r) for r in metrics.target_ranks(scores_NxC, target_pos)]
+    rank_N = metrics.target_ranks(scores_NxC, target_pos)
+    figures.update(metrics.ranking_metrics(rank_N))
+    ranks = [int(r) for r in rank_N]
   return figures, [{**rec, "rank": rank} for rec, rank in zip(records, ranks)]
 
 
