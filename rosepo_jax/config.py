@@ -159,6 +159,10 @@ class EvalConfig:
   batch_size: int = 32
   max_new_tokens: int = 32
   ranking: bool = True
+  # How answers are decoded: "free" (METHOD.md section 6: greedy over the whole vocabulary, so an
+  # answer may name no candidate) or "candidates" (greedy restricted to the prompt's candidate
+  # titles, each followed by EOS: every answer is a candidate; beyond the paper).
+  decoding: str = "free"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,6 +268,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "model.lora_rank": (_non_negative, ">= 0"),
     "model.item_embeddings": (("none", "oracle"), ""),
     "negatives.semantic_embedding": (("sft", "oracle"), ""),
+    "eval.decoding": (("free", "candidates"), ""),
     "model.lora_alpha": (_positive, "> 0"),
     "mesh.data": (lambda x: x == -1 or x >= 1, "-1 (all remaining devices) or >= 1"),
     "mesh.fsdp": (lambda x: x == -1 or x >= 1, "-1 (all remaining devices) or >= 1"),

@@ -1,6 +1,10 @@
 """Decoding with the KV cache (greedy, sampled, beam search), each one jitted function with a
 `lax.while_loop`, and `greedy_answers`: batched greedy answers to tokenized prompts as text.
 
+Greedy and sampled decoding can be restricted to a list of responses per prompt (a prefix tree
+walked in the loop: at each step only the next tokens of the responses the output still matches
+are allowed), so that the answer is always one of them, e.g. one of the prompt's candidates.
+
 Prompts are LEFT-padded [B, P] with a validity mask, so every row's last prompt token sits in the
 last column and generated tokens share cache slots P, P+1, ... across the batch. Positions restart
 per row (left padding gets no position), so a padded row decodes exactly as it would alone.
@@ -54,9 +58,22 @@ def _prefill(model, prompt_BxP, valid_BxP, extra_slots: int):
   return logits_BxV, cache, key_valid_BxS, positions_BxP[:, -1] + 1
 
 
-def _pick(logits_BxV, key, temperature: float, top_k: int):
+def _allowed(responses_BxCxL, alive_BxC, i, vocab_size: int):
+  """[B, V] mask of the tokens that continue a response still alive at output position i
+  (responses [B, C, L] padded with -1; alive [B, C]: the output so far is its prefix)."""
+  tok_BxC = jax.lax.dynamic_index_in_dim(responses_BxCxL, i, axis=2, keepdims=False)
+  ok_BxC = alive_BxC & (tok_BxC >= 0)
+  rows_Bx1 = jnp.arange(tok_BxC.shape[0])[:, None]
+  counts_BxV = jnp.zeros((tok_BxC.shape[0], vocab_size), jnp.int32).at[
+      rows_Bx1, jnp.maximum(tok_BxC, 0)].add(ok_BxC.astype(jnp.int32))
+  return counts_BxV > 0
+
+
+def _pick(logits_BxV, key, temperature: float, top_k: int, allowed_BxV=None):
   """argmax when temperature == 0, else a draw from softmax(logits / temperature) restricted
-  to the top_k logits (all when top_k == 0)."""
+  to the top_k logits (all when top_k == 0); only `allowed_BxV` tokens when given."""
+  if allowed_BxV is not None:
+    logits_BxV = jnp.where(allowed_BxV, logits_BxV, -jnp.inf)
   if temperature == 0.0:
     return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
   logits_BxV = logits_BxV / temperature
@@ -67,35 +84,51 @@ def _pick(logits_BxV, key, temperature: float, top_k: int):
 
 
 def decode(graphdef, state, prompt_BxP, valid_BxP, eos_ids_E, pad_id, key, max_new_tokens: int,
-           temperature: float, top_k: int):
+           temperature: float, top_k: int, responses_BxCxN=None):
   """The whole decoding program (to jit): prefill into the KV cache, then one token per loop
-  step until every row has hit EOS or max_new_tokens; returns the new tokens [B, N]."""
+  step until every row has hit EOS or max_new_tokens; returns the new tokens [B, N].
+
+  With `responses_BxCxN` (each row's allowed responses, EOS-terminated, padded with -1) every
+  step picks among the tokens that continue a response the output so far begins.
+  """
   model = nnx.merge(graphdef, state)
   b, p = prompt_BxP.shape
   logits_BxV, cache, key_valid_BxS, next_pos_B = _prefill(model, prompt_BxP, valid_BxP,
                                                           max_new_tokens)
-  first_B = _pick(logits_BxV, jax.random.fold_in(key, 0), temperature, top_k)
+  v = logits_BxV.shape[-1]
+  constrained = responses_BxCxN is not None
+  alive_BxC = responses_BxCxN[:, :, 0] >= 0 if constrained else jnp.zeros((b, 0), bool)
+
+  def pick(logits_BxV, i, alive_BxC):
+    """The token at output position i, and the responses the output still begins."""
+    allowed_BxV = _allowed(responses_BxCxN, alive_BxC, i, v) if constrained else None
+    tok_B = _pick(logits_BxV, jax.random.fold_in(key, i), temperature, top_k, allowed_BxV)
+    if constrained:
+      at_i_BxC = jax.lax.dynamic_index_in_dim(responses_BxCxN, i, axis=2, keepdims=False)
+      alive_BxC = alive_BxC & (at_i_BxC == tok_B[:, None])
+    return tok_B, alive_BxC
+
+  first_B, alive_BxC = pick(logits_BxV, 0, alive_BxC)
   out_BxN = jnp.full((b, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first_B)
   done_B = jnp.isin(first_B, eos_ids_E)
 
   def cond(carry):
-    i, _, _, done_B, _, _ = carry
+    i, _, _, done_B, _, _, _ = carry
     return (i < max_new_tokens) & ~jnp.all(done_B)
 
   def body(carry):
-    i, cache, out_BxN, done_B, pos_B, key_valid_BxS = carry
+    i, cache, out_BxN, done_B, pos_B, key_valid_BxS, alive_BxC = carry
     key_valid_BxS = key_valid_BxS.at[:, p + i - 1].set(True)
     token_Bx1 = out_BxN[:, i - 1][:, None]
     logits_Bx1xV, cache = model(token_Bx1, pos_B[:, None], key_valid_BxS[:, None, :], cache)
-    tok_B = _pick(logits_Bx1xV[:, 0].astype(jnp.float32), jax.random.fold_in(key, i),
-                  temperature, top_k)
+    tok_B, alive_BxC = pick(logits_Bx1xV[:, 0].astype(jnp.float32), i, alive_BxC)
     tok_B = jnp.where(done_B, pad_id, tok_B)
     out_BxN = out_BxN.at[:, i].set(tok_B)
     done_B = done_B | jnp.isin(tok_B, eos_ids_E)
-    return i + 1, cache, out_BxN, done_B, pos_B + 1, key_valid_BxS
+    return i + 1, cache, out_BxN, done_B, pos_B + 1, key_valid_BxS, alive_BxC
 
-  carry = (jnp.int32(1), cache, out_BxN, done_B, next_pos_B, key_valid_BxS)
-  _, _, out_BxN, _, _, _ = jax.lax.while_loop(cond, body, carry)
+  carry = (jnp.int32(1), cache, out_BxN, done_B, next_pos_B, key_valid_BxS, alive_BxC)
+  out_BxN = jax.lax.while_loop(cond, body, carry)[2]
   return out_BxN
 
 
@@ -122,36 +155,86 @@ def _special_ids(cfg, eos_ids, pad_id) -> tuple[tuple[int, ...], int]:
   return eos, pad
 
 
+def response_array(responses: Sequence[Sequence[Sequence[int]]], length: int,
+                   count: int = 0) -> np.ndarray:
+  """Each prompt's allowed responses as [B, C, length] ids, -1 past a response's end and for
+  the rows with fewer than C = max(count, most responses of a prompt) responses."""
+  count = max([count] + [len(r) for r in responses])
+  out = np.full((len(responses), count, length), -1, np.int32)
+  for b, row in enumerate(responses):
+    for c, ids in enumerate(row):
+      if len(ids) > length:
+        raise ValueError(f"a response of {len(ids)} tokens (prompt {b}, response {c}) does not "
+                         f"fit max_new_tokens={length}")
+      out[b, c, :len(ids)] = ids
+  return out
+
+
+def _check_responses(responses_BxCxL, batch: int, max_new_tokens: int, eos, vocab_size: int,
+                     what: str) -> np.ndarray:
+  """Allowed responses [B, C, max_new_tokens] (padded with -1), each ending in an EOS id."""
+  r = np.asarray(responses_BxCxL, np.int32)
+  if r.ndim != 3 or r.shape[0] != batch:
+    raise ValueError(f"{what}: responses must be [B={batch}, C, L], got shape {r.shape}")
+  if r.shape[2] > max_new_tokens:
+    raise ValueError(f"{what}: responses of {r.shape[2]} tokens do not fit max_new_tokens="
+                     f"{max_new_tokens}")
+  r = np.pad(r, ((0, 0), (0, 0), (0, max_new_tokens - r.shape[2])), constant_values=-1)
+  lengths_BxC = (r >= 0).sum(axis=2)
+  if np.any((r[:, :, 1:] >= 0) & (r[:, :, :-1] < 0)):
+    raise ValueError(f"{what}: a response has a gap (-1 before a token)")
+  if not (lengths_BxC > 0).any(axis=1).all():
+    raise ValueError(f"{what}: every prompt needs at least one allowed response")
+  last_BxC = np.take_along_axis(r, np.maximum(lengths_BxC - 1, 0)[..., None], axis=2)[..., 0]
+  if not np.isin(last_BxC[lengths_BxC > 0], eos).all():
+    raise ValueError(f"{what}: every allowed response must end with an EOS id {tuple(eos)}")
+  if r.max() >= vocab_size:
+    raise ValueError(f"{what}: a response token {r.max()} is outside the vocabulary "
+                     f"({vocab_size})")
+  return r
+
+
 def generate(model: Decoder, prompt_BxP, valid_BxP, max_new_tokens: int, *,
              temperature: float = 0.0, top_k: int = 0, seed: int = 0,
-             eos_ids: Sequence[int] | None = None, pad_id: int | None = None) -> np.ndarray:
+             eos_ids: Sequence[int] | None = None, pad_id: int | None = None,
+             responses=None) -> np.ndarray:
   """Continuation [B, max_new_tokens] of left-padded prompts, greedy or sampled.
 
   temperature 0 is greedy (argmax); otherwise tokens are drawn from softmax(logits/temperature)
   over the `top_k` best logits (all when 0), with the stream of draws fixed by `seed`. A row
   stops after its first EOS (kept in the output); later slots hold `pad_id`. Defaults:
   ``eos_ids = cfg.eos_token_ids``, ``pad_id = cfg.pad_token_id`` (or 0).
+
+  `responses` [B, C, L] (L <= max_new_tokens; ids padded with -1, each response ending in an
+  EOS id, e.g. `response_array` of the candidates' titles) restricts every row to its C
+  responses: each step picks among the next tokens of the responses the output still begins,
+  so the output is one of them.
   """
   valid_BxP = _check_prompts(model.cfg, valid_BxP, max_new_tokens, "generate")
   if temperature < 0 or top_k < 0:
     raise ValueError(f"generate: temperature={temperature} and top_k={top_k} must be >= 0")
   eos, pad = _special_ids(model.cfg, eos_ids, pad_id)
+  if responses is not None:
+    responses = _check_responses(responses, len(valid_BxP), max_new_tokens, eos,
+                                 model.cfg.vocab_size, "generate")
   graphdef, state = nnx.split(model)
   mesh = sharding.mesh_of(state)
-  prompt_BxP, valid_BxP = sharding.shared_batch(
-      (np.asarray(prompt_BxP, np.int32), valid_BxP), mesh)
+  prompt_BxP, valid_BxP, responses = sharding.shared_batch(
+      (np.asarray(prompt_BxP, np.int32), valid_BxP, responses), mesh)
   with sharding.use_mesh(mesh):
     out = _decode(graphdef, state, prompt_BxP, valid_BxP, np.asarray(eos, np.int32),
                   np.int32(pad), jax.random.key(seed), max_new_tokens, float(temperature),
-                  int(top_k))
+                  int(top_k), responses)
   return multihost.to_host(out)
 
 
 def greedy_generate(model: Decoder, prompt_BxP, valid_BxP, max_new_tokens: int,
-                    eos_ids: Sequence[int] | None = None, pad_id: int | None = None
-                    ) -> np.ndarray:
-  """Greedy continuation [B, max_new_tokens] (`generate` at temperature 0)."""
-  return generate(model, prompt_BxP, valid_BxP, max_new_tokens, eos_ids=eos_ids, pad_id=pad_id)
+                    eos_ids: Sequence[int] | None = None, pad_id: int | None = None,
+                    responses=None) -> np.ndarray:
+  """Greedy continuation [B, max_new_tokens] (`generate` at temperature 0), restricted to
+  `responses` [B, C, L] when given."""
+  return generate(model, prompt_BxP, valid_BxP, max_new_tokens, eos_ids=eos_ids, pad_id=pad_id,
+                  responses=responses)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "num_beams"))
@@ -256,15 +339,18 @@ def trim_at_eos(tokens: Sequence[int], eos_ids: Sequence[int]) -> list[int]:
 
 
 def greedy_answer_ids(model: Decoder, prompt_ids: Sequence[Sequence[int]], pad_id: int,
-                      batch_size: int, max_new_tokens: int, desc: str = "decoding"
+                      batch_size: int, max_new_tokens: int, desc: str = "decoding",
+                      responses: Sequence[Sequence[Sequence[int]]] | None = None
                       ) -> list[list[int]]:
-  """The greedy answer of `model` to each prompt: its generated ids up to EOS (excluded).
+  """The greedy answer of `model` to each prompt: its generated ids up to EOS (excluded); with
+  `responses` (per prompt, its allowed responses' ids, each ending in EOS) one of them.
 
   Prompts are left-padded to a multiple of 32 tokens and chunks are filled up to `batch_size`
   (repeating the last prompt), so few shapes are ever compiled. Shows progress as `desc`.
   """
   answers = []
   eos = model.cfg.eos_token_ids
+  count = max((len(r) for r in responses), default=0) if responses is not None else 0
   bar = progress.bar(len(prompt_ids), desc, "prompt")
   for start in range(0, len(prompt_ids), batch_size):
     chunk = list(prompt_ids[start:start + batch_size])
@@ -272,7 +358,11 @@ def greedy_answer_ids(model: Decoder, prompt_ids: Sequence[Sequence[int]], pad_i
     chunk += [chunk[-1]] * (batch_size - real)
     length = -(-max(len(p) for p in chunk) // 32) * 32
     tokens, valid = left_pad(chunk, pad_id, length)
-    out = greedy_generate(model, tokens, valid, max_new_tokens)
+    allowed = None
+    if responses is not None:
+      rows = list(responses[start:start + real])
+      allowed = response_array(rows + [rows[-1]] * (batch_size - real), max_new_tokens, count)
+    out = greedy_generate(model, tokens, valid, max_new_tokens, responses=allowed)
     answers += [trim_at_eos(row.tolist(), eos) for row in out[:real]]
     bar.update(real)
   bar.close()
@@ -280,7 +370,8 @@ def greedy_answer_ids(model: Decoder, prompt_ids: Sequence[Sequence[int]], pad_i
 
 
 def greedy_answers(model: Decoder, codec: Codec, prompt_ids: Sequence[Sequence[int]],
-                   batch_size: int, max_new_tokens: int, desc: str = "decoding") -> list[str]:
+                   batch_size: int, max_new_tokens: int, desc: str = "decoding",
+                   responses: Sequence[Sequence[Sequence[int]]] | None = None) -> list[str]:
   """Greedy answers (`greedy_answer_ids`, decoded by `codec`, stripped) of `model`."""
   return [codec.decode(ids).strip() for ids in greedy_answer_ids(
-      model, prompt_ids, codec.pad_token_id, batch_size, max_new_tokens, desc)]
+      model, prompt_ids, codec.pad_token_id, batch_size, max_new_tokens, desc, responses)]

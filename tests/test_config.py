@@ -60,6 +60,8 @@ def test_values_are_typed_and_defaults_filled():
     ("sft.steps", -5, r"config.sft.steps=-5: expected >= 0"),
     ("sft.steps", "10", r"config.sft.steps='10': expected an integer, got str"),
     ("eval.split", "dev", r"config.eval.split='dev': expected one of \['train', 'val', 'test'\]"),
+    ("eval.decoding", "beam", r"config.eval.decoding='beam': expected one of "
+     r"\['free', 'candidates'\]"),
     ("preference.reference", "live", r"config.preference.reference='live': expected one of"),
     ("methods", ("sft", "kto"), r"config.methods\[1\]='kto': unknown method"),
     ("negatives.strategies", ("random", "hard"), r"config.negatives.strategies\[1\]='hard'"),

@@ -158,3 +158,64 @@ def test_sampling_matches_tempered_top_k_distribution():
   observed = np.array([(draws == t).sum() for t in top])
   chi2 = ((observed - n * p) ** 2 / (n * p)).sum()
   assert chi2 < 18.47, (chi2, observed, n * p)  # 99.9% quantile, 4 degrees of freedom
+
+
+def _constrained_reference(model, prompt, responses, n, pad):
+  """Greedy decoding restricted to `responses` written out: one full forward per step (float64
+  logits over a fixed right-padded buffer, as `_argmax_decode`), the argmax over the next tokens
+  of the responses the output so far begins."""
+  length = len(prompt) + n
+  forward = jax.jit(lambda tokens: model(tokens, jnp.arange(length)[None],
+                                         M.causal_mask(jnp.ones((1, length), bool)))[0])
+  out = []
+  while len(out) < n:
+    alive = [r for r in responses if r[:len(out)] == out and len(r) > len(out)]
+    if not alive:
+      break
+    seq = np.zeros(length, np.int32)
+    seq[:len(prompt) + len(out)] = prompt + out
+    logits = np.asarray(forward(jnp.asarray(seq[None]))[0, len(prompt) + len(out) - 1],
+                        np.float64)
+    allowed = sorted({r[len(out)] for r in alive})
+    out.append(allowed[int(np.argmax(logits[allowed]))])
+  return out + [pad] * (n - len(out))
+
+
+def test_greedy_restricted_to_responses_equals_written_out_reference():
+  eos = 255
+  model = M.init_model(M.get_config("tiny", eos_token_ids=(eos,)), seed=3)
+  rs = np.random.RandomState(4)
+  prompts = [rs.randint(3, 250, n).tolist() for n in (7, 4, 9)]
+  # Shared prefixes, a response that is a prefix of another, and rows with fewer responses.
+  responses = [[[5, 6, 7, eos], [5, 6, 8, eos], [5, 9, eos], [10, eos]],
+               [[11, eos], [11, 12, eos]],
+               [[20, 21, 22, 23, eos], [30, eos], [20, 21, eos]]]
+  tokens, valid = G.left_pad(prompts, pad_id=0)
+  allowed = G.response_array(responses, 6)
+  assert allowed.shape == (3, 4, 6) and (allowed[1, 2:] == -1).all()
+  out = G.greedy_generate(model, tokens, valid, 6, pad_id=0, responses=allowed)
+  free = G.greedy_generate(model, tokens, valid, 6, pad_id=0)
+  for row, prompt, rows in zip(out, prompts, responses):
+    assert row.tolist() == _constrained_reference(model, prompt, rows, 6, 0)
+    assert G.trim_at_eos(row.tolist(), [eos]) + [eos] in rows
+  assert not any(G.trim_at_eos(r.tolist(), [eos]) + [eos] in rows
+                 for r, rows in zip(free, responses))  # the restriction is what answers them
+  # Batched answers through greedy_answer_ids (chunks padded with the last prompt).
+  answers = G.greedy_answer_ids(model, prompts, 0, batch_size=2, max_new_tokens=6,
+                                responses=responses)
+  assert answers == [G.trim_at_eos(r.tolist(), [eos]) for r in out]
+
+
+def test_bad_responses_are_rejected():
+  model = M.init_model(M.get_config("tiny", eos_token_ids=(255,)))
+  tokens, valid = G.left_pad([[5, 6, 7]], pad_id=0)
+  with pytest.raises(ValueError, match="must end with an EOS"):
+    G.greedy_generate(model, tokens, valid, 4, responses=[[[5, 6], [7, 255]]])
+  with pytest.raises(ValueError, match="do not fit max_new_tokens=2"):
+    G.greedy_generate(model, tokens, valid, 2, responses=[[[5, 6, 255]]])
+  with pytest.raises(ValueError, match="response 1\\) does not fit max_new_tokens=2"):
+    G.response_array([[[5, 255], [5, 6, 255]]], 2)
+  with pytest.raises(ValueError, match="at least one allowed response"):
+    G.greedy_generate(model, tokens, valid, 4, responses=np.full((1, 2, 3), -1))
+  with pytest.raises(ValueError, match="outside the vocabulary"):
+    G.greedy_generate(model, tokens, valid, 4, responses=[[[300, 255]]])

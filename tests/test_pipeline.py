@@ -126,6 +126,35 @@ def test_eval_subset_figures_are_the_figures_of_their_rows(finished_run):
           == points["SASRec oracle, the runs' rows"])
 
 
+def test_eval_decoding_restricted_to_the_candidates(finished_run, tmp_path):
+  """eval.decoding="candidates": only the eval units and the report rerun, every answer is one
+  of its prompt's candidate titles (the few-step model's free answers mostly are not), the
+  figures and the report say so; a max_new_tokens too short for a title is a clear error."""
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(finished_run[0], workdir)
+  config = _config()
+  config.eval.update(decoding="candidates", max_new_tokens=32)
+  outcome = pipeline.run(config, workdir, ["all"])
+  assert sorted(k for k, v in outcome.items() if v == "ran") == [
+      "eval/dpo", "eval/rosepo", "eval/sft", "report"]
+  free = json.load(open(os.path.join(finished_run[0], "eval", "sft.json")))
+  assert free["decoding"] == "free" and free["valid_ratio"] < 0.5
+  for run in ("sft", "dpo", "rosepo"):
+    summary = json.load(open(os.path.join(workdir, "eval", f"{run}.json")))
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "eval",
+                                                            f"{run}.predictions.jsonl"))]
+    assert summary["decoding"] == "candidates" and summary["valid_ratio"] == 1.0
+    assert all(p["answer"] in p["candidates"] and p["valid"] for p in rows)
+    assert summary["hit_ratio@1"] == pytest.approx(
+        np.mean([p["answer"] == p["target"] for p in rows]))
+  assert "restricted to the prompt's candidates" in open(os.path.join(workdir, "report.md")).read()
+  config.eval.max_new_tokens = 2
+  ctx = context(config, workdir)
+  with pytest.raises(ValueError, match="config.eval.max_new_tokens=2 is shorter than the "
+                     "candidate"):
+    eval_stage.evaluate_model(ctx, checkpoints.load_orbax(ctx.paths.model("sft")), "test", 8)
+
+
 def test_rerun_is_up_to_date_and_changes_rerun_downstream(finished_run, tmp_path):
   workdir = str(tmp_path / "copy")
   shutil.copytree(finished_run[0], workdir)

@@ -202,8 +202,8 @@ def test_negatives_then_rosepo(tmp_path):
   spelled = ctx.tokenizer.convert_tokens_to_ids(["Ġ", "i", "t", "e", "m", "s"])
   assert codec.text_ids([" items"])[0] != tuple(spelled)
 
-  def planted(model, tokens_BxP, valid_BxP, max_new_tokens):
-    del model, valid_BxP
+  def planted(model, tokens_BxP, valid_BxP, max_new_tokens, responses=None):
+    del model, valid_BxP, responses
     out = np.full((len(tokens_BxP), max_new_tokens), codec.eos_token_id, np.int32)
     out[:, :len(spelled)] = spelled
     return out
@@ -304,8 +304,8 @@ def test_title_tokens_through_the_pipeline(tmp_path):
   # title token that is no candidate of it, through the eval stage's decoding and figures.
   num_candidates = config.data.num_candidates
 
-  def planted(model, tokens_BxP, valid_BxP, max_new_tokens):
-    del model, valid_BxP
+  def planted(model, tokens_BxP, valid_BxP, max_new_tokens, responses=None):
+    del model, valid_BxP, responses
     out = np.full((len(tokens_BxP), max_new_tokens), codec.eos_token_id, np.int32)
     for b, row in enumerate(np.asarray(tokens_BxP)):
       titles = [int(t) for t in row if t >= offset]

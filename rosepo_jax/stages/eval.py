@@ -52,14 +52,23 @@ def evaluate_model(ctx: Context, model, split: str, limit: int = 0) -> tuple[dic
   section, ds, codec = ctx.config.eval, ctx.dataset, ctx.codec
   examples, encoded = ctx.sample(split, limit)
   prompt_ids = [p for p, _ in encoded]
+  rows = scoring.candidate_rows(codec, prompt_ids, [ex.candidates for ex in examples], ds.titles)
+  allowed = None
+  if section.decoding == "candidates":
+    allowed = [row.responses for row in rows]
+    longest = max(((len(ids), title) for row, ex in zip(rows, examples)
+                   for ids, title in zip(row.responses, ex.candidate_titles)), default=(0, ""))
+    if longest[0] > section.max_new_tokens:
+      raise ValueError(f"config.eval.max_new_tokens={section.max_new_tokens} is shorter than the "
+                       f"candidate {longest[1]!r} ({longest[0]} tokens with EOS), which "
+                       "eval.decoding='candidates' must be able to answer")
   answers = generate.greedy_answers(model, codec, prompt_ids, section.batch_size,
-                                    section.max_new_tokens, desc=f"eval {split}: answers")
+                                    section.max_new_tokens, desc=f"eval {split}: answers",
+                                    responses=allowed)
   scores = None
   if section.ranking:
     scores = scoring.score_responses(
-        model, scoring.candidate_rows(codec, prompt_ids, [ex.candidates for ex in examples],
-                                      ds.titles),
-        batch_size=max(section.batch_size // 4, 1), shape=ctx.batch_shape,
+        model, rows, batch_size=max(section.batch_size // 4, 1), shape=ctx.batch_shape,
         vocab_chunk=ctx.config.vocab_chunk, desc=f"eval {split}: candidate scores")
   figures, records = _figures(answers, examples, scores, ds.train_popularity)
   position = {ex.index: k for k, ex in enumerate(examples)}
@@ -84,7 +93,7 @@ def run(ctx: Context, unit: Unit) -> dict:
   t0, name, section = time.time(), unit.run, ctx.config.eval
   model = checkpoints.load_orbax(ctx.paths.model(name), mesh=ctx.mesh())
   figures, predictions = evaluate_model(ctx, model, section.split, section.max_examples)
-  figures = {"run": name, "split": section.split, **figures,
+  figures = {"run": name, "split": section.split, "decoding": section.decoding, **figures,
              "seconds": round(time.time() - t0, 1)}
   write_jsonl(ctx.paths.eval_predictions(name), predictions)
   write_json(ctx.paths.eval_summary(name), figures)

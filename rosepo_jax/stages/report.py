@@ -296,6 +296,7 @@ def run(ctx: Context, unit: Unit | None = None) -> str:
             if name in s.get("subsets", {})}
     table += f"\n\nEval subset `{name}`:\n\n" + method_table(rows)
   split = next(iter(summaries[first].values()))["split"]
+  decoding = next(iter(summaries[first].values())).get("decoding", "free")
   points = reference_points(ctx, next(iter(predictions[first].values())), split)
   if points:
     table += "\n\n" + reference_table(points)
@@ -312,8 +313,10 @@ def run(ctx: Context, unit: Unit | None = None) -> str:
   seed_note = "" if first is None else f" The first table is seed {first}'s."
   text = "\n".join([
       f"# Report: {files.absolute(ctx.paths.root)}", "",
-      f"Dataset `{ctx.config.data.name}`, {split} split; greedy answers (METHOD.md section 6). "
-      "Columns are the keys of DIR/eval/<run>.json; the last row gives the same popularity "
+      f"Dataset `{ctx.config.data.name}`, {split} split; greedy answers "
+      + ("(METHOD.md section 6). " if decoding == "free" else
+         "restricted to the prompt's candidates (eval.decoding='candidates'). ")
+      + "Columns are the keys of DIR/eval/<run>.json; the last row gives the same popularity "
       "figures for the targets." + seed_note, "", table, "",
       *[f"![{posixpath.basename(p)}](plots/{posixpath.basename(p)})" for p in plots], ""])
   write_text(ctx.paths.report, text)
