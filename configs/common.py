@@ -102,8 +102,10 @@ def training(steps_sft: int = 300, steps_preference: int = 100) -> dict:
           prompts="train", held_out_share=0.2,
           optim=dict(learning_rate=1e-5, warmup_steps=10, decay="linear", min_lr_ratio=0.0,
                      weight_decay=0.0, max_grad_norm=1.0, b1=0.9, b2=0.999, eps=1e-8))),
+      # decoding: "free" (METHOD.md) or "candidates" (greedy restricted to the prompt's candidates)
       eval=ml_collections.ConfigDict(dict(
-          split="test", max_examples=0, batch_size=32, max_new_tokens=32, ranking=True)),
+          split="test", max_examples=0, batch_size=32, max_new_tokens=32, ranking=True,
+          decoding="free")),
       export=ml_collections.ConfigDict(dict(dtype="")),  # "": the parameters' dtype
       # More runs to compare every run with in the report (paired differences run - baseline).
       report=ml_collections.ConfigDict(dict(baselines=())),
