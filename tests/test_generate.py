@@ -200,6 +200,13 @@ def test_greedy_restricted_to_responses_equals_written_out_reference():
     assert G.trim_at_eos(row.tolist(), [eos]) + [eos] in rows
   assert not any(G.trim_at_eos(r.tolist(), [eos]) + [eos] in rows
                  for r, rows in zip(free, responses))  # the restriction is what answers them
+  # Sampled decoding keeps to the responses too (many draws of each prompt).
+  many_tokens, many_valid = np.repeat(tokens, 20, axis=0), np.repeat(valid, 20, axis=0)
+  drawn = G.generate(model, many_tokens, many_valid, 6, temperature=2.0, seed=1, pad_id=0,
+                     responses=np.repeat(allowed, 20, axis=0))
+  answered = [G.trim_at_eos(r.tolist(), [eos]) + [eos] for r in drawn]
+  assert all(a in responses[k // 20] for k, a in enumerate(answered))
+  assert len({tuple(a) for a in answered}) > len(responses)  # draws, not the greedy answers
   # Batched answers through greedy_answer_ids (chunks padded with the last prompt).
   answers = G.greedy_answer_ids(model, prompts, 0, batch_size=2, max_new_tokens=6,
                                 responses=responses)
