@@ -58,10 +58,10 @@ def _prefill(model, prompt_BxP, valid_BxP, extra_slots: int):
   return logits_BxV, cache, key_valid_BxS, positions_BxP[:, -1] + 1
 
 
-def _allowed(responses_BxCxL, alive_BxC, i, vocab_size: int):
-  """[B, V] mask of the tokens that continue a response still alive at output position i
-  (responses [B, C, L] padded with -1; alive [B, C]: the output so far is its prefix)."""
-  tok_BxC = jax.lax.dynamic_index_in_dim(responses_BxCxL, i, axis=2, keepdims=False)
+def _allowed(tok_BxC, alive_BxC, vocab_size: int):
+  """[B, V] mask of the tokens that continue a response still alive (tok [B, C]: each
+  response's token at this output position, -1 past its end; alive [B, C]: the output so far
+  is its prefix)."""
   ok_BxC = alive_BxC & (tok_BxC >= 0)
   rows_Bx1 = jnp.arange(tok_BxC.shape[0])[:, None]
   counts_BxV = jnp.zeros((tok_BxC.shape[0], vocab_size), jnp.int32).at[
@@ -101,12 +101,12 @@ def decode(graphdef, state, prompt_BxP, valid_BxP, eos_ids_E, pad_id, key, max_n
 
   def pick(logits_BxV, i, alive_BxC):
     """The token at output position i, and the responses the output still begins."""
-    allowed_BxV = _allowed(responses_BxCxN, alive_BxC, i, v) if constrained else None
-    tok_B = _pick(logits_BxV, jax.random.fold_in(key, i), temperature, top_k, allowed_BxV)
-    if constrained:
-      at_i_BxC = jax.lax.dynamic_index_in_dim(responses_BxCxN, i, axis=2, keepdims=False)
-      alive_BxC = alive_BxC & (at_i_BxC == tok_B[:, None])
-    return tok_B, alive_BxC
+    key_i = jax.random.fold_in(key, i)
+    if not constrained:
+      return _pick(logits_BxV, key_i, temperature, top_k), alive_BxC
+    at_i_BxC = jax.lax.dynamic_index_in_dim(responses_BxCxN, i, axis=2, keepdims=False)
+    tok_B = _pick(logits_BxV, key_i, temperature, top_k, _allowed(at_i_BxC, alive_BxC, v))
+    return tok_B, alive_BxC & (at_i_BxC == tok_B[:, None])
 
   first_B, alive_BxC = pick(logits_BxV, 0, alive_BxC)
   out_BxN = jnp.full((b, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first_B)

@@ -52,7 +52,10 @@ def evaluate_model(ctx: Context, model, split: str, limit: int = 0) -> tuple[dic
   section, ds, codec = ctx.config.eval, ctx.dataset, ctx.codec
   examples, encoded = ctx.sample(split, limit)
   prompt_ids = [p for p, _ in encoded]
-  rows = scoring.candidate_rows(codec, prompt_ids, [ex.candidates for ex in examples], ds.titles)
+  rows = None  # each candidate's scored response ids, built when decoding or ranking needs them
+  if section.decoding == "candidates" or section.ranking:
+    rows = scoring.candidate_rows(codec, prompt_ids, [ex.candidates for ex in examples],
+                                  ds.titles)
   allowed = None
   if section.decoding == "candidates":
     allowed = [row.responses for row in rows]
@@ -73,11 +76,11 @@ def evaluate_model(ctx: Context, model, split: str, limit: int = 0) -> tuple[dic
   figures, records = _figures(answers, examples, scores, ds.train_popularity)
   position = {ex.index: k for k, ex in enumerate(examples)}
   for name, indices in ds.eval_subsets.get(split, {}).items():
-    rows = [position[i] for i in indices if i in position]
-    if rows:
+    kept = [position[i] for i in indices if i in position]
+    if kept:
       figures.setdefault("subsets", {})[name] = _figures(
-          [answers[k] for k in rows], [examples[k] for k in rows],
-          None if scores is None else scores[rows], ds.train_popularity)[0]
+          [answers[k] for k in kept], [examples[k] for k in kept],
+          None if scores is None else scores[kept], ds.train_popularity)[0]
   predictions = [
       {"index": ex.index, "prompt": ctx.example_prompt(split, ex),
        "candidates": list(ex.candidate_titles), "target": ex.target_title, "answer": answer,
