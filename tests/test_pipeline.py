@@ -499,6 +499,20 @@ def test_report_rank_difference_is_paired_and_left_out_without_ranks():
   assert set(out["differences"]["rosepo - sft"]) == {"hit_ratio@1", "valid_ratio", "head_ratio"}
 
 
+def test_report_seeds_table_names_one_run_or_its_seeds():
+  """The table's first line: "One run" without config.seeds (seed None), else the seeds."""
+  def preds():
+    return [{"index": i, "user": i, "hit": i == 0, "valid": True, "answer_item": 0, "rank": 0}
+            for i in range(4)]
+  summary = {"hit_ratio@1": 0.25}
+  for seeds, first in (([None], "One run (no config.seeds)."),
+                       ([0, 1], "Over 2 seeds [0, 1]: mean +- std")):
+    out = report.seed_figures({s: {"sft": summary, "rosepo": summary} for s in seeds},
+                              {s: {"sft": preds(), "rosepo": preds()} for s in seeds},
+                              np.zeros(4, bool))
+    assert report.seeds_table(out).splitlines()[0].startswith(first)
+
+
 def test_report_differences_are_rosepo_against_each_run_and_each_run_against_sft():
   runs = ("sft", "dpo", "sdpo", "rosepo", "rosepo_no_semantic")
   assert report.differences(runs) == [

@@ -213,8 +213,11 @@ def _interval(d: dict) -> str:
 def seeds_table(figures: dict) -> str:
   """Markdown: per run, mean +- std over seeds of the main figures; then the paired differences."""
   cols = ("hit_ratio@1", "valid_ratio", "head_ratio", "rank_hit_ratio@1", "rank_ndcg@10")
-  lines = [f"Over {len(figures['seeds'])} seed(s) {figures['seeds']}: mean +- std (95% "
-           "t-interval of the mean in DIR/eval/summary.json).", "",
+  seeds = figures["seeds"]
+  over = ("One run (no config.seeds)." if seeds == [None] else
+          f"Over {len(seeds)} seeds {seeds}: mean +- std (95% t-interval of the mean in "
+          "DIR/eval/summary.json).")
+  lines = [over, "",
            "| run | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
   for run, by_key in figures["runs"].items():
     cells = []
